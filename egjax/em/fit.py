@@ -1,0 +1,182 @@
+"""`fit_layer` and `fit_graph`: the public entry points of the EM (`learn_explanatoryGraph.m`).
+
+Inputs are checked before any work; each layer's 20 iterations run inside one jit that
+compiles once per shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egjax.config import GraphConfig, LayerConfig
+from egjax.em import layer as layer_lib
+from egjax.em import parents as parents_lib
+
+COMPAT = ("fixed", "original")
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["coord", "deform", "parents", "score", "pos", "flip",
+                                "alt_score", "alt_pos"],
+                   meta_fields=["config"])
+@dataclasses.dataclass(frozen=True)
+class LayerFit:
+    """A fitted graph layer (V = C*K nodes, node v = c*K + k; N images; cells 0-based).
+
+    `coord [C,K,2]` prior positions (h, w); `deform [C,K]` deformation scales (cells);
+    `parents [V, top_n]` flat indices into the layer above (`[V, 0]` for the top layer);
+    `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]` inferred positions in the
+    frame of `flip [N]` (True: the mirrored image was used); `alt_score`, `alt_pos` the other
+    orientation; `config` the layer's settings.
+    """
+
+    coord: jax.Array
+    deform: jax.Array
+    parents: jax.Array
+    score: jax.Array
+    pos: jax.Array
+    flip: jax.Array
+    alt_score: jax.Array
+    alt_pos: jax.Array
+    config: LayerConfig
+
+
+def compute_dtype():
+    """float64 when `jax_enable_x64` is on, else float32."""
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
+
+
+def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> dict:
+    """Each filter's K nodes at K distinct random cells, deformation `init_delta * S`
+    (`initializeModel.m`). Returns `dict(coord=[C,K,2], deform=[C,K])`."""
+    dtype = dtype or compute_dtype()
+    s, k = cfg.map_size, cfg.nodes_per_filter
+    cells = jax.vmap(lambda kk: jax.random.permutation(kk, s * s)[:k])(
+        jax.random.split(key, channels))
+    coord = jnp.stack([cells % s, cells // s], -1).astype(dtype)
+    deform = jnp.full((channels, k), cfg.init_delta * s, dtype)
+    return {"coord": coord, "deform": deform}
+
+
+def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
+    shape = np.shape(maps)
+    if len(shape) != 4:
+        raise ValueError(f"{name} must have rank 4 [N, S, S, C], got shape {shape}")
+    if shape[1] != cfg.map_size or shape[2] != cfg.map_size:
+        raise ValueError(f"{name} maps are {shape[1]}x{shape[2]} but the layer's map_size is "
+                         f"{cfg.map_size}")
+    if shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 images, got {shape[0]}")
+    if not bool(jnp.all(jnp.isfinite(jnp.asarray(maps)))):
+        raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
+    if compat not in COMPAT:
+        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+    _check_maps("maps", maps, cfg)
+    n, _, _, c = np.shape(maps)
+    if flipped_maps is not None:
+        _check_maps("flipped_maps", flipped_maps, cfg)
+        if np.shape(flipped_maps)[-1] != c:
+            raise ValueError(f"flipped_maps has {np.shape(flipped_maps)[-1]} channels but maps "
+                             f"has {c}")
+        if np.shape(flipped_maps)[0] != n:
+            raise ValueError(f"flipped_maps has {np.shape(flipped_maps)[0]} images but maps "
+                             f"has {n}")
+    if parent is not None:
+        if not isinstance(parent, LayerFit):
+            raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
+        if parent.score.shape[1] != n:
+            raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
+        if flipped_maps is None and bool(jnp.any(parent.flip)):
+            raise ValueError("the layer above used mirrored maps for some images; pass "
+                             "flipped_maps too")
+    if init is not None:
+        k = cfg.nodes_per_filter
+        coord, deform = np.shape(init.get("coord")), np.shape(init.get("deform"))
+        if coord != (c, k, 2) or deform != (c, k):
+            raise ValueError(f"init needs coord [{c}, {k}, 2] and deform [{c}, {k}], got "
+                             f"{coord} and {deform}")
+        if not (np.all(np.isfinite(init["coord"])) and np.all(np.asarray(init["deform"]) > 0)):
+            raise ValueError("init coord must be finite and deform > 0")
+
+
+@functools.partial(jax.jit, static_argnames=("child", "parent", "original", "num_images"))
+def _survivor_count(score, pos, child, parent, original, num_images):
+    _, kept = parents_lib.survivors(score, pos, child, parent, original, num_images, None)
+    return jnp.sum(kept)
+
+
+def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
+    """Check that enough candidate parents survive; return the number of candidate slots."""
+    survived = int(_survivor_count(parent.score, parent.pos, cfg, parent.config, original,
+                                   parent.score.shape[1]))
+    if original and cfg.top_m > survived:
+        raise ValueError(f"top_m={cfg.top_m} exceeds the {survived} candidate parents that "
+                         f"survive the variance and edge cuts (the original learner would "
+                         f"crash here); lower top_m or use compat='fixed'")
+    if survived < cfg.top_n:
+        raise ValueError(f"only {survived} candidate parents survive the variance and edge "
+                         f"cuts, fewer than top_n={cfg.top_n}")
+    return parents_lib.candidate_slots(parent.score.shape[0], cfg.top_m)
+
+
+@functools.partial(jax.jit, static_argnames=("setup", "slots"))
+def _fit(coord, deform, maps, flipped, parent, setup: layer_lib.Setup, slots: int):
+    """The whole EM of one layer: candidates, `iterations` x (E-step, M-step), records."""
+    cands, flip = None, None
+    if parent is not None:
+        cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1), slots,
+                                       setup.cfg, setup.parent, setup.original,
+                                       setup.num_images, setup.axis_name)
+        flip = parent.flip
+    data = layer_lib.LayerData(maps, flipped, flip, cands)
+    state = layer_lib.init(coord, deform, data, setup)
+    steps = jnp.arange(1, setup.cfg.iterations + 1, dtype=coord.dtype)
+    state, _ = jax.lax.scan(lambda s, t: (layer_lib.iteration(s, t, data, setup), None),
+                            state, steps)
+    rec = layer_lib.records(state, data, setup)
+    parents = jnp.zeros((state.parents.shape[0], 0), jnp.int32)
+    if cands is not None:
+        parents = jnp.where(state.parents >= 0, cands.index[state.parents], -1)
+    return state.coord, state.deform, parents, rec
+
+
+def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
+              parent: LayerFit | None = None, init: dict | None = None,
+              compat: str = "fixed", chunk: int = 8) -> LayerFit:
+    """Fit one graph layer by EM (`learn_explanatoryGraph.m`, one `layerID`).
+
+    `maps [N,S,S,C]` normalised maps (`features.normalise`); `flipped_maps` the same for the
+    mirrored images (top layer: decide per image which to use; lower layers follow the
+    decision of `parent`); `parent` the fitted layer above (None for the top layer);
+    `init dict(coord=[C,K,2], deform=[C,K])` in 0-based cells, else drawn with `key`;
+    `compat="original"` reproduces the released learner's quirks. `chunk` images are
+    processed per vectorised batch (memory ~ chunk).
+    """
+    _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
+    original = compat == "original"
+    dtype = compute_dtype()
+    n, _, _, c = np.shape(maps)
+    slots = _candidate_slots(parent, cfg, original) if parent is not None else 0
+    if init is None:
+        init = random_init(key, cfg, c, dtype)
+    setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
+                            flips=flipped_maps is not None, original=original, num_images=n,
+                            chunk=chunk)
+    flipped = None if flipped_maps is None else jnp.asarray(flipped_maps, dtype)
+    coord, deform, parents, rec = _fit(
+        jnp.asarray(init["coord"], dtype), jnp.asarray(init["deform"], dtype),
+        jnp.asarray(maps, dtype), flipped, parent, setup, slots)
+    return LayerFit(coord=coord, deform=deform, parents=parents,
+                    score=layer_lib.node_major(rec.score), pos=layer_lib.node_major(rec.pos), flip=rec.flip,
+                    alt_score=layer_lib.node_major(rec.alt_score), alt_pos=layer_lib.node_major(rec.alt_pos),
+                    config=cfg)

@@ -1,0 +1,52 @@
+"""The candidate grid of a node: search half-range and the P x P candidate offsets.
+
+Implements `getBasicSettings.m` of the original learner. Candidates are ordered w-major
+(flat index `iw * P + ih`), as the original enumerates them.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from egjax.config import LayerConfig
+
+
+def round_half_away(x: jnp.ndarray) -> jnp.ndarray:
+    """Round half away from zero (MATLAB/C `round`); numpy rounds half to even."""
+    return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
+
+
+def half_range(deform: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
+    """`h = round(min(search_max_range * S / 2, deform_ratio * deform))` cells, int32."""
+    limit = cfg.search_max_range * cfg.map_size / 2
+    return round_half_away(jnp.minimum(limit, cfg.deform_ratio * deform)).astype(jnp.int32)
+
+
+def offset_table(cfg: LayerConfig) -> np.ndarray:
+    """`[H+1, P]` candidate offsets of a node with half-range h = 0..H (float64, host).
+
+    Row h holds the midpoints of `linspace(-h, h, P + 1)`, i.e. `-h + (2h/P)(i + 1/2)`, with
+    the edges built from both ends towards the middle as Octave's `linspace` builds them:
+    the offsets are exactly antisymmetric, so mirrored candidates tie exactly where the
+    original's do, and ties decide inferred positions.
+    """
+    num = cfg.candidates
+    table = np.zeros((cfg.max_half_range + 1, num))
+    for h in range(cfg.max_half_range + 1):
+        step = (h - -h) / num
+        edges = [0.0] * (num + 1)
+        edges[0], edges[num] = float(-h), float(h)
+        for i in range(1, (num + 1) // 2):
+            edges[i] = -h + i * step
+            edges[num - i] = h - i * step
+        if num % 2 == 0:
+            edges[num // 2] = 0.0
+        table[h] = [(edges[i] + edges[i + 1]) / 2 for i in range(num)]
+    return table
+
+
+def spread_weights(num: int, dtype) -> jnp.ndarray:
+    """`[P, P]` squared index distance from the grid centre, `(ih - c)^2 + (iw - c)^2`, indexed [iw, ih]."""
+    d = (jnp.arange(num, dtype=dtype) - (num - 1) / 2) ** 2
+    return d[:, None] + d[None, :]
