@@ -177,10 +177,11 @@ def test_negatives_have_no_object():
 
 def test_objects_and_negatives_share_colour_statistics():
     """No class owns a colour: the mean colour of object images and of negatives is close."""
-    objects = np.concatenate([synthetic.sample(c, 16, seed=6).images for c in synthetic.CATEGORIES])
-    negatives = synthetic.negatives(48, seed=6)
+    objects = np.concatenate([synthetic.sample(c, 50, seed=6, image_size=64).images
+                              for c in synthetic.CATEGORIES])
+    negatives = synthetic.negatives(150, seed=6, image_size=64)
     gap = np.abs(objects.mean((0, 1, 2)) - negatives.mean((0, 1, 2)))
-    assert gap.max() < 12, gap
+    assert gap.max() < 10, gap  # per-image means vary by ~30: the standard error here is ~3.5
 
 
 def test_sample_mixed_labels():

@@ -14,8 +14,8 @@ from egjax.data.synthetic import palette
 class Background(NamedTuple):
     """Parameters of one background; `render` turns them into pixels."""
 
-    colours: np.ndarray  # [3, 3] rgb: far colour, near colour, ground colour
-    coarse: np.ndarray  # [c + 1, c + 1] value-noise grid blending far -> near
+    colours: np.ndarray  # [3, 3] rgb rows: base, mixed in by `coarse` noise, ground
+    coarse: np.ndarray  # [c + 1, c + 1] value-noise grid: weight of the mixed-in colour
     fine: np.ndarray  # [f + 1, f + 1] value-noise grid modulating brightness
     fine_amp: float
     gratings: np.ndarray  # [k, 4] rows (freq rad/px, angle, phase, amplitude)
@@ -66,14 +66,14 @@ def render(background: Background, canvas: np.ndarray) -> None:
     arrays cost page faults that dominate the arithmetic.
     """
     size = canvas.shape[-1]
-    near_weight = _noise(background.coarse, size)
+    mix_weight = _noise(background.coarse, size)
     ground_weight = None
     if background.ground is not None:
         height, slope = background.ground
         pixels = np.arange(size, dtype=np.float32)
         line = size * height + slope * (pixels - size / 2)
         ground_weight = np.clip(pixels[:, None] - line[None, :], 0.0, 1.0)
-        near_weight *= 1.0 - ground_weight
+        mix_weight *= 1.0 - ground_weight
     brightness = _noise(background.fine, size)
     scratch = np.empty_like(brightness)
     brightness *= background.fine_amp
@@ -85,11 +85,11 @@ def render(background: Background, canvas: np.ndarray) -> None:
         # sin(a + b) as a sum of outer products: sines of [S] vectors, not of [S, S]
         brightness += np.multiply.outer(amp * np.sin(along_h), np.cos(along_w), out=scratch)
         brightness += np.multiply.outer(amp * np.cos(along_h), np.sin(along_w), out=scratch)
-    far, near, ground = background.colours
+    base, mixed, ground = background.colours
     for c in range(3):
-        np.multiply(near_weight, near[c] - far[c], out=canvas[c])
-        canvas[c] += far[c]
+        np.multiply(mix_weight, mixed[c] - base[c], out=canvas[c])
+        canvas[c] += base[c]
         if ground_weight is not None:
-            canvas[c] += np.multiply(ground_weight, ground[c] - far[c], out=scratch)
+            canvas[c] += np.multiply(ground_weight, ground[c] - base[c], out=scratch)
         canvas[c] *= brightness
     np.clip(canvas, 0.0, 255.0, out=canvas)

@@ -11,28 +11,28 @@ from egjax.data.synthetic.sampling import negatives, sample
 
 def render_preview(path: str, *, seed: int = 0, per_row: int = 6, image_size: int = 224) -> None:
     """Write a PNG grid to `path`: one row per category (landmarks: filled = visible, hollow =
-    occluded or outside), a last row of negatives."""
+    occluded or outside the image), a last row of negatives."""
     import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(CATEGORIES) + 1
-    fig, axes = plt.subplots(rows, per_row, figsize=(2.2 * per_row + 2.2, 2.2 * rows),
-                             squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    if not isinstance(per_row, int) or isinstance(per_row, bool) or per_row < 1:
+        raise ValueError(f"per_row must be an int >= 1, got {per_row!r}")
+    colours = matplotlib.colormaps["tab10"].colors
+    fig = Figure(figsize=(2.2 * per_row + 2.2, 2.2 * (len(CATEGORIES) + 1)))
+    axes = fig.subplots(len(CATEGORIES) + 1, per_row, squeeze=False)
     for row, category in enumerate(CATEGORIES):
         batch = sample(category, per_row, seed=seed, image_size=image_size)
         for col, ax in enumerate(axes[row]):
             ax.imshow(batch.images[col])
-            for p, name in enumerate(PARTS[category]):
+            for p in range(len(PARTS[category])):
                 h, w = batch.landmarks[col, p]
-                ax.scatter([w], [h], s=28, marker="o", linewidths=1.2, edgecolors=colours[p % 10],
-                           facecolors=colours[p % 10] if batch.visible[col, p] else "none",
-                           label=name if col == 0 else None)
+                ax.scatter([w], [h], s=28, linewidths=1.2, edgecolors=colours[p % 10],
+                           facecolors=colours[p % 10] if batch.visible[col, p] else "none")
         axes[row, 0].set_ylabel(category)
-        handles, labels = axes[row, 0].get_legend_handles_labels()
-        axes[row, -1].legend(handles, labels, loc="center left", bbox_to_anchor=(1.02, 0.5),
+        handles = [Line2D([], [], marker="o", linestyle="", color=colours[p % 10], label=name)
+                   for p, name in enumerate(PARTS[category])]
+        axes[row, -1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5),
                              fontsize=7, frameon=False)
     for col, image in enumerate(negatives(per_row, seed=seed, image_size=image_size)):
         axes[-1, col].imshow(image)
@@ -43,8 +43,11 @@ def render_preview(path: str, *, seed: int = 0, per_row: int = 6, image_size: in
         ax.set_xlim(-0.5, image_size - 0.5)
         ax.set_ylim(image_size - 0.5, -0.5)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp.name, path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            fig.savefig(file, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -151,15 +151,15 @@ def distance_at(shape: Shape, points: np.ndarray) -> np.ndarray:
     return signed_distance(shape, pts[:, 0], pts[:, 1])[0]
 
 
-def draw(canvas: np.ndarray, shape: Shape) -> tuple[int, int, int, int] | None:
-    """Composite `shape` onto `canvas` [3, S, S] in place; returns the pixel box drawn
-    (h0, h1, w0, w1), or None when the shape lies outside the canvas."""
+def draw(canvas: np.ndarray, shape: Shape) -> None:
+    """Composite `shape` onto `canvas` float32 [3, S, S] in place (anti-aliased over 1 px,
+    textured, its outline band darkened)."""
     _, size_h, size_w = canvas.shape
     lo_h, hi_h, lo_w, hi_w = bounds(shape)
     h0, h1 = max(int(lo_h) - 1, 0), min(int(hi_h) + 2, size_h)
     w0, w1 = max(int(lo_w) - 1, 0), min(int(hi_w) + 2, size_w)
     if h0 >= h1 or w0 >= w1:
-        return None
+        return
     d, u, v = signed_distance(shape, _PIXELS[h0:h1, None], _PIXELS[None, w0:w1])
     alpha = 0.5 - d
     np.clip(alpha, 0.0, 1.0, out=alpha)
@@ -182,4 +182,3 @@ def draw(canvas: np.ndarray, shape: Shape) -> tuple[int, int, int, int] | None:
     rgb = np.asarray(shape.rgb, np.float32)[:, None, None]
     patch = canvas[:, h0:h1, w0:w1]
     patch += alpha * ((rgb if shade is None else rgb * shade) - patch)
-    return h0, h1, w0, w1
