@@ -208,8 +208,8 @@ def bird(rng: np.random.Generator) -> Figure:
     feather = Texture(stripe_amp=0.14, stripe_freq=2 * math.pi / 8)
     for offset in (-14, 14):
         fig.add(Capsule(base, polar(base, 34, spread + offset), 7.0, 5.2, wing, feather, OUTLINE))
-    tip = polar(base, 38, spread)
-    fig.add(Capsule(base, tip, 7.0, 5.2, wing, feather, OUTLINE), "tail_tip", tip)
+    tail = polar(base, 38, spread)
+    fig.add(Capsule(base, tail, 7.0, 5.2, wing, feather, OUTLINE), "tail_tip", tail)
 
     fig.add(Ellipse((0.0, 0.0), 30, 20, math.radians(tilt), body, coat(rng, 9.0), OUTLINE))
     breast_centre = in_frame((0, 0), tilt, 15, 7)
