@@ -1,0 +1,1 @@
+"""Image data: the embedded synthetic parts set and Pascal VOC / Pascal-Part."""

@@ -1,0 +1,8 @@
+"""Procedural images with exact part landmarks: objects, negatives, classifier batches."""
+
+from egjax.data.synthetic.categories import CATEGORIES, PARTS, describe
+from egjax.data.synthetic.preview import render_preview
+from egjax.data.synthetic.sampling import Batch, mirror, negatives, sample, sample_mixed
+
+__all__ = ["CATEGORIES", "PARTS", "Batch", "describe", "mirror", "negatives", "render_preview",
+           "sample", "sample_mixed"]
