@@ -14,12 +14,17 @@ and commutative, so shards of a data set can be measured apart and combined):
   sec. 7.1): over pairs of nearly equivalent inputs, the ratios
   `||R(x) - R(x')||_1 / ||x - x'||_2`; their maximum estimates the explainer's
   Lipschitz constant on the data. An explainer is any callable
-  `(images, *per_image_args) -> [N, ...]`: a saliency method via
-  `functools.partial(saliency.grad_cam, model, params, tap="conv5_3")` (targets as the
-  per-image argument), or a graph explainer returning one vector per image.
+  `(images, *per_image_args) -> [N, ...]`: a saliency method with its targets as the
+  per-image argument, or a graph explainer returning one vector per image.
 
 Pairs of nearly equivalent inputs: `shift_images` (sub-pixel translation), `add_noise`, and
-`same_class_neighbours` (nearest image of the same class in input or feature space).
+`same_class_neighbours` (nearest image of the same class in input or feature space):
+
+    explainer = functools.partial(saliency.grad_cam, model, params, batch_size=16)
+    shifted = continuity.shift_images(images, (1.0, 0.0))
+    result, ratios = continuity.explanation_continuity(explainer, images, shifted, targets)
+    partner = continuity.same_class_neighbours(images, labels)
+    result, ratios = continuity.explanation_continuity(explainer, images, images[partner], labels)
 """
 
 from __future__ import annotations
@@ -33,11 +38,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.saliency import class_activation_maps
+from egjax.saliency import LAST_CONV, class_activation_maps
 
 Distance = Callable[[jax.Array, jax.Array], jax.Array]
 
 # ------------------------------------------------------------------------------ distances
+
+
+def tap_embedding(model, params, taps: tuple[str, ...] = (LAST_CONV,)) -> Callable:
+    """`images [N, H, W, C] -> {tap: [N, ...]}` through the model protocol, jitted."""
+    apply = jax.jit(model.apply, static_argnames="taps")
+    return lambda images: apply({"params": params}, images, taps=tuple(taps))
 
 
 def l2_distance(feats_a: jax.Array, feats_b: jax.Array) -> jax.Array:
@@ -303,8 +314,7 @@ def triplet_consistency(embed: Callable, images, labels, key: jax.Array, *,
                         confidence: float = 0.95) -> dict[str, TripletConsistency]:
     """Triplet consistency of each tap, over `num_triplets` triplets drawn by `key`.
 
-    `embed(images [B, ...]) -> {tap: [B, ...]}`, e.g.
-    `functools.partial(model.apply, {"params": params}, taps=("relu5_3",))`;
+    `embed(images [B, ...]) -> {tap: [B, ...]}`, e.g. `tap_embedding(model, params)`;
     `images` is any array-like indexable by an integer array (only `3 * batch_size`
     images are gathered at a time). `distance` is one distance for every tap, or a
     mapping tap -> distance (only those taps are measured). Batches of triplets are padded
@@ -369,6 +379,10 @@ def continuity_ratios(explanations_a: jax.Array, explanations_b: jax.Array,
     if explanation_ord not in (1, 2):
         raise ValueError(f"explanation_ord must be 1 or 2, got {explanation_ord!r}")
     n = explanations_a.shape[0]
+    if (explanations_a.shape != explanations_b.shape or inputs_a.shape != inputs_b.shape
+            or inputs_a.shape[:1] != (n,)):
+        raise ValueError(f"pairs must be aligned: explanations {explanations_a.shape} and "
+                         f"{explanations_b.shape}, inputs {inputs_a.shape} and {inputs_b.shape}")
     change = jnp.linalg.norm((explanations_a - explanations_b).reshape(n, -1),
                              ord=explanation_ord, axis=1)
     step = jnp.linalg.norm((inputs_a - inputs_b).reshape(n, -1), axis=1)

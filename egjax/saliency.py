@@ -44,12 +44,12 @@ from flax import traverse_util
 
 NORMALIZATIONS = ("none", "max", "minmax")
 CHANNEL_REDUCTIONS = ("max_abs", "l2", "sum")
-CAM_TAP = "relu5_3"
+LAST_CONV = "relu5_3"  # VGG-16's last conv map after ReLU: what a GAP head pools
 
 
 def gradient(model, params, images, targets, *, channel_reduce: str = "max_abs",
              normalize: str = "none", batch_size: int | None = None) -> jax.Array:
-    """Sensitivity analysis: `|d logit_t / d x|` per pixel (Simonyan et al., 2014).
+    """Gradient saliency: `d logit_t / d x` per pixel (Simonyan et al., 2014).
 
     images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`. The gradient `[H, W, C]` is
     reduced over channels by `channel_reduce`: `"max_abs"` (Simonyan et al., eq. for
@@ -80,7 +80,7 @@ def gradient_x_input(model, params, images, targets, *, channel_reduce: str = "s
                           batch_size=batch_size)
 
 
-def cam(model, params, images, targets, *, tap: str = CAM_TAP, head: Mapping | None = None,
+def cam(model, params, images, targets, *, tap: str = LAST_CONV, head: Mapping | None = None,
         relu: bool = True, normalize: str = "none",
         batch_size: int | None = None) -> jax.Array:
     """Class activation map `sum_k kernel[k, t] * A_k` (Zhou et al., CVPR 2016, eq. 2).
@@ -108,13 +108,14 @@ def cam(model, params, images, targets, *, tap: str = CAM_TAP, head: Mapping | N
                      relu=relu, normalize=normalize, batch_size=batch_size)
 
 
-def grad_cam(model, params, images, targets, *, tap: str, relu: bool = True,
+def grad_cam(model, params, images, targets, *, tap: str = LAST_CONV, relu: bool = True,
              normalize: str = "none", batch_size: int | None = None) -> jax.Array:
     """Grad-CAM (Selvaraju et al., ICCV 2017, eqs. 1-2) at any conv tap.
 
     images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`. Channel weights are the
     spatial mean of `d logit_t / d A` (the pre-softmax score, as in the paper); the map is
     `sum_k weight_k * A_k`. Needs the model to pass `tap` through `self.perturb(tap, x)`.
+    At the tap a GAP head pools, Grad-CAM is CAM divided by the map's area `h * w`.
     """
     _check_common(images, targets, normalize=normalize, batch_size=batch_size)
     _conv_tap_shape(model, params, images, tap)

@@ -268,6 +268,21 @@ def test_saliency_methods_plug_in_as_explainers():
     np.testing.assert_allclose(ratios, expected, rtol=1e-4)
 
 
+def test_tap_embedding_feeds_triplet_consistency():
+    model = GapCNN(3)
+    params = random_params(model, (1, 16, 16, 3), seed=0)
+    images = _normal(15, (10, 16, 16, 3))
+    embed = continuity.tap_embedding(model, params, taps=("relu5_3", "gap"))
+    features = embed(images)
+    np.testing.assert_allclose(features["gap"], np.asarray(features["relu5_3"]).mean(axis=(1, 2)),
+                               rtol=1e-5, atol=1e-6)
+    results = continuity.triplet_consistency(
+        embed, images, LABELS, KEY, num_triplets=100, batch_size=10,
+        distance={"relu5_3": continuity.cam_masked_distance(params["head"]), "gap": "l2"})
+    assert sorted(results) == ["gap", "relu5_3"]
+    assert all(int(result.count) == 100 for result in results.values())
+
+
 def test_explanation_continuity_rejects_bad_input():
     images = jnp.zeros((4, 3))
     with pytest.raises(ValueError, match="aligned"):
@@ -280,6 +295,8 @@ def test_explanation_continuity_rejects_bad_input():
         continuity.explanation_continuity(lambda x: x, images, images, batch_size=0)
     with pytest.raises(ValueError, match=r"return \[4, \.\.\.\]"):
         continuity.explanation_continuity(lambda x: x.sum(), images, images)
+    with pytest.raises(ValueError, match="aligned"):
+        continuity.continuity_ratios(images, images[:, :2], images, images)
 
 
 # ---------------------------------------------------------------------------------- pairs

@@ -94,7 +94,7 @@ def test_cam_equals_grad_cam_times_map_area_before_relu(cnn):
     model, params = cnn
     images, targets = _images(5, 3, 16), np.array([0, 1, 2])
     cam = saliency.cam(model, params, images, targets, relu=False)
-    grad_cam = saliency.grad_cam(model, params, images, targets, tap="relu5_3", relu=False)
+    grad_cam = saliency.grad_cam(model, params, images, targets, relu=False)  # at relu5_3
     area = 8 * 8                                               # relu5_3 is 8 x 8 here
     np.testing.assert_allclose(grad_cam * area, cam, rtol=1e-4, atol=1e-5)
     assert np.abs(cam).max() > 0
