@@ -162,6 +162,9 @@ def pca_init(dim: int) -> PCAState:
 @jax.jit
 def pca_update(state: PCAState, features: jax.Array) -> PCAState:
     """Adds every position of `features [..., C]` as a sample of the channel vector."""
+    if features.shape[-1:] != state.mean.shape:
+        raise ValueError(f"features must end in {state.mean.shape[0]} channels, "
+                         f"got shape {features.shape}")
     samples = features.reshape(-1, features.shape[-1])
     mean = samples.mean(axis=0)
     centred = samples - mean
@@ -269,6 +272,8 @@ def triplet_init() -> TripletCounts:
 def triplet_update(state: TripletCounts, d_ap: jax.Array, d_an: jax.Array,
                    valid: jax.Array | None = None) -> TripletCounts:
     """Adds triplets with distances `d_ap`, `d_an` `[N]`; `valid [N]` drops padding."""
+    if d_ap.ndim != 1 or d_ap.shape != d_an.shape:
+        raise ValueError(f"d_ap and d_an must both be [N], got {d_ap.shape} and {d_an.shape}")
     valid = jnp.ones(d_ap.shape, bool) if valid is None else valid
     return TripletCounts(state.wins + jnp.sum(valid & (d_ap < d_an)),
                          state.ties + jnp.sum(valid & (d_ap == d_an)),

@@ -40,6 +40,7 @@ def triplet_loss(features: jax.Array, labels: jax.Array, *, margin: float = 0.2,
         raise ValueError(f"mining must be one of {MININGS}, got {mining!r}")
     if (mining == "random") != (key is not None):
         raise ValueError("mining='random' needs a key and 'hard' takes none")
+    labels = jnp.asarray(labels)
     if features.ndim < 2 or labels.shape != features.shape[:1]:
         raise ValueError(f"features must be [B, ...] and labels [B], got {features.shape} "
                          f"and {labels.shape}")

@@ -94,6 +94,8 @@ def test_pca_distance_with_all_components_is_l2_and_drops_null_directions():
                                continuity.l2_distance(planar[:6], planar[6:]), rtol=1e-4)
     with pytest.raises(ValueError, match="k must be"):
         continuity.pca_result(continuity.pca_init(5), 6)
+    with pytest.raises(ValueError, match="5 channels"):
+        continuity.pca_update(continuity.pca_init(5), features[..., :4])
 
 
 # ------------------------------------------------------------------------------- triplets
@@ -176,6 +178,8 @@ def test_triplet_consistency_chunking_and_merging_agree():
         continuity.triplet_update(continuity.triplet_init(), d_ap[:20], d_an[:20]),
         continuity.triplet_update(continuity.triplet_init(), d_ap[20:], d_an[20:]))
     assert halves == whole
+    with pytest.raises(ValueError, match="both be"):
+        continuity.triplet_update(whole, d_ap, d_an[:5])
     assert int(whole.wins) == int(np.sum(np.asarray(d_ap) < np.asarray(d_an)))
     np.testing.assert_allclose(continuity.triplet_result(whole).consistency,
                                small["f"].consistency)
