@@ -523,8 +523,8 @@ def same_class_neighbours(vectors: jax.Array, labels, *, batch_size: int = 256) 
 def _padded(items: np.ndarray, start: int, size: int) -> tuple[np.ndarray, jax.Array]:
     """`items[start:start + size]`, padded to `size` by repeating its first row, and a mask."""
     chunk = items[start:start + size]
-    valid = np.arange(size) < len(chunk)
-    return np.concatenate([chunk, np.repeat(chunk[:1], size - len(chunk), axis=0)]), jnp.asarray(valid)
+    padding = np.repeat(chunk[:1], size - len(chunk), axis=0)
+    return np.concatenate([chunk, padding]), jnp.asarray(np.arange(size) < len(chunk))
 
 
 def _check_batch_size(batch_size):

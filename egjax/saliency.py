@@ -120,12 +120,11 @@ def grad_cam(model, params, images, targets, *, tap: str = LAST_CONV, relu: bool
     _check_common(images, targets, normalize=normalize, batch_size=batch_size)
     _conv_tap_shape(model, params, images, tap)
     _check_targets(targets, _logit_count(model, params, images))
-    perturbations = _abstract_apply(model, params, images, (tap, "logits"),
-                                    perturbations=True)[1].get("perturbations", {})
-    path = _perturbation_path(perturbations, tap)
-    leaves, treedef = jax.tree.flatten(perturbations)
+    perturbations = traverse_util.flatten_dict(_abstract_apply(
+        model, params, images, (tap, "logits"), perturbations=True)[1].get("perturbations", {}))
     return _grad_cam_maps(model, params, images, jnp.asarray(targets), tap=tap,
-                          perturbation_spec=(treedef, tuple(leaves)), path=path,
+                          perturbations=tuple(perturbations.items()),
+                          path=_perturbation_path(perturbations, tap),
                           relu=relu, normalize=normalize, batch_size=batch_size)
 
 
@@ -173,22 +172,24 @@ def _cam_maps(model, params, images, targets, kernel, *, tap, relu, normalize, b
     return _over_images(one, images, targets, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "tap", "perturbation_spec", "path",
+@functools.partial(jax.jit, static_argnames=("model", "tap", "perturbations", "path",
                                              "relu", "normalize", "batch_size"))
-def _grad_cam_maps(model, params, images, targets, *, tap, perturbation_spec, path, relu,
+def _grad_cam_maps(model, params, images, targets, *, tap, perturbations, path, relu,
                    normalize, batch_size):
-    treedef, specs = perturbation_spec
-    zeros = treedef.unflatten([jnp.zeros(spec.shape, spec.dtype) for spec in specs])
+    """`perturbations`: (path, shape) of every variable the model perturbs, all set to zero
+    except the one at `path`, which carries the tap's gradient."""
+    zeros = {name: jnp.zeros(spec.shape, spec.dtype) for name, spec in perturbations}
 
     def one(image, target):
-        def score(perturbations):
-            out = model.apply({"params": params, "perturbations": perturbations},
-                              image[None], taps=(tap, "logits"))
+        def score(tap_perturbation):
+            variables = {"params": params,
+                         "perturbations": traverse_util.unflatten_dict(
+                             {**zeros, path: tap_perturbation})}
+            out = model.apply(variables, image[None], taps=(tap, "logits"))
             return out["logits"][0, target], out[tap][0]
 
-        grads, features = jax.grad(score, has_aux=True)(zeros)
-        tap_grad = traverse_util.flatten_dict(grads)[path][0]
-        weights = jnp.mean(tap_grad, axis=(0, 1))
+        tap_grad, features = jax.grad(score, has_aux=True)(zeros[path])
+        weights = jnp.mean(tap_grad[0], axis=(0, 1))
         return _finish(features @ weights, image.shape[:2], relu, normalize)
 
     return _over_images(one, images, targets, batch_size)
@@ -264,7 +265,7 @@ def _conv_tap_shape(model, params, images, tap):
 
 
 def _perturbation_path(perturbations, tap):
-    paths = [path for path in traverse_util.flatten_dict(perturbations) if path[-1] == tap]
+    paths = [path for path in perturbations if path[-1] == tap]
     if len(paths) != 1:
         found = "none" if not paths else f"{len(paths)}"
         raise ValueError(f"grad_cam needs the gradient at tap {tap!r}: the model must pass "

@@ -10,6 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+TRACES: list = []  # the input shape of every GapCNN trace, to count compilations
+
+
 def _select(outputs, taps):
     unknown = [tap for tap in taps if tap not in outputs]
     if unknown:
@@ -44,7 +47,8 @@ class GapCNN(nn.Module):
         TRACES.append(images.shape)
         tag = self.perturb if self.perturbable else (lambda name, x: x)
         out = {}
-        out["conv1_1"] = x = tag("conv1_1", nn.Conv(self.width, (3, 3), name="block1_conv1")(images))
+        x = nn.Conv(self.width, (3, 3), name="block1_conv1")(images)
+        out["conv1_1"] = x = tag("conv1_1", x)
         out["relu1_1"] = x = tag("relu1_1", nn.relu(x))
         out["pool1"] = x = nn.max_pool(x, (2, 2), (2, 2))
         out["conv5_3"] = x = tag("conv5_3", nn.Conv(self.width, (3, 3), name="block5_conv3")(x))
@@ -52,9 +56,6 @@ class GapCNN(nn.Module):
         out["gap"] = x.mean(axis=(1, 2))
         out["logits"] = nn.Dense(self.num_classes, name="head")(out["gap"])
         return _select(out, taps)
-
-
-TRACES: list = []
 
 
 def random_params(model, image_shape, seed):
