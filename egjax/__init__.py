@@ -1,6 +1,9 @@
 """egjax: explanatory graphs of CNN knowledge (Zhang et al., AAAI 2018) in JAX."""
 
-from egjax import continuity, contrastive, saliency
+from egjax import continuity, contrastive, evaluate, saliency
 from egjax.config import GraphConfig, LayerConfig
+from egjax.em import fit_graph, fit_layer
+from egjax.graph import ExplanatoryGraph, LayerFit
 
-__all__ = ["GraphConfig", "LayerConfig", "continuity", "contrastive", "saliency"]
+__all__ = ["ExplanatoryGraph", "GraphConfig", "LayerConfig", "LayerFit", "continuity",
+           "contrastive", "evaluate", "fit_graph", "fit_layer", "saliency"]

@@ -6,9 +6,7 @@ compiles once per shape.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Sequence
 
 import jax
@@ -18,34 +16,9 @@ import numpy as np
 from egjax.config import GraphConfig, LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
+from egjax.graph import ExplanatoryGraph, LayerFit
 
 COMPAT = ("fixed", "original")
-
-
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["coord", "deform", "parents", "score", "pos", "flip",
-                                "alt_score", "alt_pos"],
-                   meta_fields=["config"])
-@dataclasses.dataclass(frozen=True)
-class LayerFit:
-    """A fitted graph layer (V = C*K nodes, node v = c*K + k; N images; cells 0-based).
-
-    `coord [C,K,2]` prior positions (h, w); `deform [C,K]` deformation scales (cells);
-    `parents [V, top_n]` flat indices into the layer above (`[V, 0]` for the top layer);
-    `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]` inferred positions in the
-    frame of `flip [N]` (True: the mirrored image was used); `alt_score`, `alt_pos` the other
-    orientation; `config` the layer's settings.
-    """
-
-    coord: jax.Array
-    deform: jax.Array
-    parents: jax.Array
-    score: jax.Array
-    pos: jax.Array
-    flip: jax.Array
-    alt_score: jax.Array
-    alt_pos: jax.Array
-    config: LayerConfig
 
 
 def compute_dtype():
@@ -74,8 +47,14 @@ def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
                          f"{cfg.map_size}")
     if shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 images, got {shape[0]}")
-    if not bool(jnp.all(jnp.isfinite(jnp.asarray(maps)))):
+    if not _all_finite(maps):
         raise ValueError(f"{name} contains NaN or Inf")
+
+
+def _all_finite(x, chunk: int = 64) -> bool:
+    """NaN/Inf check over the leading axis in chunks (no full-size temporary)."""
+    return all(bool(np.isfinite(np.asarray(x[i:i + chunk])).all())
+               for i in range(0, np.shape(x)[0], chunk))
 
 
 def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
@@ -163,6 +142,10 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     processed per vectorised batch (memory ~ chunk).
     """
     _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
+    return _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk)
+
+
+def _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> LayerFit:
     original = compat == "original"
     dtype = compute_dtype()
     n, _, _, c = np.shape(maps)
@@ -177,6 +160,52 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
         jnp.asarray(init["coord"], dtype), jnp.asarray(init["deform"], dtype),
         jnp.asarray(maps, dtype), flipped, parent, setup, slots)
     return LayerFit(coord=coord, deform=deform, parents=parents,
-                    score=layer_lib.node_major(rec.score), pos=layer_lib.node_major(rec.pos), flip=rec.flip,
-                    alt_score=layer_lib.node_major(rec.alt_score), alt_pos=layer_lib.node_major(rec.alt_pos),
-                    config=cfg)
+                    score=layer_lib.node_major(rec.score), pos=layer_lib.node_major(rec.pos),
+                    flip=rec.flip, alt_score=layer_lib.node_major(rec.alt_score),
+                    alt_pos=layer_lib.node_major(rec.alt_pos), config=cfg)
+
+def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:
+    num = len(cfg.layers)
+    for name, seq in (("maps", maps), ("flipped_maps", flipped_maps), ("init", init)):
+        if seq is not None and len(seq) != num:
+            raise ValueError(f"{name} needs one entry per graph layer ({num}), got {len(seq)}")
+    counts = {np.shape(m)[0] for m in maps if np.ndim(m) == 4}
+    if len(counts) > 1:
+        raise ValueError(f"every layer's maps must hold the same images, got counts {sorted(counts)}")
+    for index, layer_cfg in enumerate(cfg.layers):
+        try:
+            _check_layer_inputs(maps[index], layer_cfg,
+                                None if flipped_maps is None else flipped_maps[index], None,
+                                None if init is None else init[index], compat)
+        except ValueError as error:
+            raise ValueError(f"layer {index} ({layer_cfg.tap or 'untapped'}): {error}") from None
+    if compat == "original":
+        for index in range(num - 1):
+            upper = cfg.layers[index + 1]
+            nodes = np.shape(maps[index + 1])[-1] * upper.nodes_per_filter
+            slots = parents_lib.candidate_slots(nodes, cfg.layers[index].top_m)
+            if cfg.layers[index].top_m > slots:
+                raise ValueError(
+                    f"layer {index}: top_m={cfg.layers[index].top_m} exceeds the {slots} "
+                    f"candidate parents that can survive the variance cut of the {nodes} nodes "
+                    f"above (the original learner would crash); lower top_m or use "
+                    f"compat='fixed'")
+
+
+def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
+              flipped_maps: Sequence | None = None, init: Sequence | None = None,
+              compat: str = "fixed", chunk: int = 8) -> ExplanatoryGraph:
+    """Fit every layer of an explanatory graph, top layer first (`learn_explanatoryGraph.m`).
+
+    `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
+    are checked before any layer is fitted.
+    """
+    _check_graph_inputs(maps, cfg, flipped_maps, init, compat)
+    fits = [None] * len(cfg.layers)
+    parent = None
+    for index in reversed(range(len(cfg.layers))):
+        parent = _fit_layer(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
+                            None if flipped_maps is None else flipped_maps[index], parent,
+                            None if init is None else init[index], compat, chunk)
+        fits[index] = parent
+    return ExplanatoryGraph(layers=tuple(fits), config=cfg)

@@ -167,16 +167,23 @@ def _per_image_inputs(data: LayerData):
     return inputs
 
 
-def _choose_orientation(plain: Inference, mirrored: Inference, original: bool):
+def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool):
     """Top layer: use the mirrored maps if they explain the image better.
 
-    The original compares `sum log(pi) F`, which prefers less evidence; else `sum pi F`.
+    The original compares `sum log(pi) F`, which prefers less evidence, from iteration 1,
+    when the nodes still sit at random cells. Else the orientation whose nodes detect more
+    strongly wins (sum over nodes of `pi F` at each node's inferred candidate), from
+    iteration 2 on, once the nodes have adapted to the images as given, so that the
+    majority orientation of the data set counts as unmirrored.
     """
     def total(inference):
-        weight = jnp.log(inference.spatial_prior) if original else inference.spatial_prior
-        return jnp.sum(weight * inference.evidence)
+        if original:
+            return jnp.sum(jnp.log(inference.spatial_prior) * inference.evidence)
+        return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=-1))
 
     flip = total(plain) < total(mirrored)
+    if not original:
+        flip = flip & (t >= 2)
     return jax.tree.map(lambda a, b: jnp.where(flip, b, a), plain, mirrored), flip
 
 
@@ -203,7 +210,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         if data.flip is None and data.flipped is not None:
             inference, flip = _choose_orientation(
                 infer(inputs["maps"], node_q, shift, scale, setup.original),
-                infer(inputs["flipped"], node_q, shift, scale, setup.original), setup.original)
+                infer(inputs["flipped"], node_q, shift, scale, setup.original), t,
+                setup.original)
         elif data.flip is not None:
             maps = jnp.where(inputs["flip"], inputs["flipped"], inputs["maps"])
             inference, flip = infer(maps, node_q, shift, scale, setup.original), inputs["flip"]
