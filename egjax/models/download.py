@@ -98,7 +98,8 @@ def _download(entry: Published, path: Path, *, quiet: bool) -> None:
     partial = path.with_name(f".{path.name}.part-{os.getpid()}")
     try:
         with urllib.request.urlopen(entry.url, timeout=60) as response, open(partial, "wb") as out:
-            size = response.length
+            length = response.headers.get("Content-Length")
+            size = None if length is None else int(length)
             total = None if size is None else round(size / 2**20)
             with Progress(total, unit="MiB", desc=f"download {entry.filename}", quiet=quiet) as bar:
                 while chunk := response.read(1 << 20):
