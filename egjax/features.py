@@ -84,7 +84,9 @@ def dequantize(quantized: QuantizedMaps) -> jax.Array:
     """QuantizedMaps -> [N, S, S, C] float32: `q * range / 255 + min` (`roughCNN_uncompress.m`)."""
     data, minimum, extent = quantized
     values = jnp.asarray(data).astype(jnp.float32) * jnp.asarray(extent)[:, None, None, :]
-    return values / jnp.float32(255) + jnp.asarray(minimum)[:, None, None, :]
+    # A true division, as MATLAB's: XLA would turn `/ 255` into `* (1/255)`, 1 ulp off.
+    divisor = jax.lax.optimization_barrier(jnp.full(values.shape, 255, jnp.float32))
+    return values / divisor + jnp.asarray(minimum)[:, None, None, :]
 
 
 def _check_images(batch, where: str) -> None:

@@ -94,6 +94,9 @@ def test_keras_notop_file_in_tf_keras2_naming(tf, tmp_path):
     write_keras_h5(path, keras_model, naming="tf.keras")
     images = np.random.default_rng(2).uniform(-120, 150, (3, 64, 64, 3)).astype(np.float32)
     expected = keras_taps(tf, keras_model, images)
+    reread = tf.keras.applications.VGG16(weights=path, include_top=False, input_shape=(64, 64, 3))
+    for ours, theirs in zip(reread.get_weights(), keras_model.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)  # Keras itself reads the written layout
 
     model, params, meta = load_vgg16(path)
     assert model.head is None and meta.head is None
