@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from egjax.models.meta import ModelMeta, preprocess
+from egjax.models.vgg import param_shapes
 from egjax.progress import Progress
 
 
@@ -122,6 +123,16 @@ def _padded(batch: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate([batch, pad])
 
 
+def _apply(model, params, images: jax.Array, taps: tuple) -> dict:
+    """`model.apply` at `taps`; on CPU one image at a time (`lax.map`), whose activations stay
+    in the caches where a whole batch's do not (~1.3x faster for VGG-16 at 224 px)."""
+    if jax.default_backend() != "cpu":
+        return model.apply({"params": params}, images, taps=taps)
+    maps = jax.lax.map(lambda image: model.apply({"params": params}, image[None], taps=taps),
+                       images)
+    return {tap: m[:, 0] for tap, m in maps.items()}
+
+
 @functools.lru_cache(maxsize=32)
 def _map_function(model, meta: ModelMeta, taps: tuple, flip: bool, normalized: bool,
                   quantized: bool):
@@ -132,7 +143,7 @@ def _map_function(model, meta: ModelMeta, taps: tuple, flip: bool, normalized: b
         n = x.shape[0]
         if flip:
             x = jnp.concatenate([x, x[:, :, ::-1]])
-        maps = model.apply({"params": params}, x, taps=taps)
+        maps = _apply(model, params, x, taps)
         if normalized:
             maps = {t: normalize(m, sd[t]) for t, m in maps.items()}
         if quantized:
@@ -149,7 +160,7 @@ def _moment_function(model, meta: ModelMeta, taps: tuple):
     """jit(params, uint8 batch, valid) -> {tap: (mean, centred sum of squares)} over `valid` rows."""
 
     def run(params, images, valid):
-        maps = model.apply({"params": params}, preprocess(images, meta), taps=taps)
+        maps = _apply(model, params, preprocess(images, meta), taps)
         weight = (jnp.arange(images.shape[0]) < valid).astype(jnp.float32)[:, None, None, None]
         count = valid.astype(jnp.float32)
         moments = {}
@@ -170,9 +181,15 @@ def _check_setup(model, images, taps, batch_size: int) -> tuple:
     return taps
 
 
-def _map_shapes(model, params, images_shape, taps) -> dict:
-    probe = jax.ShapeDtypeStruct((1, *images_shape[1:3], 3), jnp.float32)
-    shapes = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, taps=taps), params, probe)
+@functools.lru_cache(maxsize=32)
+def _map_shapes(model, image_size: tuple[int, int], taps: tuple) -> dict:
+    """{tap: (S, S, C)} for images of `image_size` (traces the model once, computes nothing)."""
+    probe = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+
+    def apply(params, images):
+        return model.apply({"params": params}, images, taps=taps)
+
+    shapes = jax.eval_shape(apply, param_shapes(model), probe)
     return {t: s.shape[1:] for t, s in shapes.items()}
 
 
@@ -200,14 +217,14 @@ def iter_features(model, params, meta: ModelMeta, images, taps: Sequence[str], *
     """
     taps = _check_setup(model, images, taps, batch_size)
     if sd is not None and _is_array(images):
-        sd = _check_sd(sd, _map_shapes(model, params, images.shape, taps))
+        sd = _check_sd(sd, _map_shapes(model, tuple(images.shape[1:3]), taps))
     function = _map_function(model, meta, taps, flip, sd is not None, quantized)
     total = images.shape[0] if _is_array(images) else None
     start = 0
     with Progress(total, unit="images", desc="features", quiet=quiet) as bar:
         for batch in _batches(images, batch_size):
             if start == 0 and sd is not None and not _is_array(images):
-                sd = _check_sd(sd, _map_shapes(model, params, batch.shape, taps))
+                sd = _check_sd(sd, _map_shapes(model, tuple(batch.shape[1:3]), taps))
             n = batch.shape[0]
             maps, flipped = function(params, _padded(batch, batch_size), sd)
             maps, flipped = jax.tree.map(lambda a: np.asarray(a)[:n], (maps, flipped))
@@ -228,7 +245,7 @@ def extract_features(model, params, meta: ModelMeta, images, taps: Sequence[str]
         raise ValueError("extract_features needs an array-like of images with a .shape; "
                          "use iter_features for an iterable of batches")
     taps = _check_setup(model, images, taps, batch_size)
-    shapes = _map_shapes(model, params, images.shape, taps)
+    shapes = _map_shapes(model, tuple(images.shape[1:3]), taps)
     n = images.shape[0]
 
     def allocate():

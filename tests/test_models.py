@@ -1,5 +1,5 @@
 """The Flax VGG-16: topology, taps and their semantics, early stopping, input checks,
-preprocessing conventions."""
+preprocessing conventions, the Winograd convolution."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from egjax.models import VGG16, ModelMeta, param_shapes, preprocess, trunk_layers
+from egjax.models import VGG16, ModelMeta, param_shapes, preprocess, trunk_layers, winograd
 from vgg_weight_files import random_params
 
 NARROW = VGG16(width=0.125, head="gap", num_classes=6)
@@ -143,3 +143,37 @@ def test_meta_round_trip_and_validation():
         ModelMeta(source="x", preprocessing="tf")
     with pytest.raises(ValueError, match="colour"):
         ModelMeta.from_dict({"source": "x", "colour": "bgr"})
+
+
+@pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((1, 14, 14, 32), 8),
+                                             ((3, 1, 2, 4), 3)])
+def test_winograd_equals_the_direct_convolution(shape, features):
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=shape).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, shape[-1], features)).astype(np.float32)
+    direct = jax.lax.conv_general_dilated(images, kernel, (1, 1), ((1, 1), (1, 1)),
+                                          dimension_numbers=winograd.NHWC_HWIO,
+                                          precision=jax.lax.Precision.HIGHEST)
+    fast = winograd.conv3x3(images, kernel)
+    assert fast.shape == direct.shape
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-5 * np.abs(direct).max())
+
+
+def test_conv_hook_takes_winograd_only_where_it_applies():
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(1, 6, 6, 4)).astype(np.float32)
+    numbers = jax.lax.conv_dimension_numbers(images.shape, (3, 3, 4, 1), winograd.NHWC_HWIO)
+
+    def both(kernel, strides=(1, 1), padding=((1, 1), (1, 1))):
+        hook = winograd.conv_general_dilated(images, kernel, strides, padding,
+                                             dimension_numbers=numbers)
+        lax = jax.lax.conv_general_dilated(images, kernel, strides, padding,
+                                           dimension_numbers=numbers)
+        return np.asarray(hook), np.asarray(lax)
+
+    wide = rng.normal(size=(3, 3, 4, winograd.MIN_FEATURES)).astype(np.float32)
+    hook, _ = both(wide)
+    np.testing.assert_array_equal(hook, winograd.conv3x3(images, wide))
+    narrow = wide[..., :8]
+    for case in (both(narrow), both(wide, strides=(2, 2)), both(wide[:1, :1], padding="SAME")):
+        np.testing.assert_array_equal(*case)

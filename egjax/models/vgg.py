@@ -10,6 +10,8 @@ Tap names, bottom to top: `conv{b}_{i}` (pre-ReLU conv output), `relu{b}_{i}`, `
 head "fc": `fc6`, `fc7` (post-ReLU), `logits`; head "gap": `gap` (pooled vector), `logits`.
 Parameters are named after the layer: `conv1_1` .. `conv5_3`, `fc6`, `fc7`, `logits`; conv
 kernels HWIO, dense kernels [in, out] with fc6's input flattened from pool5 in HWC order.
+On CPU the wide 3x3 convs run as Winograd F(2x2, 3x3) (see `winograd`); float32 throughout,
+at full precision on every backend.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from egjax.models import winograd
 
 HEADS = ("fc", "gap", None)
 FC_UNITS = 4096
@@ -142,7 +146,8 @@ class VGG16(nn.Module):
                 continue
             x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                         padding=((layer.padding, layer.padding),) * 2,
-                        precision=jax.lax.Precision.HIGHEST, name=layer.name)(x)
+                        precision=jax.lax.Precision.HIGHEST,
+                        conv_general_dilated=winograd.conv_general_dilated, name=layer.name)(x)
             if keep(layer.name, x):
                 return out
             x = maps = nn.relu(x)
