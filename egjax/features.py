@@ -13,7 +13,7 @@ before the network), left in mirrored order and normalised with the unflipped sd
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -48,6 +48,14 @@ class Features(NamedTuple):
     flipped: dict | None
 
 
+def _divide(numerator: jax.Array, denominator) -> jax.Array:
+    """IEEE division, as MATLAB's `./`. XLA rewrites a division by a broadcast value into a
+    multiplication by its reciprocal (up to 1 ulp off); a full-shape denominator behind an
+    optimization barrier keeps the true division."""
+    full = jnp.broadcast_to(jnp.asarray(denominator, numerator.dtype), numerator.shape)
+    return numerator / jax.lax.optimization_barrier(full)
+
+
 def normalize(maps: jax.Array, sd: jax.Array) -> jax.Array:
     """x / sd, with -1 wherever the raw x <= 0 (ALGORITHM.md, preprocessing step 2).
 
@@ -55,8 +63,9 @@ def normalize(maps: jax.Array, sd: jax.Array) -> jax.Array:
     negatives) also becomes -1: it carries no evidence (the E-step uses max(x, 0)) instead of
     the infinity of x / 0 (the original's NaN/Inf).
     """
+    maps = jnp.asarray(maps, jnp.float32)
     active = (maps > 0) & (sd > 0)
-    return jnp.where(active, maps / jnp.where(sd > 0, sd, 1.0), -1.0).astype(jnp.float32)
+    return jnp.where(active, _divide(maps, jnp.where(sd > 0, sd, 1.0)), -1.0)
 
 
 def to_uint8(values: jax.Array) -> jax.Array:
@@ -85,9 +94,7 @@ def dequantize(quantized: QuantizedMaps) -> jax.Array:
     """QuantizedMaps -> [N, S, S, C] float32: `q * range / 255 + min` (`roughCNN_uncompress.m`)."""
     data, minimum, extent = quantized
     values = jnp.asarray(data).astype(jnp.float32) * jnp.asarray(extent)[:, None, None, :]
-    # A true division, as MATLAB's: XLA would turn `/ 255` into `* (1/255)`, 1 ulp off.
-    divisor = jax.lax.optimization_barrier(jnp.full(values.shape, 255, jnp.float32))
-    return values / divisor + jnp.asarray(minimum)[:, None, None, :]
+    return _divide(values, 255) + jnp.asarray(minimum)[:, None, None, :]
 
 
 def _check_images(batch, where: str) -> None:
@@ -157,7 +164,8 @@ def _map_function(model, meta: ModelMeta, taps: tuple, flip: bool, normalized: b
 
 @functools.lru_cache(maxsize=32)
 def _moment_function(model, meta: ModelMeta, taps: tuple):
-    """jit(params, uint8 batch, valid) -> {tap: (mean, centred sum of squares)} over `valid` rows."""
+    """jit(params, uint8 batch, valid) -> {tap: (mean, centred sum of squares)} of the first
+    `valid` images."""
 
     def run(params, images, valid):
         maps = _apply(model, params, preprocess(images, meta), taps)

@@ -36,6 +36,13 @@ def test_normalize_by_hand():
     np.testing.assert_array_equal(F.normalize(maps, sd), [[[[-1, -1, 1, -1, 0.75]]]])
 
 
+def test_normalize_divides_exactly():
+    rng = np.random.default_rng(2)
+    maps = rng.uniform(0.1, 10, (3, 5, 5, 7)).astype(np.float32)
+    sd = rng.uniform(0.1, 3, (5, 5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(jax.jit(F.normalize)(maps, sd), maps / sd)
+
+
 def test_to_uint8_is_matlab_uint8():
     values = np.array([-3.7, -0.5, 0.49999997, 0.5, 1.5, 2.5, 3.5, 254.5, 255.4, 300.0,
                        np.inf, -np.inf, np.nan], np.float32)
@@ -102,7 +109,8 @@ def test_extraction_normalises_flips_and_quantises(params, images):
     out = F.extract_features(MODEL, params, META, images, TAPS, sd=sd, batch_size=4, quiet=True)
     quantized = F.extract_features(MODEL, params, META, images, TAPS, sd=sd, quantized=True,
                                    batch_size=4, quiet=True)
-    for flip, maps, q in ((False, out.maps, quantized.maps), (True, out.flipped, quantized.flipped)):
+    for flip, maps, q in ((False, out.maps, quantized.maps),
+                          (True, out.flipped, quantized.flipped)):
         raw = direct_maps(params, images, flip=flip)
         for tap in TAPS:
             expected = np.asarray(F.normalize(raw[tap], sd[tap]))

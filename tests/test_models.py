@@ -101,7 +101,8 @@ def test_fc_head_needs_224_px_but_conv_taps_do_not():
     model = VGG16(width=0.125, head="fc", num_classes=4)
     params = random_params(model, seed=1)
     small = np.zeros((1, 64, 64, 3), np.float32)
-    assert model.apply({"params": params}, small, taps=("conv5_3",))["conv5_3"].shape == (1, 4, 4, 64)
+    maps = model.apply({"params": params}, small, taps=("conv5_3",))["conv5_3"]
+    assert maps.shape == (1, 4, 4, 64)
     with pytest.raises(ValueError, match="224"):
         model.apply({"params": params}, small, taps=("fc6",))
 

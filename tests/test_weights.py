@@ -18,8 +18,8 @@ from egjax.models import (PUBLISHED, VGG16, ModelMeta, load_checkpoint, load_vgg
                           save_checkpoint)
 from egjax.models import download
 from egjax.models.torch_pickle import read_torch_state_dict
-from vgg_weight_files import (random_params, torch_reference, torchvision_state_dict, write_keras_h5,
-                              write_torch_legacy, write_torch_zip)
+from vgg_weight_files import (random_params, torch_reference, torchvision_state_dict,
+                              write_keras_h5, write_torch_legacy, write_torch_zip)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 TOLERANCE = 1e-4

@@ -64,7 +64,8 @@ def torchvision_state_dict(width: float, num_classes: int, seed: int = 0,
             continue
         out = max(1, round(v * width))
         std = np.sqrt(2.0 / (9 * channels))
-        state[f"features.{index}.weight"] = rng.normal(0, std, (out, channels, 3, 3)).astype(np.float32)
+        weight = rng.normal(0, std, (out, channels, 3, 3))
+        state[f"features.{index}.weight"] = weight.astype(np.float32)
         state[f"features.{index}.bias"] = rng.normal(0, 0.1, out).astype(np.float32)
         index += 2
         channels = out

@@ -130,7 +130,7 @@ def _read_zip(path: str):
     with zipfile.ZipFile(path) as archive:
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pickles) != 1:
-            raise ValueError(f"{path}: a zip file but not a torch checkpoint (no <archive>/data.pkl)")
+            raise ValueError(f"{path}: a zip file, but no torch checkpoint (no <archive>/data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
         order = "little"
         if prefix + "byteorder" in archive.namelist():

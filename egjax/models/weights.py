@@ -123,7 +123,8 @@ def _oihw_to_hwio(kernel: np.ndarray, layer: str, path: str) -> np.ndarray:
 
 
 def _fc6_from_chw(kernel: np.ndarray, channels: int, path: str) -> np.ndarray:
-    """[units, C*7*7] (torchvision) or [units, C, 7, 7] (timm), input in CHW order -> [7*7*C, units] in HWC order."""
+    """[units, C*7*7] (torchvision) or [units, C, 7, 7] (timm), input in CHW order ->
+    [7*7*C, units], input in HWC order (pool5 flattened as `VGG16` does)."""
     units, side = kernel.shape[0], FC_MAP_SIZE
     if channels == 0 or kernel.size != units * channels * side * side:
         raise ValueError(f"{path}: layer 'fc6' kernel has shape {kernel.shape}, which does not "

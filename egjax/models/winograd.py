@@ -84,7 +84,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
                and feature_group_count == 1 and dimension_numbers == plain and not kwargs)
     if applies:
-        return conv3x3(lhs, rhs, precision=lax.Precision.HIGHEST if precision is None else precision)
+        return conv3x3(lhs, rhs, lax.Precision.HIGHEST if precision is None else precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,
                                     **kwargs)
