@@ -101,7 +101,11 @@ def _from_torch(tensors: dict, path: str) -> dict:
         if module not in TORCH_NAMES or role is None:
             raise ValueError(f"{path}: unexpected tensor {key!r} {tuple(value.shape)}; not a "
                              "VGG-16 state dict (batch norm, another depth or architecture?)")
-        params.setdefault(TORCH_NAMES[module], {})[role] = value
+        weights = params.setdefault(TORCH_NAMES[module], {})
+        if role in weights:
+            raise ValueError(f"{path}: two {role}s for layer {TORCH_NAMES[module]!r} "
+                             f"(torchvision and timm names mixed?)")
+        weights[role] = value
     for layer, weights in params.items():
         kernel = weights.get("kernel")
         if kernel is None:
