@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from egjax.models import (PUBLISHED, VGG16, ModelMeta, load_checkpoint, load_vgg16,
-                          save_checkpoint)
+                          preprocess, save_checkpoint)
 from egjax.models import download
 from egjax.models.torch_pickle import read_torch_state_dict
 from vgg_weight_files import (random_params, torch_reference, torchvision_state_dict,
@@ -103,6 +103,13 @@ def test_keras_notop_file_in_tf_keras2_naming(tf, tmp_path):
     ours = all_taps(model, params, images)
     for tap in model.tap_names:
         assert_close(ours[tap], expected[tap], tap)
+
+
+def test_caffe_preprocessing_is_keras_vgg16_preprocess_input(tf):
+    images = np.random.default_rng(5).integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    expected = tf.keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+    ours = preprocess(images, ModelMeta(source="keras", preprocessing="caffe"))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
 
 
 def test_keras_file_of_another_network_is_refused(tf, tmp_path):

@@ -135,8 +135,8 @@ class VGG16(nn.Module):
                 out[name] = value
             return len(out) == len(taps) and not run_all
 
-        x = images
-        maps = x
+        precision = jax.lax.Precision.HIGHEST
+        x = last_relu = images
         for layer in self.layers:
             if layer.kind == "pool":
                 window = (layer.kernel, layer.kernel)
@@ -146,19 +146,18 @@ class VGG16(nn.Module):
                 continue
             x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                         padding=((layer.padding, layer.padding),) * 2,
-                        precision=jax.lax.Precision.HIGHEST,
-                        conv_general_dilated=winograd.conv_general_dilated, name=layer.name)(x)
+                        precision=precision, conv_general_dilated=winograd.conv_general_dilated,
+                        name=layer.name)(x)
             if keep(layer.name, x):
                 return out
-            x = maps = nn.relu(x)
+            x = last_relu = nn.relu(x)
             if keep(relu_name(layer.name), x):
                 return out
 
-        dense = dict(precision=jax.lax.Precision.HIGHEST)
         if self.head == "gap":
-            x = jnp.mean(maps, axis=(1, 2))
+            x = jnp.mean(last_relu, axis=(1, 2))
             keep("gap", x)
-            keep("logits", nn.Dense(self.num_classes, name="logits", **dense)(x))
+            keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
         elif self.head == "fc":
             if x.shape[1:3] != (FC_MAP_SIZE, FC_MAP_SIZE):
                 raise ValueError(
@@ -167,11 +166,11 @@ class VGG16(nn.Module):
                     "request conv taps only, or build the model with head='gap' or None")
             x = x.reshape(x.shape[0], -1)
             units = scaled(FC_UNITS, self.width)
-            x = nn.relu(nn.Dense(units, name="fc6", **dense)(x))
+            x = nn.relu(nn.Dense(units, precision=precision, name="fc6")(x))
             keep("fc6", x)
-            x = nn.relu(nn.Dense(units, name="fc7", **dense)(x))
+            x = nn.relu(nn.Dense(units, precision=precision, name="fc7")(x))
             keep("fc7", x)
-            keep("logits", nn.Dense(self.num_classes, name="logits", **dense)(x))
+            keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
         return out
 
 
