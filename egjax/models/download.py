@@ -85,15 +85,14 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, *, quiet: bool 
     entry = PUBLISHED[name]
     cache = Path(DEFAULT_CACHE if cache_dir is None else cache_dir).expanduser()
     path = cache / entry.filename
-    if not path.exists():
-        _download(entry, path, quiet=quiet)
-    actual = verify(path, entry)
+    actual = verify(path, entry) if path.exists() else _download(entry, path, quiet=quiet)
     if entry.digest is None and not quiet:
         print(f"{path}: sha256 {actual} (not pinned by its publisher)", file=sys.stderr)
     return path
 
 
-def _download(entry: Published, path: Path, *, quiet: bool) -> None:
+def _download(entry: Published, path: Path, *, quiet: bool) -> str:
+    """Downloads `entry` to `path` (via a temporary sibling); returns its verified digest."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.part-{os.getpid()}")
     try:
@@ -110,6 +109,7 @@ def _download(entry: Published, path: Path, *, quiet: bool) -> None:
         actual = file_digest(partial, entry.algorithm)
         _require_pinned(actual, entry, f"the download of {entry.url}", "nothing was kept")
         os.replace(partial, path)
+        return actual
     except (urllib.error.URLError, OSError) as err:
         raise FileNotFoundError(
             f"could not download {entry.url} ({err}). Without a network, download it elsewhere "
