@@ -239,6 +239,10 @@ def test_fetch_downloads_verifies_and_caches(monkeypatch, tmp_path):
     model, _, meta = load_vgg16("torchvision", cache_dir=cache, quiet=True)
     assert meta.source == "torchvision" and model.num_classes == 10
     assert sorted(os.listdir(cache)) == [filename]
+    assert download.fetch("torchvision", cache) == cache / filename  # cached, verified again
+    (cache / filename).write_bytes(content[:-1] + b"\0")
+    with pytest.raises(ValueError, match="corrupt"):
+        download.fetch("torchvision", cache)
 
 
 def test_fetch_refuses_a_corrupt_download(monkeypatch, tmp_path):
