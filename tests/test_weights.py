@@ -240,7 +240,7 @@ def test_fetch_downloads_verifies_and_caches(monkeypatch, tmp_path):
     assert meta.source == "torchvision" and model.num_classes == 10
     assert sorted(os.listdir(cache)) == [filename]
     assert download.fetch("torchvision", cache) == cache / filename  # cached, verified again
-    (cache / filename).write_bytes(content[:-1] + b"\0")
+    (cache / filename).write_bytes(content[:-1] + bytes([content[-1] ^ 0xFF]))
     with pytest.raises(ValueError, match="corrupt"):
         download.fetch("torchvision", cache)
 
