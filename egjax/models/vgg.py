@@ -1,0 +1,218 @@
+"""VGG-16 (Simonyan & Zisserman, ICLR 2015, configuration D) in Flax linen, with named taps.
+
+The conv trunk is 13 3x3 convs (pad 1, stride 1, each followed by ReLU) in 5 blocks, each
+block ending in a 2x2 max pool (stride 2). Heads: "fc" (fc6, fc7 with ReLU, then logits; the
+ImageNet network, needs 7x7 pool5 maps, i.e. 224-px input), "gap" (global average of relu5_3,
+then one Dense: the CAM-compatible head for small trained networks) or None. Inference only:
+no dropout. `width` scales every channel count: round(c * width), at least 1.
+
+Tap names, bottom to top: `conv{b}_{i}` (pre-ReLU conv output), `relu{b}_{i}`, `pool{b}`;
+head "fc": `fc6`, `fc7` (post-ReLU), `logits`; head "gap": `gap` (pooled vector), `logits`.
+Parameters are named after the layer: `conv1_1` .. `conv5_3`, `fc6`, `fc7`, `logits`; conv
+kernels HWIO, dense kernels [in, out] with fc6's input flattened from pool5 in HWC order.
+On CPU the wide 3x3 convs run as Winograd F(2x2, 3x3) (see `winograd`); float32 throughout,
+at full precision on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from egjax.models import winograd
+
+HEADS = ("fc", "gap", None)
+FC_UNITS = 4096
+FC_MAP_SIZE = 7
+BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class Layer(NamedTuple):
+    """One layer of the conv trunk: a conv (ReLU after it) or a max pool; sizes in cells."""
+
+    name: str
+    kind: str
+    kernel: int
+    stride: int
+    padding: int
+    features: int
+
+
+def scaled(channels: int, width: float) -> int:
+    """Channels of a layer in a network `width` times as wide: round(channels * width) >= 1."""
+    return max(1, round(channels * width))
+
+
+def trunk_layers(width: float = 1.0) -> tuple[Layer, ...]:
+    """The 13 convs and 5 pools of VGG-16, bottom to top (`features` 0 for pools)."""
+    layers = []
+    for block, convs in enumerate(BLOCKS, start=1):
+        for index, channels in enumerate(convs, start=1):
+            layers.append(Layer(f"conv{block}_{index}", "conv", 3, 1, 1, scaled(channels, width)))
+        layers.append(Layer(f"pool{block}", "pool", 2, 2, 0, 0))
+    return tuple(layers)
+
+
+def relu_name(conv_name: str) -> str:
+    """`conv4_2` -> `relu4_2`."""
+    return "relu" + conv_name[len("conv"):]
+
+
+def tap_names(head: str | None) -> tuple[str, ...]:
+    """Every tap of a VGG16 with `head`, in the order the network computes them."""
+    names = []
+    for layer in trunk_layers():
+        names.append(layer.name)
+        if layer.kind == "conv":
+            names.append(relu_name(layer.name))
+    if head == "fc":
+        names += ["fc6", "fc7", "logits"]
+    elif head == "gap":
+        names += ["gap", "logits"]
+    return tuple(names)
+
+
+class VGG16(nn.Module):
+    """VGG-16 returning the requested taps: `apply(variables, images, taps) -> {name: array}`.
+
+    images: [N, H, W, 3] float, preprocessed (see `egjax.models.preprocess`); any H, W for
+    conv taps (pools floor odd sides), 224 for the "fc" head. Maps come out `[N, h, w, C]`.
+    Only the layers up to the highest requested tap run. `taps=None` returns the top tap.
+    """
+
+    width: float = 1.0
+    head: str | None = "fc"
+    num_classes: int = 1000
+
+    def __post_init__(self):
+        if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
+                and self.width > 0):
+            raise ValueError(f"width must be a finite number > 0, got {self.width!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
+            raise ValueError(f"num_classes must be an int >= 1, got {self.num_classes!r}")
+        super().__post_init__()
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The conv trunk, bottom to top, with this width's channel counts."""
+        return trunk_layers(self.width)
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        """Valid tap names, bottom to top."""
+        return tap_names(self.head)
+
+    def check_taps(self, taps: Sequence[str] | None) -> tuple[str, ...]:
+        """The requested taps as a tuple (the top tap for None); ValueError for unknown names."""
+        if taps is None:
+            return self.tap_names[-1:]
+        if isinstance(taps, str):
+            taps = (taps,)
+        taps = tuple(taps)
+        unknown = [t for t in taps if t not in self.tap_names]
+        if unknown or not taps:
+            raise ValueError(f"unknown taps {unknown or list(taps)} for VGG16(head={self.head!r});"
+                             f" valid taps: {', '.join(self.tap_names)}")
+        return taps
+
+    @nn.compact
+    def __call__(self, images: jax.Array, taps: Sequence[str] | None = None) -> dict:
+        taps = self.check_taps(taps)
+        _check_images(images)
+        run_all = self.is_initializing()
+        out = {}
+
+        def keep(name: str, value: jax.Array) -> bool:
+            """Records `value` if requested; True once every requested tap is recorded."""
+            if name in taps:
+                out[name] = value
+            return len(out) == len(taps) and not run_all
+
+        precision = jax.lax.Precision.HIGHEST
+        x = last_relu = images
+        for layer in self.layers:
+            if layer.kind == "pool":
+                window = (layer.kernel, layer.kernel)
+                x = nn.max_pool(x, window, strides=(layer.stride, layer.stride))
+                if keep(layer.name, x):
+                    return out
+                continue
+            x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
+                        padding=((layer.padding, layer.padding),) * 2,
+                        precision=precision, conv_general_dilated=winograd.conv_general_dilated,
+                        name=layer.name)(x)
+            if keep(layer.name, x):
+                return out
+            x = last_relu = nn.relu(x)
+            if keep(relu_name(layer.name), x):
+                return out
+
+        if self.head == "gap":
+            x = jnp.mean(last_relu, axis=(1, 2))
+            keep("gap", x)
+            keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
+        elif self.head == "fc":
+            if x.shape[1:3] != (FC_MAP_SIZE, FC_MAP_SIZE):
+                raise ValueError(
+                    f"head 'fc' needs {FC_MAP_SIZE}x{FC_MAP_SIZE} pool5 maps (224-px images), got "
+                    f"{x.shape[1]}x{x.shape[2]} from {images.shape[1]}x{images.shape[2]} images; "
+                    "request conv taps only, or build the model with head='gap' or None")
+            x = x.reshape(x.shape[0], -1)
+            units = scaled(FC_UNITS, self.width)
+            x = nn.relu(nn.Dense(units, precision=precision, name="fc6")(x))
+            keep("fc6", x)
+            x = nn.relu(nn.Dense(units, precision=precision, name="fc7")(x))
+            keep("fc7", x)
+            keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
+        return out
+
+
+def _check_images(images) -> None:
+    shape = getattr(images, "shape", None)
+    dtype = getattr(images, "dtype", None)
+    if shape is None or len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] (NHWC RGB/BGR), got shape {shape}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"images must be float (preprocessed; see egjax.models.preprocess), "
+                         f"got {dtype}")
+
+
+def param_shapes(model: VGG16) -> dict:
+    """The parameter tree of `model` as ShapeDtypeStructs (computes nothing)."""
+    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    return variables["params"]
+
+
+def check_params(params, model: VGG16, origin: str) -> None:
+    """ValueError naming the first layer of `params` that is missing, unexpected or misshapen.
+
+    `origin` (a path, a checkpoint) starts the message.
+    """
+    expected = param_shapes(model)
+    name = f"VGG16(width={model.width:g}, head={model.head!r}, num_classes={model.num_classes})"
+    unexpected = sorted(set(params) - set(expected))
+    if unexpected:
+        raise ValueError(f"{origin}: unexpected layer {unexpected[0]!r} for {name} "
+                         f"(layers found: {', '.join(params)})")
+    for layer, weights in expected.items():
+        if layer not in params:
+            raise ValueError(f"{origin}: layer {layer!r} is missing; {name} needs "
+                             f"{', '.join(expected)}")
+        for role, want in weights.items():
+            got = getattr(params[layer].get(role), "shape", None)
+            if got is None:
+                raise ValueError(f"{origin}: layer {layer!r} has no {role}")
+            if tuple(got) != want.shape:
+                raise ValueError(f"{origin}: layer {layer!r} {role} has shape {tuple(got)}, but "
+                                 f"{name} needs {want.shape}")
+        extra = sorted(set(params[layer]) - set(weights))
+        if extra:
+            raise ValueError(f"{origin}: layer {layer!r} has unexpected weights {extra}")
