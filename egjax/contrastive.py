@@ -5,7 +5,7 @@
     loss = ce + weight * triplet_loss(out["relu5_3"], labels)
 
 For the class region only, pass `continuity.masked_mean(f, continuity.cam_mask(f,
-params["head"]["kernel"], labels, 0.2))` instead of the whole map `f` (the mask is boolean,
+params["logits"]["kernel"], labels, 0.2))` instead of the whole map `f` (the mask is boolean,
 so no gradient flows through it).
 
 Why a margin triplet loss rather than supervised InfoNCE (Khosla et al., 2020): its hinge

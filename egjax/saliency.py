@@ -7,11 +7,12 @@ returns maps `[N, H, W]` at image resolution. Two extra requirements, each for o
 
 * `cam` needs a head that is linear on the global average of a conv tap
   (`logits = mean_hw(tap) @ kernel + bias`); the Dense parameters are read from
-  `params["head"]` unless `head=` is given.
+  `params["logits"]` (the Dense layer that produces the logits) unless `head=` is given.
 * `grad_cam` needs the gradient of a logit with respect to a tap, which a model can only
   expose through an injection point: the model passes the tap through Flax's
-  `x = self.perturb(tap, x)` (a no-op unless a `"perturbations"` collection is supplied),
-  so the perturbation variable carries the tap's name.
+  `x = self.perturb(perturbation_name(tap), x)` (a no-op unless a `"perturbations"`
+  collection is supplied); the name is the tap's plus `"_out"`, since Flax keeps one
+  namespace for a module's submodules and variables (the conv `conv5_3` owns that name).
 
 Images never mix: each map is computed from `image[None]` alone and `jax.vmap`-ped over
 the batch, so no gradient, batch statistic or maximum crosses images whatever the model
@@ -87,15 +88,15 @@ def cam(model, params, images, targets, *, tap: str = LAST_CONV, head: Mapping |
 
     images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`. `tap` is the conv map the
     head globally averages (default `"relu5_3"`); `head` holds its Dense parameters
-    (`{"kernel": [K, num_classes], ...}`, default `params["head"]`). The bias is not part
+    (`{"kernel": [K, num_classes], ...}`, default `params["logits"]`). The bias is not part
     of the map.
     """
     _check_common(images, targets, normalize=normalize, batch_size=batch_size)
     if head is None:
-        if not (isinstance(params, Mapping) and "head" in params):
+        if not (isinstance(params, Mapping) and "logits" in params):
             raise ValueError("cam needs the Dense head on the pooled tap: pass head= or "
                              "keep it at params['head']")
-        head = params["head"]
+        head = params["logits"]
     if "kernel" not in head:
         raise ValueError("head must hold the Dense 'kernel' [channels, num_classes]")
     kernel = jnp.asarray(head["kernel"])
@@ -114,7 +115,8 @@ def grad_cam(model, params, images, targets, *, tap: str = LAST_CONV, relu: bool
 
     images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`. Channel weights are the
     spatial mean of `d logit_t / d A` (the pre-softmax score, as in the paper); the map is
-    `sum_k weight_k * A_k`. Needs the model to pass `tap` through `self.perturb(tap, x)`.
+    `sum_k weight_k * A_k`. Needs the model to pass `tap` through
+    `self.perturb(perturbation_name(tap), x)`.
     At the tap a GAP head pools, Grad-CAM is CAM divided by the map's area `h * w`.
     """
     _check_common(images, targets, normalize=normalize, batch_size=batch_size)
@@ -264,13 +266,19 @@ def _conv_tap_shape(model, params, images, tap):
     return shape
 
 
+def perturbation_name(tap: str) -> str:
+    """Name of the `self.perturb` variable through which a model exposes `tap` to gradients."""
+    return f"{tap}_out"
+
+
 def _perturbation_path(perturbations, tap):
-    paths = [path for path in perturbations if path[-1] == tap]
+    name = perturbation_name(tap)
+    paths = [path for path in perturbations if path[-1] == name]
     if len(paths) != 1:
         found = "none" if not paths else f"{len(paths)}"
         raise ValueError(f"grad_cam needs the gradient at tap {tap!r}: the model must pass "
-                         f"it through `self.perturb({tap!r}, x)` exactly once "
-                         f"(perturbations named {tap!r}: {found})")
+                         f"it through `self.perturb({name!r}, x)` exactly once "
+                         f"(perturbations named {name!r}: {found})")
     return paths[0]
 
 

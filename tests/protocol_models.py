@@ -1,13 +1,15 @@
 """Tiny Flax classifiers that follow the egjax model protocol, for the saliency/continuity tests.
 
 `model.apply({"params": params}, images, taps=names) -> {name: array}`; unknown taps raise
-ValueError; conv taps pass through `self.perturb(tap, x)` so Grad-CAM can reach them.
+ValueError; taps pass through `self.perturb(perturbation_name(tap), x)` so Grad-CAM can reach them.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from egjax.saliency import perturbation_name
 
 
 TRACES: list = []  # the input shape of every GapCNN trace, to count compilations
@@ -45,7 +47,8 @@ class GapCNN(nn.Module):
     @nn.compact
     def __call__(self, images, taps):
         TRACES.append(images.shape)
-        tag = self.perturb if self.perturbable else (lambda name, x: x)
+        tag = ((lambda tap, x: self.perturb(perturbation_name(tap), x)) if self.perturbable
+               else (lambda tap, x: x))
         out = {}
         x = nn.Conv(self.width, (3, 3), name="block1_conv1")(images)
         out["conv1_1"] = x = tag("conv1_1", x)
@@ -54,7 +57,7 @@ class GapCNN(nn.Module):
         out["conv5_3"] = x = tag("conv5_3", nn.Conv(self.width, (3, 3), name="block5_conv3")(x))
         out["relu5_3"] = x = tag("relu5_3", nn.relu(x))
         out["gap"] = x.mean(axis=(1, 2))
-        out["logits"] = nn.Dense(self.num_classes, name="head")(out["gap"])
+        out["logits"] = nn.Dense(self.num_classes, name="logits")(out["gap"])
         return _select(out, taps)
 
 

@@ -282,7 +282,7 @@ def test_tap_embedding_feeds_triplet_consistency():
                                rtol=1e-5, atol=1e-6)
     results = continuity.triplet_consistency(
         embed, images, LABELS, KEY, num_triplets=100, batch_size=10,
-        distance={"relu5_3": continuity.cam_masked_distance(params["head"]), "gap": "l2"})
+        distance={"relu5_3": continuity.cam_masked_distance(params["logits"]), "gap": "l2"})
     assert sorted(results) == ["gap", "relu5_3"]
     assert all(int(result.count) == 100 for result in results.values())
 

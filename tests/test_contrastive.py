@@ -86,12 +86,12 @@ def test_added_to_cross_entropy_it_trains_triplet_consistency():
     inputs[:, 4:7] += 0.6 * np.eye(3)[labels]
     inputs = jnp.asarray(inputs, jnp.float32)
     params = {"features": jnp.asarray(rng.normal(size=(8, 4)) * 0.3, jnp.float32),
-              "head": jnp.asarray(rng.normal(size=(4, 3)) * 0.3, jnp.float32)}
+              "logits": jnp.asarray(rng.normal(size=(4, 3)) * 0.3, jnp.float32)}
     optimizer = optax.adam(0.05)
 
     def loss_fn(params):
         features = inputs @ params["features"]
-        ce = optax.softmax_cross_entropy_with_integer_labels(features @ params["head"], labels)
+        ce = optax.softmax_cross_entropy_with_integer_labels(features @ params["logits"], labels)
         return ce.mean() + 1.0 * triplet_loss(features, labels)
 
     @jax.jit

@@ -108,7 +108,7 @@ def test_cam_is_the_class_weighted_map_upsampled(cnn):
     model, params = cnn
     images, targets = _images(6, 2, 16), np.array([1, 2])
     features = _apply(model, params, images, "relu5_3")                 # [2, 8, 8, 4]
-    kernel = np.asarray(params["head"]["kernel"])
+    kernel = np.asarray(params["logits"]["kernel"])
     signed = np.einsum("nhwk,kn->nhw", features, kernel[:, targets])
     assert signed.max() > 0 > signed.min()
     np.testing.assert_allclose(saliency.cam(model, params, images, targets, relu=False),
@@ -130,7 +130,7 @@ def test_grad_cam_at_an_early_tap_matches_a_hand_written_backward_pass(cnn):
         x = nn.max_pool(a[None], (2, 2), (2, 2))
         x = nn.Conv(4, (3, 3)).apply({"params": params["block5_conv3"]}, x)
         gap = jax.nn.relu(x).mean(axis=(1, 2))
-        return (gap @ params["head"]["kernel"] + params["head"]["bias"])[0, target]
+        return (gap @ params["logits"]["kernel"] + params["logits"]["bias"])[0, target]
 
     grads = np.asarray(jax.jit(jax.vmap(jax.grad(rest_of_network)))(features, targets))
     expected = np.einsum("nhwk,nk->nhw", features, grads.mean(axis=(1, 2)))
@@ -182,7 +182,7 @@ def test_normalisation_ranges(cnn, normalize):
 
 def test_constant_map_normalises_to_zero(cnn):
     model, params = cnn
-    zero_head = {"kernel": jnp.zeros_like(params["head"]["kernel"])}
+    zero_head = {"kernel": jnp.zeros_like(params["logits"]["kernel"])}
     for normalize in ("max", "minmax"):
         maps = saliency.cam(model, params, _images(14, 2, 16), jnp.array([0, 1]),
                             head=zero_head, normalize=normalize)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.models import winograd
+from egjax.saliency import perturbation_name
 
 HEADS = ("fc", "gap", None)
 FC_UNITS = 4096
@@ -129,34 +130,37 @@ class VGG16(nn.Module):
         run_all = self.is_initializing()
         out = {}
 
-        def keep(name: str, value: jax.Array) -> bool:
-            """Records `value` if requested; True once every requested tap is recorded."""
+        def keep(name: str, value: jax.Array) -> tuple[jax.Array, bool]:
+            """Records `value` if requested, passed through `self.perturb` so that gradient
+            explainers (Grad-CAM) can differentiate with respect to it; returns the value to
+            compute on and whether every requested tap is recorded."""
             if name in taps:
-                out[name] = value
-            return len(out) == len(taps) and not run_all
+                value = out[name] = self.perturb(perturbation_name(name), value)
+            return value, len(out) == len(taps) and not run_all
 
         precision = jax.lax.Precision.HIGHEST
         x = last_relu = images
         for layer in self.layers:
             if layer.kind == "pool":
                 window = (layer.kernel, layer.kernel)
-                x = nn.max_pool(x, window, strides=(layer.stride, layer.stride))
-                if keep(layer.name, x):
+                x, done = keep(layer.name, nn.max_pool(x, window, strides=(layer.stride,) * 2))
+                if done:
                     return out
                 continue
             x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                         padding=((layer.padding, layer.padding),) * 2,
                         precision=precision, conv_general_dilated=winograd.conv_general_dilated,
                         name=layer.name)(x)
-            if keep(layer.name, x):
+            x, done = keep(layer.name, x)
+            if done:
                 return out
-            x = last_relu = nn.relu(x)
-            if keep(relu_name(layer.name), x):
+            x, done = keep(relu_name(layer.name), nn.relu(x))
+            last_relu = x
+            if done:
                 return out
 
         if self.head == "gap":
-            x = jnp.mean(last_relu, axis=(1, 2))
-            keep("gap", x)
+            x, _ = keep("gap", jnp.mean(last_relu, axis=(1, 2)))
             keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
         elif self.head == "fc":
             if x.shape[1:3] != (FC_MAP_SIZE, FC_MAP_SIZE):
@@ -166,10 +170,8 @@ class VGG16(nn.Module):
                     "request conv taps only, or build the model with head='gap' or None")
             x = x.reshape(x.shape[0], -1)
             units = scaled(FC_UNITS, self.width)
-            x = nn.relu(nn.Dense(units, precision=precision, name="fc6")(x))
-            keep("fc6", x)
-            x = nn.relu(nn.Dense(units, precision=precision, name="fc7")(x))
-            keep("fc7", x)
+            x, _ = keep("fc6", nn.relu(nn.Dense(units, precision=precision, name="fc6")(x)))
+            x, _ = keep("fc7", nn.relu(nn.Dense(units, precision=precision, name="fc7")(x)))
             keep("logits", nn.Dense(self.num_classes, precision=precision, name="logits")(x))
         return out
 
