@@ -20,17 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from egjax.maps import QuantizedMaps, dequantize, divide, quantize, to_uint8
 from egjax.models.meta import ModelMeta, preprocess
 from egjax.models.vgg import param_shapes
 from egjax.progress import Progress
-
-
-class QuantizedMaps(NamedTuple):
-    """uint8 maps with per-image, per-channel `minimum` and `range` [N, C] float32."""
-
-    data: jax.Array
-    minimum: jax.Array
-    range: jax.Array
 
 
 class NegativeStats(NamedTuple):
@@ -48,14 +41,6 @@ class Features(NamedTuple):
     flipped: dict | None
 
 
-def _divide(numerator: jax.Array, denominator) -> jax.Array:
-    """IEEE division, as MATLAB's `./`. XLA rewrites a division by a broadcast value into a
-    multiplication by its reciprocal (up to 1 ulp off); a full-shape denominator behind an
-    optimization barrier keeps the true division."""
-    full = jnp.broadcast_to(jnp.asarray(denominator, numerator.dtype), numerator.shape)
-    return numerator / jax.lax.optimization_barrier(full)
-
-
 def normalize(maps: jax.Array, sd: jax.Array) -> jax.Array:
     """x / sd, with -1 wherever the raw x <= 0 (ALGORITHM.md, preprocessing step 2).
 
@@ -65,36 +50,7 @@ def normalize(maps: jax.Array, sd: jax.Array) -> jax.Array:
     """
     maps = jnp.asarray(maps, jnp.float32)
     active = (maps > 0) & (sd > 0)
-    return jnp.where(active, _divide(maps, jnp.where(sd > 0, sd, 1.0)), -1.0)
-
-
-def to_uint8(values: jax.Array) -> jax.Array:
-    """MATLAB `uint8(values)`: round half away from zero, saturate to [0, 255], NaN -> 0."""
-    magnitude = jnp.abs(values)
-    whole = jnp.floor(magnitude)
-    rounded = jnp.sign(values) * (whole + (magnitude - whole >= 0.5))
-    return jnp.nan_to_num(jnp.clip(rounded, 0, 255), nan=0.0).astype(jnp.uint8)
-
-
-def quantize(maps: jax.Array) -> QuantizedMaps:
-    """[N, S, S, C] float32 -> uint8 per image and channel, as `roughCNN_compress.m`.
-
-    q = uint8((x - min) * (255 / range)) in float32, min and range over the S x S cells; a
-    channel with range 0 stores q = 0 (the original's uint8(NaN)).
-    """
-    maps = jnp.asarray(maps, jnp.float32)
-    minimum = jnp.min(maps, axis=(1, 2))
-    shifted = maps - minimum[:, None, None, :]
-    extent = jnp.max(shifted, axis=(1, 2))
-    scale = jnp.where(extent > 0, jnp.float32(255) / jnp.where(extent > 0, extent, 1.0), 0.0)
-    return QuantizedMaps(to_uint8(shifted * scale[:, None, None, :]), minimum, extent)
-
-
-def dequantize(quantized: QuantizedMaps) -> jax.Array:
-    """QuantizedMaps -> [N, S, S, C] float32: `q * range / 255 + min` (`roughCNN_uncompress.m`)."""
-    data, minimum, extent = quantized
-    values = jnp.asarray(data).astype(jnp.float32) * jnp.asarray(extent)[:, None, None, :]
-    return _divide(values, 255) + jnp.asarray(minimum)[:, None, None, :]
+    return jnp.where(active, divide(maps, jnp.where(sd > 0, sd, 1.0)), -1.0)
 
 
 def _check_images(batch, where: str) -> None:

@@ -1,4 +1,4 @@
-"""Run a per-image function over all images in chunks, summing some outputs, stacking others."""
+"""Run a function over all images in chunks, adding some outputs and stacking others."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import jax
 import jax.numpy as jnp
 
 
-def map_images(fn: Callable, inputs, chunk: int):
-    """`fn(one_image_inputs) -> (summed, recorded)` over the leading axis N of `inputs`.
+def scan_chunks(fn: Callable, inputs, chunk: int):
+    """`fn(chunk_inputs, valid) -> (summed, recorded)` over the leading axis N of `inputs`.
 
-    Images are processed `chunk` at a time (vmapped inside a `scan`), so memory grows with
-    the chunk, not with N. Returns `summed` added over all images and `recorded` stacked
-    `[N, ...]`. N need not be a multiple of `chunk`: padded images count nothing.
+    Images are taken `chunk` at a time inside a `scan`, so memory grows with the chunk, not
+    with N; `valid [chunk]` marks the images that exist (N need not be a multiple of the
+    chunk: the last one is padded), and `fn` must give padded images no weight in `summed`.
+    Returns `summed` added over the chunks and `recorded` stacked `[N, ...]`.
     """
     num = jax.tree.leaves(inputs)[0].shape[0]
     chunk = max(1, min(chunk, num))
@@ -25,17 +26,18 @@ def map_images(fn: Callable, inputs, chunk: int):
         return x.reshape((chunks, chunk) + x.shape[1:])
 
     valid = split(jnp.arange(num) < num)
-    batched = jax.vmap(fn)
+    parts = jax.tree.map(split, inputs)
+    example = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], parts), valid[0])[0]
 
     def body(total, args):
-        part, ok = args
-        summed, recorded = batched(part)
-        summed = jax.tree.map(lambda s: jnp.sum(jnp.where(
-            ok.reshape((-1,) + (1,) * (s.ndim - 1)), s, 0), axis=0), summed)
+        summed, recorded = fn(*args)
         return jax.tree.map(jnp.add, total, summed), recorded
 
-    example = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], inputs))[0]
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    total, recorded = jax.lax.scan(body, zeros, (jax.tree.map(split, inputs), valid))
-    recorded = jax.tree.map(lambda r: r.reshape((padded,) + r.shape[2:])[:num], recorded)
-    return total, recorded
+    total, recorded = jax.lax.scan(body, zeros, (parts, valid))
+    return total, jax.tree.map(lambda r: r.reshape((padded,) + r.shape[2:])[:num], recorded)
+
+
+def masked_sum(x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
+    """Sum over the leading (image) axis of the images marked `valid`."""
+    return jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), axis=0)

@@ -2,68 +2,77 @@
 
 For a candidate position `t` of node v, every node u of the same filter (v included) whose
 candidate box (first to last candidate, inclusive) contains `t` adds its spatial prior at its
-candidate nearest to `t`. The prior is separable per axis and u's candidates form a regular
-grid, so the nearest candidate is found per axis in O(1), not by a search.
+candidate nearest to `t`. The prior is separable per axis, so the sum over u of
+`lambda_u * N_u(iw*) * N_u(ih*)` needs each axis's factor once per (u, v, candidate index),
+and u's candidates form a regular grid, so the nearest one is found by comparisons with
+the grid, not by a search. Arrays are laid out filter-last so that the work vectorises
+across filters.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 
-def nearest_candidate(target: jnp.ndarray, grid: jnp.ndarray) -> jnp.ndarray:
-    """Index of the grid point nearest to each target, the lower index on a tie.
+def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
+                 exact: bool) -> jnp.ndarray:
+    """`[U, B, P, C]`: u's prior factor along one axis at its candidate nearest to each of
+    B nodes' candidates, zero where the target lies outside u's candidate range.
 
-    `target [..., T]`, `grid [..., G]` sorted ascending and evenly spaced (broadcastable
-    leading axes) -> int `[..., T]`. The two neighbours are compared by their squared
-    distances, as the original's search compares them.
+    `target [B, P, C]` candidate positions of B target nodes, `grid [U, P, C]` those of the
+    competing nodes, `prior [U, P, C]` their per-axis prior factor per candidate. Nearest:
+    the lower index on a tie. `exact` compares squared distances to neighbouring candidates
+    as the original does (deciding exact ties identically); else the target's coordinate on
+    u's grid is compared with the midpoints.
     """
-    num = grid.shape[-1]
-    lead = jnp.broadcast_shapes(target.shape[:-1], grid.shape[:-1])
-    target = jnp.broadcast_to(target, lead + target.shape[-1:])
-    grid = jnp.broadcast_to(grid, lead + grid.shape[-1:])
-    first, last = grid[..., :1], grid[..., -1:]
-    spacing = (last - first) / (num - 1)
-    safe = jnp.where(spacing > 0, spacing, 1)
-    below = jnp.clip(jnp.floor((target - first) / safe), 0, num - 2).astype(jnp.int32)
-    below = jnp.where(spacing > 0, below, 0)
-    at_below = _pick(grid, below)
-    at_above = _pick(grid, below + 1)
-    closer_above = (target - at_above) ** 2 < (target - at_below) ** 2
-    return below + closer_above.astype(jnp.int32)
+    num = grid.shape[1]
+    t = target[None]                                  # [1, B, P, C]
+    g = grid[:, None]                                 # [U, 1, P, C]
+    first, last = g[:, :, :1], g[:, :, -1:]
+    if exact:
+        steps = [(t - g[:, :, i + 1:i + 2]) ** 2 < (t - g[:, :, i:i + 1]) ** 2
+                 for i in range(num - 1)]
+    else:
+        span = last - first
+        scale = jnp.where(span > 0, (num - 1) / jnp.where(span > 0, span, 1), 0)
+        coordinate = (t - first) * scale
+        steps = [coordinate > i + 0.5 for i in range(num - 1)]
+    factor = jnp.broadcast_to(prior[:, None, 0:1], (g.shape[0],) + t.shape[1:])
+    for i, closer in enumerate(steps):
+        factor = jnp.where(closer, prior[:, None, i + 1:i + 2], factor)
+    return jnp.where((t >= first) & (t <= last), factor, 0)
 
 
-def _pick(values: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
-    """`values[..., index]` per element for `values [..., G]`, `index [..., T]` -> `[..., T]`,
-    as a one-hot sum: a handful of selects beats a gather on CPU."""
-    choice = index[..., None] == jnp.arange(values.shape[-1])
-    return jnp.sum(jnp.where(choice, values[..., None, :], 0), axis=-1)
+def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
+                exact: bool, block: int = 8) -> jnp.ndarray:
+    """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
 
-
-def axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior_axis: jnp.ndarray) -> jnp.ndarray:
-    """u's per-axis prior factor at its candidate nearest to each of v's candidates.
-
-    `target [C, V, P]` positions of v's candidates along one axis, `grid [C, U, P]` the same
-    for u, `prior_axis [C, U, P]` u's prior factor per candidate index along that axis
-    -> `[C, U, V, P]`, zero where the target lies outside u's candidate range.
+    `positions [2, P, K, C]` candidate positions per axis (h, w), `prior_axis [P, K, C]` the
+    per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
+    candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
+    order, as the original computes and adds it. Target nodes are taken `block` at a time so
+    that the intermediates stay in cache.
     """
-    t = target[:, None, :, :]
-    g = grid[:, :, None, :]
-    index = nearest_candidate(t, g)
-    factor = _pick(prior_axis[:, :, None, :], index)
-    inside = (t >= g[..., :1]) & (t <= g[..., -1:])
-    return jnp.where(inside, factor, 0)
+    _, p, k, c = positions.shape
+    pos = jnp.transpose(positions, (2, 0, 1, 3))                  # [K, 2, P, C]
+    prior = jnp.transpose(prior_axis, (1, 0, 2))                  # [K, P, C]
+    blocks = -(-k // block)
+    targets = jnp.pad(pos, ((0, blocks * block - k), (0, 0), (0, 0), (0, 0)), mode="edge")
+    targets = targets.reshape(blocks, block, 2, p, c)
 
+    def one_block(target):                                       # [B, 2, P, C]
+        along_h = _axis_factor(target[:, 0], pos[:, 0], prior, exact)      # [U, B, Ph, C]
+        along_w = _axis_factor(target[:, 1], pos[:, 1], prior, exact)      # [U, B, Pw, C]
 
-def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
-    """Competing prior mass `[C, K, P*P]` (w-major) at every candidate of every node.
+        def add(u, total):   # u's prior at its nearest candidate, (N_w N_h) lambda, in order
+            term = along_w[u][:, :, None, :] * along_h[u][:, None, :, :] * scale[u]
+            if exact:   # round the term before adding it, as the original (no fused multiply-add)
+                term = jax.lax.optimization_barrier(term)
+            return total + term
 
-    `positions [C, K, 2, P]` candidate positions per axis (h, w), `prior_axis [C, K, P]` the
-    per-axis prior factor `N(d_i; 0, sigma)`, `scale [C, K]` the node's `lambda`: u's prior at
-    candidate (ih, iw) is `lambda_u * prior_axis_u[iw] * prior_axis_u[ih]`.
-    """
-    along_h = axis_factor(positions[:, :, 0], positions[:, :, 0], prior_axis)  # [C,U,V,Ph]
-    along_w = axis_factor(positions[:, :, 1], positions[:, :, 1], prior_axis)  # [C,U,V,Pw]
-    terms = scale[:, :, None, None, None] * along_w[..., :, None] * along_h[..., None, :]
-    c, _, v, p = along_h.shape
-    return jnp.sum(terms, axis=1).reshape(c, v, p * p)
+        zeros = jnp.zeros((block, p, p, c), positions.dtype)
+        return jax.lax.fori_loop(0, k, add, zeros)
+
+    total = jax.lax.map(one_block, targets).reshape(blocks * block, p, p, c)[:k]
+    return jnp.transpose(total, (1, 2, 0, 3)).reshape(p * p, k, c)

@@ -24,6 +24,7 @@ from egjax.em.grid import offset_table
 ORIGINAL_PI = 3.1415926536
 
 
+@functools.lru_cache(maxsize=None)
 def kernel_table(cfg: LayerConfig) -> np.ndarray:
     """Weights `[H+1, H+1, P*P, (2H+1)^2]` (float64, host): entry `[hc, hw, j, q]` weighs window
     cell q for candidate j of a node with candidate half-range hc and window half-range hw.
@@ -53,44 +54,36 @@ def kernel_table(cfg: LayerConfig) -> np.ndarray:
     return table
 
 
-@functools.lru_cache(maxsize=None)
-def cached_kernel_table(cfg: LayerConfig) -> np.ndarray:
-    return kernel_table(cfg)
+def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
+    """Evidence `[J, K, C]` of nodes whose candidate and window half-ranges are equal.
 
-
-def window_values(x: jnp.ndarray, center: jnp.ndarray, max_window: int) -> jnp.ndarray:
-    """`max(x, 0)` in the `(2H+1)^2` cells around each node's centre cell, w-major.
-
-    `x [S, S, C]` one image, `center [C, K, 2]` integer cells (any, also off the map)
-    -> `[C, K, (2H+1)^2]` (`jw` outer, `jh` inner), zero outside the map.
+    `values [K, C, Q]` window values, `half_range [K, C]`, `table [H+1, J, Q]` (the diagonal
+    of `kernel_table`). Nearly always every node searches the full half-range H: then one
+    matrix product serves all nodes; otherwise each node's columns are selected from the
+    products with every table block.
     """
-    size = 2 * max_window + 1
-    pad = size
-    planes = jnp.pad(jnp.maximum(x, 0).transpose(2, 1, 0), ((0, 0), (pad, pad), (pad, pad)))
-    s = x.shape[0]
-    # A centre more than max_window + 1 cells off the map sees only padding; clamping keeps
-    # it so and keeps the slice inside the padded planes.
-    start = jnp.clip(center[..., ::-1], -(max_window + 1), s + max_window) - max_window + pad
+    k, c, q = values.shape
+    big, num = table.shape[0] - 1, table.shape[1]
+    flat = values.reshape(k * c, q)
 
-    def one_filter(plane, starts):
-        return jax.vmap(lambda st: jax.lax.dynamic_slice(plane, (st[0], st[1]), (size, size)))(
-            starts)
+    def uniform():
+        return flat @ table[big].T
 
-    values = jax.vmap(one_filter)(planes, start)
-    return values.reshape(values.shape[:2] + (size * size,))
+    def mixed():
+        every = (flat @ table.reshape(-1, q).T).reshape(k * c, big + 1, num)
+        return jnp.take_along_axis(every, half_range.reshape(-1, 1, 1), axis=1)[:, 0]
 
-
-def evidence(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-    """Evidence `[C, K, P*P]` from window values `[C, K, Q]` and node weights `[C, K, P*P, Q]`."""
-    return jnp.einsum("ckjq,ckq->ckj", weights, values)
+    out = jax.lax.cond(jnp.all(half_range == big), uniform, mixed)
+    return out.T.reshape(num, k, c)
 
 
 def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-    """The same sum, added term by term in the window's order with every product rounded
-    before it is added, as the original's loop adds them.
+    """Evidence `[J, K, C]` from window values `[K, C, Q]` and per-node weights `[J, Q, K, C]`,
+    added term by term in the window's order with every product rounded before it is added,
+    as the original's loop adds them.
 
     Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
     the last bit of these sums, so reproducing the original's tie-breaking takes its order.
     """
-    products = jax.lax.optimization_barrier(weights * values[..., None, :])
-    return functools.reduce(jnp.add, [products[..., q] for q in range(products.shape[-1])])
+    products = jax.lax.optimization_barrier(weights * jnp.moveaxis(values, -1, 0)[None])
+    return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])

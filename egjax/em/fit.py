@@ -16,7 +16,9 @@ import numpy as np
 from egjax.config import GraphConfig, LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
+from egjax.em import planes as planes_lib
 from egjax.graph import ExplanatoryGraph, LayerFit
+from egjax.maps import QuantizedMaps
 
 COMPAT = ("fixed", "original")
 
@@ -38,8 +40,21 @@ def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> 
     return {"coord": coord, "deform": deform}
 
 
+def _as_device(maps, dtype):
+    """Float maps in the compute dtype; uint8 `QuantizedMaps` as they are; None stays None."""
+    if maps is None:
+        return None
+    if isinstance(maps, QuantizedMaps):
+        return QuantizedMaps(*(jnp.asarray(x) for x in maps))
+    return jnp.asarray(maps, dtype)
+
+
+def _map_shape(maps):
+    return np.shape(maps.data) if isinstance(maps, QuantizedMaps) else np.shape(maps)
+
+
 def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
-    shape = np.shape(maps)
+    shape = _map_shape(maps)
     if len(shape) != 4:
         raise ValueError(f"{name} must have rank 4 [N, S, S, C], got shape {shape}")
     if shape[1] != cfg.map_size or shape[2] != cfg.map_size:
@@ -47,7 +62,15 @@ def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
                          f"{cfg.map_size}")
     if shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 images, got {shape[0]}")
-    if not _all_finite(maps):
+    if isinstance(maps, QuantizedMaps):
+        if np.asarray(maps.data).dtype != np.uint8:
+            raise ValueError(f"{name}: QuantizedMaps data must be uint8")
+        if np.shape(maps.minimum) != (shape[0], shape[3]) or np.shape(maps.range) != (shape[0], shape[3]):
+            raise ValueError(f"{name}: QuantizedMaps minimum and range must be [N, C] = "
+                             f"{[shape[0], shape[3]]}")
+        if not (_all_finite(maps.minimum) and _all_finite(maps.range)):
+            raise ValueError(f"{name} contains NaN or Inf")
+    elif not _all_finite(maps):
         raise ValueError(f"{name} contains NaN or Inf")
 
 
@@ -61,15 +84,14 @@ def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
     _check_maps("maps", maps, cfg)
-    n, _, _, c = np.shape(maps)
+    n, _, _, c = _map_shape(maps)
     if flipped_maps is not None:
         _check_maps("flipped_maps", flipped_maps, cfg)
-        if np.shape(flipped_maps)[-1] != c:
-            raise ValueError(f"flipped_maps has {np.shape(flipped_maps)[-1]} channels but maps "
-                             f"has {c}")
-        if np.shape(flipped_maps)[0] != n:
-            raise ValueError(f"flipped_maps has {np.shape(flipped_maps)[0]} images but maps "
-                             f"has {n}")
+        flipped_shape = _map_shape(flipped_maps)
+        if flipped_shape[-1] != c:
+            raise ValueError(f"flipped_maps has {flipped_shape[-1]} channels but maps has {c}")
+        if flipped_shape[0] != n:
+            raise ValueError(f"flipped_maps has {flipped_shape[0]} images but maps has {n}")
     if parent is not None:
         if not isinstance(parent, LayerFit):
             raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
@@ -108,25 +130,37 @@ def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
     return parents_lib.candidate_slots(parent.score.shape[0], cfg.top_m)
 
 
-@functools.partial(jax.jit, static_argnames=("setup", "slots"))
-def _fit(coord, deform, maps, flipped, parent, setup: layer_lib.Setup, slots: int):
+@functools.partial(jax.jit, static_argnames=("setup",))
+def fit_jitted(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     """The whole EM of one layer: candidates, `iterations` x (E-step, M-step), records."""
+    dtype = coord.dtype
+    plain = planes_lib.to_planes(maps, dtype)
+    mirrored = None if flipped is None else planes_lib.to_planes(flipped, dtype)
     cands, flip = None, None
     if parent is not None:
-        cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1), slots,
-                                       setup.cfg, setup.parent, setup.original,
+        cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1),
+                                       setup.slots, setup.cfg, setup.parent, setup.original,
                                        setup.num_images, setup.axis_name)
         flip = parent.flip
-    data = layer_lib.LayerData(maps, flipped, flip, cands)
-    state = layer_lib.init(coord, deform, data, setup)
-    steps = jnp.arange(1, setup.cfg.iterations + 1, dtype=coord.dtype)
+        if mirrored is not None:
+            plain, mirrored = (planes_lib.orient(flip, plain, mirrored),
+                               planes_lib.orient(flip, mirrored, plain))
+    data = layer_lib.LayerData(plain, mirrored if parent is None else None, flip, cands)
+    state = layer_lib.init(coord, deform, plain.values.shape[0], setup)
+    steps = jnp.arange(1, setup.cfg.iterations + 1, dtype=dtype)
     state, _ = jax.lax.scan(lambda s, t: (layer_lib.iteration(s, t, data, setup), None),
                             state, steps)
-    rec = layer_lib.records(state, data, setup)
-    parents = jnp.zeros((state.parents.shape[0], 0), jnp.int32)
+    alternative = mirrored
+    if parent is None and mirrored is not None:
+        alternative = planes_lib.orient(state.flip, mirrored, plain)
+    rec = layer_lib.records(state, data, alternative, setup)
+    _, k, c = state.coord.shape
+    parents = jnp.zeros((k * c, 0), jnp.int32)
     if cands is not None:
         parents = jnp.where(state.parents >= 0, cands.index[state.parents], -1)
-    return state.coord, state.deform, parents, rec
+    public_parents = jnp.transpose(parents.reshape(k, c, -1), (1, 0, 2)).reshape(k * c, -1)
+    return (jnp.transpose(state.coord, (2, 1, 0)), state.deform.T, public_parents,
+            jax.tree.map(lambda r: layer_lib.public_nodes(r) if r.ndim >= 3 else r, rec))
 
 
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
@@ -145,31 +179,42 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     return _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk)
 
 
-def _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> LayerFit:
+def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> tuple:
+    """The arguments of the one jitted call that fits a layer (inputs already checked):
+    `layer_fit(fit_jitted(*args), cfg)` fits it, and `fit_jitted.lower(*args).compile()`
+    compiles it ahead of time (benchmarks time compilation separately this way)."""
     original = compat == "original"
     dtype = compute_dtype()
-    n, _, _, c = np.shape(maps)
+    n, _, _, c = _map_shape(maps)
     slots = _candidate_slots(parent, cfg, original) if parent is not None else 0
     if init is None:
         init = random_init(key, cfg, c, dtype)
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
                             flips=flipped_maps is not None, original=original, num_images=n,
-                            chunk=chunk)
-    flipped = None if flipped_maps is None else jnp.asarray(flipped_maps, dtype)
-    coord, deform, parents, rec = _fit(
-        jnp.asarray(init["coord"], dtype), jnp.asarray(init["deform"], dtype),
-        jnp.asarray(maps, dtype), flipped, parent, setup, slots)
-    return LayerFit(coord=coord, deform=deform, parents=parents,
-                    score=layer_lib.node_major(rec.score), pos=layer_lib.node_major(rec.pos),
-                    flip=rec.flip, alt_score=layer_lib.node_major(rec.alt_score),
-                    alt_pos=layer_lib.node_major(rec.alt_pos), config=cfg)
+                            slots=slots, chunk=chunk)
+    return (jnp.transpose(jnp.asarray(init["coord"], dtype), (2, 1, 0)),
+            jnp.asarray(init["deform"], dtype).T,
+            _as_device(maps, dtype), _as_device(flipped_maps, dtype), parent, setup)
+
+
+def layer_fit(outputs, cfg: LayerConfig) -> LayerFit:
+    """The LayerFit from the outputs of `fit_jitted`."""
+    coord, deform, parents, rec = outputs
+    return LayerFit(coord=coord, deform=deform, parents=parents, score=rec.score, pos=rec.pos,
+                    flip=rec.flip, alt_score=rec.alt_score, alt_pos=rec.alt_pos, config=cfg)
+
+
+def _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> LayerFit:
+    args = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk)
+    return layer_fit(fit_jitted(*args), cfg)
+
 
 def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:
     num = len(cfg.layers)
     for name, seq in (("maps", maps), ("flipped_maps", flipped_maps), ("init", init)):
         if seq is not None and len(seq) != num:
             raise ValueError(f"{name} needs one entry per graph layer ({num}), got {len(seq)}")
-    counts = {np.shape(m)[0] for m in maps if np.ndim(m) == 4}
+    counts = {_map_shape(m)[0] for m in maps if len(_map_shape(m)) == 4}
     if len(counts) > 1:
         raise ValueError(f"every layer's maps must hold the same images, got counts {sorted(counts)}")
     for index, layer_cfg in enumerate(cfg.layers):
@@ -182,7 +227,7 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
     if compat == "original":
         for index in range(num - 1):
             upper = cfg.layers[index + 1]
-            nodes = np.shape(maps[index + 1])[-1] * upper.nodes_per_filter
+            nodes = _map_shape(maps[index + 1])[-1] * upper.nodes_per_filter
             slots = parents_lib.candidate_slots(nodes, cfg.layers[index].top_m)
             if cfg.layers[index].top_m > slots:
                 raise ValueError(

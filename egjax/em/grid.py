@@ -44,9 +44,3 @@ def offset_table(cfg: LayerConfig) -> np.ndarray:
             edges[num // 2] = 0.0
         table[h] = [(edges[i] + edges[i + 1]) / 2 for i in range(num)]
     return table
-
-
-def spread_weights(num: int, dtype) -> jnp.ndarray:
-    """`[P, P]` squared index distance from the grid centre, `(ih - c)^2 + (iw - c)^2`, indexed [iw, ih]."""
-    d = (jnp.arange(num, dtype=dtype) - (num - 1) / 2) ** 2
-    return d[:, None] + d[None, :]

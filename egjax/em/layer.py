@@ -15,11 +15,13 @@ import jax.numpy as jnp
 
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
-from egjax.em.batching import map_images
-from egjax.em.estep import Inference, Nodes, best_candidate, infer, statistics
-from egjax.em.evidence import cached_kernel_table
-from egjax.em.grid import half_range, offset_table, spread_weights
-from egjax.em.reduce import image_mean, image_sum
+from egjax.em.batching import masked_sum, scan_chunks
+from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, gauss, infer,
+                            statistics)
+from egjax.em.evidence import kernel_table
+from egjax.em.grid import half_range, offset_table
+from egjax.em.planes import Planes
+from egjax.em.reduce import image_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +30,9 @@ class Setup:
 
     `parent` is the config of the layer above (None for the top layer); `flips` whether
     mirrored maps are given; `original` reproduces the released learner's quirks;
-    `num_images` counts the images on all devices; `axis_name` names the mesh axis the
-    images are sharded over (None on one device); `chunk` images per vectorised batch.
+    `num_images` counts the images on all devices; `slots` the candidate parents (M);
+    `axis_name` names the mesh axis the images are sharded over (None on one device);
+    `chunk` images per vectorised E-step batch.
     """
 
     cfg: LayerConfig
@@ -37,6 +40,7 @@ class Setup:
     flips: bool
     original: bool
     num_images: int
+    slots: int = 0
     axis_name: str | None = None
     chunk: int = 8
 
@@ -49,22 +53,28 @@ class Setup:
 
 
 class LayerData(NamedTuple):
-    """`maps [N,S,S,C]`; `flipped [N,S,S,C]` or None; `flip [N]` decided by the layer above
-    (None for the top layer); `candidates` (`parents.Candidates`; None for the top layer)."""
+    """The images of one layer fit.
 
-    maps: jnp.ndarray
-    flipped: jnp.ndarray | None
+    Top layer: `planes` of the maps as given, `mirrored` those of the mirrored images (or
+    None), `flip` None. Lower layers: `planes` already in the orientation the layer above
+    chose per image (`flip [N]`), `mirrored` the other orientation (or None);
+    `candidates` (`parents.Candidates`) their candidate parents.
+    """
+
+    planes: Planes
+    mirrored: Planes | None
     flip: jnp.ndarray | None
     candidates: parents_lib.Candidates | None
 
 
 class LayerState(NamedTuple):
-    """EM state between iterations.
+    """EM state between iterations, nodes laid out `[K, C]` (filters last; node `k * C + c`
+    in flat arrays).
 
-    `coord [C,K,2]`, `deform [C,K]` node parameters; `parents [C*K, T]` candidate slots
-    (-1 before they are first selected); `unit [C,K]` cells per candidate-index step, fixed
+    `coord [2,K,C]`, `deform [K,C]` node parameters; `parents [K*C, T]` candidate slots
+    (-1 before they are first selected); `unit [K,C]` cells per candidate-index step, fixed
     at the layer's start as the original fixes it; records of the latest E-step:
-    `pos [N,C,K,2]`, `best [N,C,K]`, `score [N,C,K]` (unnormalised), `flip [N]`, and the
+    `pos [N,2,K,C]`, `best [N,K,C]`, `score [N,K,C]` (unnormalised), `flip [N]`, and the
     node parameters it ran with, `last_coord`, `last_deform`.
     """
 
@@ -81,7 +91,7 @@ class LayerState(NamedTuple):
 
 
 class Sums(NamedTuple):
-    """Sufficient statistics summed over images, per node `[C, K, ...]` (A, G, S, V)."""
+    """Sufficient statistics summed over images, per node `[K, C]` (A, S, V; G `[2, K, C]`)."""
 
     responsibility_mass: jnp.ndarray
     gradient: jnp.ndarray
@@ -89,82 +99,57 @@ class Sums(NamedTuple):
     spread: jnp.ndarray
 
 
-def node_major(x: jnp.ndarray) -> jnp.ndarray:
-    """`[N, C, K, ...]` -> `[C*K, N, ...]`."""
-    n, c, k = x.shape[:3]
-    return jnp.moveaxis(x, 0, 2).reshape((c * k, n) + x.shape[3:])
+def flat_nodes(x: jnp.ndarray) -> jnp.ndarray:
+    """Records `[N, K, C]` or `[N, 2, K, C]` -> `[K*C, N]` or `[K*C, N, 2]` (internal order)."""
+    if x.ndim == 3:
+        return x.reshape(x.shape[0], -1).T
+    return jnp.transpose(x.reshape(x.shape[0], 2, -1), (2, 0, 1))
 
 
-def init(coord: jnp.ndarray, deform: jnp.ndarray, data: LayerData, setup: Setup) -> LayerState:
-    """State before iteration 1 from initial `coord [C,K,2]` and `deform [C,K]`."""
-    c, k, _ = coord.shape
-    n = data.maps.shape[0]
-    dtype = coord.dtype
-    return LayerState(
-        coord=coord, deform=deform,
-        parents=jnp.full((c * k, setup.cfg.top_n), -1, jnp.int32),
-        unit=candidate_step(deform, setup.cfg),
-        pos=jnp.zeros((n, c, k, 2), dtype), best=jnp.zeros((n, c, k), dtype),
-        score=jnp.zeros((n, c, k), dtype), flip=jnp.zeros((n,), bool),
-        last_coord=coord, last_deform=deform)
+def public_nodes(x: jnp.ndarray) -> jnp.ndarray:
+    """Records `[N, K, C]` or `[N, 2, K, C]` -> `[C*K, N]` or `[C*K, N, 2]` (node c*K + k)."""
+    if x.ndim == 3:
+        return jnp.transpose(x, (2, 1, 0)).reshape(-1, x.shape[0])
+    return jnp.transpose(x, (3, 2, 0, 1)).reshape(-1, x.shape[0], 2)
 
 
 def candidate_step(deform: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
-    """`[C,K]` distance between neighbouring candidates, `2h/P` cells."""
+    """Distance between neighbouring candidates, `2h/P` cells (shape of `deform`)."""
     offsets = jnp.asarray(offset_table(cfg), deform.dtype)[half_range(deform, cfg)]
     return offsets[..., 1] - offsets[..., 0]
 
 
+def init(coord: jnp.ndarray, deform: jnp.ndarray, num_images: int, setup: Setup) -> LayerState:
+    """State before iteration 1 from initial `coord [2,K,C]` and `deform [K,C]`."""
+    _, k, c = coord.shape
+    n, dtype = num_images, coord.dtype
+    return LayerState(
+        coord=coord, deform=deform,
+        parents=jnp.full((k * c, setup.cfg.top_n), -1, jnp.int32),
+        unit=candidate_step(deform, setup.cfg),
+        pos=jnp.zeros((n, 2, k, c), dtype), best=jnp.zeros((n, k, c), dtype),
+        score=jnp.zeros((n, k, c), dtype), flip=jnp.zeros((n,), bool),
+        last_coord=coord, last_deform=deform)
+
+
 def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Setup) -> Nodes:
-    """Image-independent node quantities of an iteration; `sigma [C,K]` the prior's scale.
+    """Image-independent node quantities of an iteration; `sigma [K,C]` the prior's scale.
 
     The original's E-step kernel reads the window half-range and sigma by the node's index
-    within its filter, so every filter uses filter 0's (`original=True`).
+    within its filter, so every filter uses filter 0's (`original=True`); its weights are
+    then per node and summed in its order.
     """
     cfg = setup.cfg
     h = half_range(deform, cfg)
-    window = h
+    table = jnp.asarray(kernel_table(cfg), coord.dtype)
     if setup.original:
-        window = jnp.broadcast_to(h[:1], h.shape)
-        sigma = jnp.broadcast_to(sigma[:1], sigma.shape)
-    offsets = jnp.asarray(offset_table(cfg), coord.dtype)[h]
-    weights = jnp.asarray(cached_kernel_table(cfg), coord.dtype)[h, window]
-    spread = spread_weights(cfg.candidates, coord.dtype).reshape(-1)
-    return Nodes(coord, offsets, sigma, weights, spread)
-
-
-def prior_sigma(state: LayerState, data: LayerData, active, setup: Setup) -> jnp.ndarray:
-    """`[C,K]` scale of each node's spatial prior: from its parents once they are active,
-    else `init_delta * S`."""
-    c, k, _ = state.coord.shape
-    start = jnp.full((c, k), setup.cfg.init_delta * setup.cfg.map_size, state.coord.dtype)
-    if data.candidates is None:
-        return start
-    sigma = parents_lib.sigma(state.parents, data.candidates.deform, setup.scale_to_child)
-    return jnp.where(active, sigma.reshape(c, k), start)
-
-
-def _image_prior(state, data, active, setup, deviation):
-    """`(shift [C,K,2], scale [C,K])` of one image (zero shift, unit scale without parents)."""
-    c, k, _ = state.coord.shape
-    if data.candidates is None:
-        return jnp.zeros_like(state.coord), jnp.ones((c, k), state.coord.dtype)
-    shift, scale = parents_lib.shift_and_scale(state.parents, deviation, data.candidates.deform,
-                                               setup.scale_to_child)
-    shift = jnp.where(active, shift.reshape(c, k, 2), 0)
-    scale = jnp.where(active, scale.reshape(c, k), 1)
-    return shift, scale
-
-
-def _per_image_inputs(data: LayerData):
-    inputs = {"maps": data.maps}
-    if data.flipped is not None:
-        inputs["flipped"] = data.flipped
-    if data.flip is not None:
-        inputs["flip"] = data.flip
-    if data.candidates is not None:
-        inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)  # [N, M, 2]
-    return inputs
+        window = jnp.broadcast_to(h[:, :1], h.shape)
+        sigma = jnp.broadcast_to(sigma[:, :1], sigma.shape)
+        weights = jnp.transpose(table[h, window], (2, 3, 0, 1))
+    else:
+        weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
+    offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), coord.dtype)[h], -1, 0)
+    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights)
 
 
 def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool):
@@ -179,7 +164,7 @@ def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool
     def total(inference):
         if original:
             return jnp.sum(jnp.log(inference.spatial_prior) * inference.evidence)
-        return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=-1))
+        return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=0))
 
     flip = total(plain) < total(mirrored)
     if not original:
@@ -187,42 +172,79 @@ def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool
     return jax.tree.map(lambda a, b: jnp.where(flip, b, a), plain, mirrored), flip
 
 
+def _chunk_priors(weights, deviation, active, shape, setup: Setup):
+    """Per image of a chunk: `(shift [n,2,K,C], scale [n,K,C])` from the parents (zero shift
+    and unit scale before they are active); `(None, None)` in the top layer."""
+    if weights is None:
+        return None, None
+    n, (k, c) = deviation.shape[0], shape
+    shift, scale = parents_lib.shift_and_scale(weights, jnp.swapaxes(deviation, 0, 1),
+                                               setup.scale_to_child)
+    shift = jnp.where(active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
+    scale = jnp.where(active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
+    return shift, scale
+
+
 def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState:
     """One EM iteration `t` (1-based): parents, E-step over all images, M-step."""
     cfg = setup.cfg
-    c, k, _ = state.coord.shape
-    active = jnp.asarray(False)
-    if data.candidates is not None:
-        active = t >= 2
+    _, k, c = state.coord.shape
+    top = data.candidates is None
+    active = jnp.asarray(False) if top else t >= 2
+    sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
+    weights = None
+    if not top:
         parents = jax.lax.cond(
             active,
             lambda: parents_lib.select(
-                node_major(state.pos), node_major(state.best), data.candidates,
-                cfg.top_n, cfg, setup.parent, setup.original, setup.num_images,
+                flat_nodes(state.pos), flat_nodes(state.best), data.candidates, cfg.top_n,
+                cfg, setup.parent, setup.original, setup.num_images,
                 setup.axis_name).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
-    sigma = prior_sigma(state, data, active, setup)
+        weights = parents_lib.prior_weights(jnp.maximum(parents, 0), data.candidates.deform,
+                                            setup.slots, setup.scale_to_child)
+        sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.coord, state.deform, sigma, setup)
+    exact = setup.original
+    if top:
+        # The prior is the same in every image, and so is the competition.
+        ones = jnp.ones((k, c), state.coord.dtype)
+        fixed = Inference(state.coord, ones, None, None)
+        competing = competing_mass(fixed, node_q, exact)
 
-    def one_image(inputs):
-        shift, scale = _image_prior(state, data, active, setup, inputs.get("deviation"))
-        if data.flip is None and data.flipped is not None:
+    def one_image(planes, mirrored, flip, shift, scale):
+        if top:
+            shift, scale = jnp.zeros_like(state.coord), ones
+        inference = infer(planes, node_q, shift, scale, exact)
+        if top and mirrored is not None:
             inference, flip = _choose_orientation(
-                infer(inputs["maps"], node_q, shift, scale, setup.original),
-                infer(inputs["flipped"], node_q, shift, scale, setup.original), t,
-                setup.original)
-        elif data.flip is not None:
-            maps = jnp.where(inputs["flip"], inputs["flipped"], inputs["maps"])
-            inference, flip = infer(maps, node_q, shift, scale, setup.original), inputs["flip"]
-        else:
-            inference = infer(inputs["maps"], node_q, shift, scale, setup.original)
-            flip = jnp.asarray(False)
-        stats = statistics(inference, node_q, cfg.tau_rate)
+                inference, infer(mirrored, node_q, shift, scale, exact), t, setup.original)
+        rivals = competing if top else competing_mass(inference, node_q, exact)
+        stats = statistics(inference, node_q, rivals, cfg.tau_rate)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)
 
-    sums, (pos, best, score, flip) = map_images(one_image, _per_image_inputs(data), setup.chunk)
+    def one_chunk(inputs, valid):
+        deviation = inputs.get("deviation")
+        shift, scale = _chunk_priors(weights, deviation, active, (k, c), setup)
+        n = valid.shape[0]
+        flip = inputs.get("flip", jnp.zeros((n,), bool))
+        mirrored = inputs.get("mirrored") if top else None
+        per_image = jax.vmap(one_image, in_axes=(0, 0 if mirrored is not None else None, 0,
+                                                  None if shift is None else 0,
+                                                  None if scale is None else 0))
+        summed, recorded = per_image(inputs["planes"], mirrored, flip, shift, scale)
+        return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
+
+    inputs = {"planes": data.planes}
+    if top and data.mirrored is not None:
+        inputs["mirrored"] = data.mirrored
+    if data.flip is not None:
+        inputs["flip"] = data.flip
+    if not top:
+        inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
+    sums, (pos, best, score, flip) = scan_chunks(one_chunk, inputs, setup.chunk)
     if setup.axis_name is not None:
         sums = jax.lax.psum(sums, setup.axis_name)
     coord, deform = m_step(state, sums, sigma, t, setup)
@@ -240,7 +262,7 @@ def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
     """
     cfg = setup.cfg
     step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
-    coord = state.coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8)[..., None] * step
+    coord = state.coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
     spread = jnp.sqrt(sums.spread / sums.score) * state.unit
     deform = jnp.clip(spread, cfg.min_deform, cfg.max_deform)
     deform = jnp.where(jnp.isnan(spread), cfg.min_deform, deform)
@@ -248,8 +270,9 @@ def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
 
 
 class Records(NamedTuple):
-    """What a fitted layer reports per node and image (`[N, C, K, ...]`): `score` normalised
-    to mean 1, `pos`, `flip [N]`, and the other orientation's `alt_score`, `alt_pos`."""
+    """What a fitted layer reports per node and image (`[N, K, C]`, positions
+    `[N, 2, K, C]`): `score` normalised to mean 1, `pos`, `flip [N]`, and the other
+    orientation's `alt_score`, `alt_pos`."""
 
     score: jnp.ndarray
     pos: jnp.ndarray
@@ -258,32 +281,47 @@ class Records(NamedTuple):
     alt_pos: jnp.ndarray
 
 
-def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
+def records(state: LayerState, data: LayerData, alternative: Planes | None,
+            setup: Setup) -> Records:
     """Normalised records of the last iteration, and the other orientation inferred with the
-    same node parameters (`alter` records of the original).
+    same node parameters in `alternative` (the planes of the orientation not used per
+    image; `alter` records of the original).
 
     The original takes the other orientation's position at the candidate chosen in the main
     orientation, so it always equals `pos`; else its own best candidate.
     """
-    c, k, _ = state.coord.shape
+    _, k, c = state.coord.shape
     norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images, setup.axis_name)
-    if data.flipped is None:
+    if alternative is None:
         return Records(state.score / norm, state.pos, state.flip, state.score / norm, state.pos)
-    active = jnp.asarray(data.candidates is not None and setup.cfg.iterations >= 2)
-    sigma = prior_sigma(state, data, active, setup)
+    cfg = setup.cfg
+    sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
+    weights = None
+    active = jnp.asarray(data.candidates is not None and cfg.iterations >= 2)
+    if data.candidates is not None:
+        weights = parents_lib.prior_weights(jnp.maximum(state.parents, 0),
+                                            data.candidates.deform, setup.slots,
+                                            setup.scale_to_child)
+        sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.last_coord, state.last_deform, sigma, setup)
-    last = state._replace(coord=state.last_coord)
 
-    def one_image(inputs):
-        shift, scale = _image_prior(last, data, active, setup, inputs.get("deviation"))
-        maps = jnp.where(inputs["flip"], inputs["maps"], inputs["flipped"])
-        inference = infer(maps, node_q, shift, scale, setup.original)
+    def one_image(planes, shift, scale):
+        inference = infer(planes, node_q, shift, scale, setup.original)
         pos, _ = best_candidate(inference, node_q)
-        return (), (jnp.sum(inference.spatial_prior * inference.evidence, axis=-1), pos)
+        return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos
 
-    inputs = _per_image_inputs(data)
-    inputs["flip"] = state.flip
-    _, (alt_score, alt_pos) = map_images(one_image, inputs, setup.chunk)
+    def one_chunk(inputs, valid):
+        n = valid.shape[0]
+        shift, scale = _chunk_priors(weights, inputs.get("deviation"), active, (k, c), setup)
+        if shift is None:
+            shift = jnp.zeros((n, 2, k, c), state.coord.dtype)
+            scale = jnp.ones((n, k, c), state.coord.dtype)
+        return (), jax.vmap(one_image)(inputs["planes"], shift, scale)
+
+    inputs = {"planes": alternative}
+    if data.candidates is not None:
+        inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)
+    _, (alt_score, alt_pos) = scan_chunks(one_chunk, inputs, setup.chunk)
     if setup.original:
         alt_pos = state.pos
     return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos)

@@ -91,14 +91,16 @@ def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) ->
 
 def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, top_n: int,
            child: LayerConfig, parent: LayerConfig, original: bool, num_images: int,
-           axis_name: str | None) -> jnp.ndarray:
+           axis_name: str | None, block: int = 256) -> jnp.ndarray:
     """Parents `[V, top_n]` (indices into the candidate slots) of every child node.
 
     `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
     distance between the child's and the candidate's deviations; the top_n largest, ties to
     the better-scored candidate. `child_pos [V, N, 2]`, `child_best [V, N]` from the child's
-    previous iteration.
+    previous iteration. `A` is accumulated for `block` children at a time, image by image.
     """
+    num_nodes = child_pos.shape[0]
+    block = min(block, num_nodes)
     child_dev = child_pos - image_mean(child_pos, 1, num_images, axis_name)[:, None]
     a = pixel_deviation(child_dev, child, original)              # [V, N, 2]
     b = pixel_deviation(cands.deviation, parent, original)       # [M, N, 2]
@@ -108,41 +110,77 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     b_sq_mean = jnp.einsum("m,mn->n", weight, jnp.sum(b * b, -1)) / count
     mean_sq = image_mean(jnp.sum(a * a, -1) - 2 * jnp.einsum("vnx,nx->vn", a, b_mean)
                          + b_sq_mean, 1, num_images, axis_name)  # [V]
+    # Children in blocks of `block`, images one at a time: the block's affinities stay in
+    # cache. Separate h and w arrays, images outermost, keep every step's reads contiguous.
+    pad = -num_nodes % block
+    a_h, a_w = (jnp.pad(a[..., i], ((0, pad), (0, 0))).T for i in range(2))      # [N, V+]
+    weight_n = jnp.pad(child_best, ((0, pad), (0, 0))).T                           # [N, V+]
+    rate = jnp.pad(-1 / (2 * mean_sq), (0, pad))                                   # [V+]
+    b_h, b_w = b[..., 0].T, b[..., 1].T                                            # [N, M]
 
-    def affinity(a_v, best_v, mean_v):
-        sq = jnp.sum((a_v[None] - b) ** 2, axis=-1)               # [M, N]
-        return jnp.sum(best_v * jnp.exp(-sq / (2 * mean_v)), axis=1)
+    def one_block(args):
+        blk_h, blk_w, blk_weight, blk_rate = args            # [N, B] x 3, [B]
 
-    score = jax.lax.map(lambda args: affinity(*args), (a, child_best, mean_sq), batch_size=64)
+        def step(total, inputs):
+            ah, aw, wn, bh, bw = inputs
+            dh, dw = ah[:, None] - bh[None, :], aw[:, None] - bw[None, :]
+            return total + wn[:, None] * jnp.exp((dh * dh + dw * dw) * blk_rate[:, None]), None
+
+        zeros = jnp.zeros((block, b.shape[0]), a.dtype)
+        return jax.lax.scan(step, zeros, (blk_h, blk_w, blk_weight, b_h, b_w))[0]
+
+    blocks = (num_nodes + pad) // block
+
+    def by_block(x):
+        return x.reshape(x.shape[0], blocks, block).transpose(1, 0, 2)
+
+    affinity = jax.lax.map(one_block, (by_block(a_h), by_block(a_w), by_block(weight_n),
+                                       rate.reshape(blocks, block)))
+    affinity = affinity.reshape(-1, b.shape[0])[:num_nodes]
     if axis_name is not None:
-        score = jax.lax.psum(score, axis_name)
-    score = jnp.where(cands.valid, score, -jnp.inf)
-    return jax.lax.top_k(score, top_n)[1]
+        affinity = jax.lax.psum(affinity, axis_name)
+    affinity = jnp.where(cands.valid, affinity, -jnp.inf)
+    return jax.lax.top_k(affinity, top_n)[1]
 
 
-def sigma(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: float) -> jnp.ndarray:
-    """`[V]` scale of each child's spatial prior: `(sum_u s_u^-2 / T)^(-1/2)` over its T parents.
+class PriorWeights(NamedTuple):
+    """The parents of every child as dense weights: `weight [V, M]` holds `(1/T) / s_u^2` at
+    each of child v's T parent slots (0 elsewhere); `total [V]` their sum, `sigma [V]`
+    `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`."""
 
-    `parents [V, T]` candidate slots, `deform [M]` the candidates' deformation scales, times
-    `scale_to_child` (upper-layer cells -> child cells).
-    """
-    s = deform[parents] * scale_to_child
-    return jnp.sqrt(1 / jnp.sum((1 / parents.shape[-1]) / s**2, axis=-1))
+    weight: jnp.ndarray
+    total: jnp.ndarray
+    sigma: jnp.ndarray
+    log_scale: jnp.ndarray
 
 
-def shift_and_scale(parents: jnp.ndarray, deviation: jnp.ndarray, deform: jnp.ndarray,
-                    scale_to_child: float) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Each child's prior shift `mu [V, 2]` and scale `lambda [V]` in one image.
-
-    `deviation [M, 2]` the candidates' deviations in this image; `mu = sum_u dev_u / s_u^2 /
-    sum_u 1/s_u^2`, `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`.
-    """
+def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, slots: int,
+                  scale_to_child: float) -> PriorWeights:
+    """Dense parent weights from `parents [V, T]` (candidate slots) and the candidates'
+    `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells)."""
     top_n = parents.shape[-1]
-    dev = deviation[parents] * scale_to_child                   # [V, T, 2]
     s = deform[parents] * scale_to_child                         # [V, T]
-    weight = (1 / top_n) / s**2
-    total = jnp.sum(weight, axis=-1)
-    shift = jnp.sum(dev * weight[..., None], axis=-2) / total[..., None]
-    sq = jnp.sum((shift[..., None, :] - dev) ** 2, axis=-1)
-    scale = jnp.sqrt(1 / total) * jnp.prod(jnp.exp(-sq / ((2 * top_n) * s**2)) / s, axis=-1)
-    return shift, scale
+    w = (1 / top_n) / s**2
+    dense = jnp.zeros((parents.shape[0], slots), w.dtype)
+    dense = dense.at[jnp.arange(parents.shape[0])[:, None], parents].add(w)
+    total = jnp.sum(w, axis=-1)
+    sigma = jnp.sqrt(1 / total)
+    return PriorWeights(dense, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1))
+
+
+def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray,
+                    scale_to_child: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Each child's prior shift `mu [V, n, 2]` and scale `lambda [V, n]` in n images.
+
+    `deviation [M, n, 2]` the candidates' deviations in these images. With the parents'
+    weights `w_u = (1/T) / s_u^2`: `mu = sum_u w_u dev_u / sum_u w_u`, and
+    `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`, whose exponent is
+    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`.
+    """
+    dev = deviation * scale_to_child
+    m, n, _ = dev.shape
+    stacked = jnp.concatenate([dev, jnp.sum(dev * dev, -1, keepdims=True)], -1)  # [M, n, 3]
+    sums = (weights.weight @ stacked.reshape(m, n * 3)).reshape(-1, n, 3)
+    shift = sums[..., :2] / weights.total[:, None, None]
+    spread = sums[..., 2] - jnp.sum(shift * shift, -1) * weights.total[:, None]
+    return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)
