@@ -75,10 +75,10 @@ def main(argv=None) -> None:
         call = fit_lib.layer_call(maps, layer, jax.random.key(index), mirrored(maps), parent,
                                   None, "fixed", args.chunk)
         start = time.perf_counter()
-        compiled = fit_lib.fit_jitted.lower(*call).compile()
+        compiled = call.function.lower(*call.args).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        parent = fit_lib.layer_fit(jax.block_until_ready(compiled(*call[:-1])), layer)
+        parent = fit_lib.layer_fit(jax.block_until_ready(compiled(*call.args)), layer)
         run_s = time.perf_counter() - start
         total_run, total_compile = total_run + run_s, total_compile + compile_s
         per_iteration = run_s / args.images / args.iterations

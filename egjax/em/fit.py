@@ -7,6 +7,7 @@ compiles once per shape.
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 from typing import Sequence
 
 import jax
@@ -17,6 +18,7 @@ from egjax.config import GraphConfig, LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import planes as planes_lib
+from egjax.em import sharding
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
 
@@ -130,8 +132,7 @@ def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
     return parents_lib.candidate_slots(parent.score.shape[0], cfg.top_m)
 
 
-@functools.partial(jax.jit, static_argnames=("setup",))
-def fit_jitted(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
+def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     """The whole EM of one layer: candidates, `iterations` x (E-step, M-step), records."""
     dtype = coord.dtype
     plain = planes_lib.to_planes(maps, dtype)
@@ -163,9 +164,29 @@ def fit_jitted(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
             jax.tree.map(lambda r: layer_lib.public_nodes(r) if r.ndim >= 3 else r, rec))
 
 
+class LayerCall(NamedTuple):
+    """One layer fit as a jitted `function` and its `args` (inputs already checked):
+    `layer_fit(call.function(*call.args), cfg)` fits the layer, and
+    `call.function.lower(*call.args).compile()` compiles it ahead of time."""
+
+    function: Callable
+    args: tuple
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_fit(setup: layer_lib.Setup, mesh, quantized: bool, flips: bool,
+                 parent: LayerConfig | None) -> Callable:
+    """The jitted layer fit for one setting (cached: it compiles once per input shape),
+    sharded over the images along `mesh` (None: one device)."""
+    body = functools.partial(fit_body, setup=setup)
+    if mesh is None:
+        return jax.jit(body)
+    return sharding.sharded(body, mesh, quantized, flips, parent, layer_lib.Records)
+
+
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
               parent: LayerFit | None = None, init: dict | None = None,
-              compat: str = "fixed", chunk: int = 8) -> LayerFit:
+              compat: str = "fixed", chunk: int = 8, devices=None) -> LayerFit:
     """Fit one graph layer by EM (`learn_explanatoryGraph.m`, one `layerID`).
 
     `maps [N,S,S,C]` normalised maps (`features.normalise`); `flipped_maps` the same for the
@@ -173,40 +194,41 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     decision of `parent`); `parent` the fitted layer above (None for the top layer);
     `init dict(coord=[C,K,2], deform=[C,K])` in 0-based cells, else drawn with `key`;
     `compat="original"` reproduces the released learner's quirks. `chunk` images are
-    processed per vectorised batch (memory ~ chunk).
+    processed per vectorised batch (memory ~ chunk). The images are sharded over `devices`
+    (default: all visible), as many as divide N evenly.
     """
     _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
-    return _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk)
+    call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices)
+    return layer_fit(call.function(*call.args), cfg)
 
 
-def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> tuple:
-    """The arguments of the one jitted call that fits a layer (inputs already checked):
-    `layer_fit(fit_jitted(*args), cfg)` fits it, and `fit_jitted.lower(*args).compile()`
-    compiles it ahead of time (benchmarks time compilation separately this way)."""
+def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
+               devices=None) -> LayerCall:
+    """The jitted call that fits one layer, and its arguments (inputs already checked)."""
     original = compat == "original"
     dtype = compute_dtype()
     n, _, _, c = _map_shape(maps)
     slots = _candidate_slots(parent, cfg, original) if parent is not None else 0
     if init is None:
         init = random_init(key, cfg, c, dtype)
+    mesh = sharding.image_mesh(devices, n)
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
                             flips=flipped_maps is not None, original=original, num_images=n,
-                            slots=slots, chunk=chunk)
-    return (jnp.transpose(jnp.asarray(init["coord"], dtype), (2, 1, 0)),
+                            slots=slots, axis_name=None if mesh is None else sharding.AXIS,
+                            chunk=chunk)
+    function = compiled_fit(setup, mesh, isinstance(maps, QuantizedMaps),
+                            flipped_maps is not None, setup.parent)
+    args = (jnp.transpose(jnp.asarray(init["coord"], dtype), (2, 1, 0)),
             jnp.asarray(init["deform"], dtype).T,
-            _as_device(maps, dtype), _as_device(flipped_maps, dtype), parent, setup)
+            _as_device(maps, dtype), _as_device(flipped_maps, dtype), parent)
+    return LayerCall(function, args)
 
 
 def layer_fit(outputs, cfg: LayerConfig) -> LayerFit:
-    """The LayerFit from the outputs of `fit_jitted`."""
+    """The LayerFit from the outputs of a `LayerCall`."""
     coord, deform, parents, rec = outputs
     return LayerFit(coord=coord, deform=deform, parents=parents, score=rec.score, pos=rec.pos,
                     flip=rec.flip, alt_score=rec.alt_score, alt_pos=rec.alt_pos, config=cfg)
-
-
-def _fit_layer(maps, cfg, key, flipped_maps, parent, init, compat, chunk) -> LayerFit:
-    args = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk)
-    return layer_fit(fit_jitted(*args), cfg)
 
 
 def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:
@@ -239,7 +261,7 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
 
 def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
               flipped_maps: Sequence | None = None, init: Sequence | None = None,
-              compat: str = "fixed", chunk: int = 8) -> ExplanatoryGraph:
+              compat: str = "fixed", chunk: int = 8, devices=None) -> ExplanatoryGraph:
     """Fit every layer of an explanatory graph, top layer first (`learn_explanatoryGraph.m`).
 
     `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
@@ -249,8 +271,9 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
     fits = [None] * len(cfg.layers)
     parent = None
     for index in reversed(range(len(cfg.layers))):
-        parent = _fit_layer(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
-                            None if flipped_maps is None else flipped_maps[index], parent,
-                            None if init is None else init[index], compat, chunk)
+        call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
+                          None if flipped_maps is None else flipped_maps[index], parent,
+                          None if init is None else init[index], compat, chunk, devices)
+        parent = layer_fit(call.function(*call.args), cfg.layers[index])
         fits[index] = parent
     return ExplanatoryGraph(layers=tuple(fits), config=cfg)
