@@ -19,8 +19,9 @@ import reference
 from egjax import evaluate
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em.estep import infer, statistics
+from egjax.em.estep import competing_mass, infer, statistics
 from egjax.em.grid import offset_table
+from egjax.em.planes import orient, to_planes
 from egjax.em.fit import fit_graph, fit_layer
 from egjax.graph import LayerFit
 
@@ -77,22 +78,28 @@ def test_float32_first_iteration_matches_the_original():
     """
     ref = reference.load("small")
     trace = np.load(reference.REFERENCE / "trace_small.npz")
+    last = len(ref.config.layers)
+    flip = jnp.asarray(trace[f"L{last}_it20_flip_record"] > 0)
     for index, cfg in enumerate(ref.config.layers):
-        top = index == len(ref.config.layers) - 1
-        flip = None if top else jnp.asarray(trace[f"L{len(ref.config.layers)}_it20_flip_record"] > 0)
+        top = index == last - 1
         setup = layer_lib.Setup(cfg=cfg, parent=None if top else ref.config.layers[index + 1],
                                 flips=True, original=True, num_images=ref.maps[index].shape[0])
-        data = layer_lib.LayerData(jnp.asarray(ref.maps[index]), jnp.asarray(ref.flipped[index]),
-                                   flip, None)
-        state = layer_lib.init(jnp.asarray(ref.init[index]["coord"], jnp.float32),
-                               jnp.asarray(ref.init[index]["deform"], jnp.float32), data, setup)
+        plain = to_planes(jnp.asarray(ref.maps[index]), jnp.float32)
+        mirrored = to_planes(jnp.asarray(ref.flipped[index]), jnp.float32)
+        data = (layer_lib.LayerData(plain, mirrored, None, None) if top else
+                layer_lib.LayerData(orient(flip, plain, mirrored), None, flip, None))
+        init = ref.init[index]
+        state = layer_lib.init(jnp.asarray(np.moveaxis(init["coord"], -1, 0).swapaxes(1, 2),
+                                           jnp.float32),
+                               jnp.asarray(init["deform"].T, jnp.float32), ref.maps[index].shape[0],
+                               setup)
         state = layer_lib.iteration(state, jnp.float32(1), data, setup)
         prefix = f"L{index + 1}_it1_"
         ref_pos = trace[prefix + "pos_record"].transpose(1, 2, 0) - 1
-        pos = np.asarray(layer_lib.node_major(state.pos))
+        pos = np.asarray(layer_lib.public_nodes(state.pos))
         assert (np.abs(pos - ref_pos).max(-1) <= 0.05).mean() >= 0.98
-        np.testing.assert_allclose(state.coord, trace[prefix + "coord"].transpose(2, 1, 0) - 1,
-                                   atol=0.05)
+        np.testing.assert_allclose(np.asarray(state.coord).transpose(2, 1, 0),
+                                   trace[prefix + "coord"].transpose(2, 1, 0) - 1, atol=0.05)
 
 
 def test_medium_top_layer_matches_the_original(x64):
@@ -110,51 +117,59 @@ def test_medium_top_layer_matches_the_original(x64):
 
 def test_medium_last_iteration_matches_the_original(x64):
     """Layer 3 of `medium` (top_n 15, top_m 128): from the state the original had entering
-    its last iteration -- recovered from its records -- one egjax iteration reproduces the
-    original's records and its final node positions."""
+    its last iteration -- recovered from its records -- one egjax E-step and M-step
+    reproduce the original's records and its final node positions."""
     ref = reference.load("medium")
     index = 2
     cfg, upper, out = ref.config.layers[index], ref.out[index + 1], ref.out[index]
     c, k = out["deform"].shape
-    parents = jnp.asarray(out["parents"])
+    num = out["pos"].shape[1]
     upper_pos = jnp.asarray(upper["pos"])
-    deviation = upper_pos - upper_pos.mean(axis=1, keepdims=True)
+    deviation = upper_pos - upper_pos.mean(axis=1, keepdims=True)          # [U, N, 2]
     upper_deform = jnp.asarray(upper["deform"]).ravel()
-    shifts = np.stack([np.asarray(parents_lib.shift_and_scale(
-        parents, deviation[:, n], upper_deform, 1.0)[0]) for n in range(out["pos"].shape[1])], 1)
+    # Internal node order is k * C + c; the file's parents are per public node c * K + k.
+    parents = jnp.asarray(out["parents"].reshape(c, k, -1).transpose(1, 0, 2).reshape(c * k, -1))
+    weights = parents_lib.prior_weights(parents, upper_deform, len(upper_deform), 1.0)
+    shift, scale = parents_lib.shift_and_scale(weights, deviation, 1.0)    # [V, N, 2], [V, N]
+    shift = np.asarray(shift).reshape(k, c, num, 2)
     # Every node of this layer searches +-2 cells (deform > 0.75 throughout), so its
     # candidate offsets are row 2 of the table and pos = coord_in + shift + offset:
     # recover coord_in as the lattice point consistent with all images, nearest the output.
     assert out["deform"].min() > 0.75
     offsets = offset_table(cfg)[2]
-    residual = out["pos"] - shifts
-    guesses = residual[:, :1, :, None] - offsets
-    on_lattice = np.all(np.min(np.abs(residual[:, :, :, None, None] - guesses[:, :, :, :, None]
-                                      - offsets), axis=-1) < 1e-9, axis=1)
-    distance = np.where(on_lattice, np.abs(guesses[:, 0] - out["coord"].reshape(-1, 2)[..., None]),
-                        np.inf)
-    coord_in = np.take_along_axis(guesses[:, 0], distance.argmin(-1)[..., None], -1)[..., 0]
+    pos = out["pos"].reshape(c, k, num, 2).transpose(1, 0, 2, 3)           # [K, C, N, 2]
+    residual = pos - shift
+    guesses = residual[:, :, :1, :, None] - offsets                        # [K, C, 1, 2, P]
+    on_lattice = np.all(np.min(np.abs(residual[..., None, None] - guesses[..., None]
+                                      - offsets), axis=-1) < 1e-9, axis=2)  # [K, C, 2, P]
+    final = out["coord"].transpose(1, 0, 2)                                # [K, C, 2]
+    distance = np.where(on_lattice, np.abs(guesses[:, :, 0] - final[..., None]), np.inf)
+    coord_in = np.take_along_axis(guesses[:, :, 0], distance.argmin(-1)[..., None], -1)[..., 0]
+    coord_in = jnp.asarray(np.moveaxis(coord_in, -1, 0))                   # [2, K, C]
     setup = layer_lib.Setup(cfg=cfg, parent=ref.config.layers[index + 1], flips=True,
-                            original=True, num_images=out["pos"].shape[1])
-    sigma = parents_lib.sigma(parents, upper_deform, 1.0).reshape(c, k)
-    nodes = layer_lib.nodes(jnp.asarray(coord_in.reshape(c, k, 2)), jnp.full((c, k), 1.3),
-                            sigma, setup)
-    mass, gradient, score, pos = 0, 0, [], []
-    for n in range(out["pos"].shape[1]):
-        shift, scale = parents_lib.shift_and_scale(parents, deviation[:, n], upper_deform, 1.0)
-        maps = ref.flipped[index][n] if upper["flip"][n] else ref.maps[index][n]
-        stats = statistics(infer(jnp.asarray(maps), nodes, shift.reshape(c, k, 2),
-                                 scale.reshape(c, k), in_order=True), nodes, cfg.tau_rate)
+                            original=True, num_images=num)
+    sigma = weights.sigma.reshape(k, c)
+    nodes = layer_lib.nodes(coord_in, jnp.full((k, c), 1.3), sigma, setup)
+    plain = to_planes(jnp.asarray(ref.maps[index]), jnp.float64)
+    mirrored = to_planes(jnp.asarray(ref.flipped[index]), jnp.float64)
+    planes = orient(jnp.asarray(upper["flip"]), plain, mirrored)
+    mass, gradient, score, positions = 0, 0, [], []
+    for n in range(num):
+        image = jax.tree.map(lambda x: None if x is None else x[n], planes)
+        inference = infer(image, nodes, jnp.asarray(np.moveaxis(shift[:, :, n], -1, 0)),
+                          scale[:, n].reshape(k, c), in_order=True)
+        stats = statistics(inference, nodes, competing_mass(inference, nodes, True),
+                           cfg.tau_rate)
         mass, gradient = mass + stats.responsibility_mass, gradient + stats.gradient
-        score.append(np.asarray(stats.score).ravel())
-        pos.append(np.asarray(stats.pos).reshape(-1, 2))
-    score, pos = np.stack(score, 1), np.stack(pos, 1)
+        score.append(np.asarray(stats.score).T.ravel())
+        positions.append(np.asarray(stats.pos).transpose(2, 1, 0).reshape(-1, 2))
+    score, positions = np.stack(score, 1), np.stack(positions, 1)
     np.testing.assert_allclose(score / score.mean(), out["score"], rtol=1e-9, atol=1e-12)
-    assert_positions_match(pos, out["pos"], score / score.mean(), out["score"], 0.001)
+    assert_positions_match(positions, out["pos"], score / score.mean(), out["score"], 0.001)
     step = cfg.eta * (float(sigma.min()) / cfg.iterations**0.25) ** 2
-    coord = coord_in.reshape(c, k, 2) + np.asarray(gradient) / np.maximum(
-        np.asarray(mass), 1e-8)[..., None] * step
-    np.testing.assert_allclose(coord, out["coord"], atol=1e-9)
+    coord = np.asarray(coord_in) + np.asarray(gradient) / np.maximum(
+        np.asarray(mass), 1e-8) * step
+    np.testing.assert_allclose(coord.transpose(2, 1, 0), out["coord"], atol=1e-9)
 
 
 def test_fixed_learner_on_medium_beats_the_original():

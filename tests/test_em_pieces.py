@@ -1,0 +1,158 @@
+"""Known answers for each piece of the EM kernel, on inputs small enough to work out by hand."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from egjax.config import LayerConfig
+from egjax.em import layer as layer_lib
+from egjax.em import parents as parents_lib
+from egjax.em.competition import competition
+from egjax.em.estep import competition_positions, gauss, infer, statistics
+from egjax.em.evidence import ORIGINAL_PI, kernel_table
+from egjax.em.grid import half_range, offset_table, round_half_away
+from egjax.em.planes import to_planes
+
+CFG = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, top_n=2, top_m=4)
+
+
+def setup_for(cfg=CFG, original=False):
+    return layer_lib.Setup(cfg=cfg, parent=None, flips=False, original=original, num_images=1)
+
+
+def test_round_half_away_from_zero():
+    values = jnp.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 2.4999])
+    np.testing.assert_array_equal(round_half_away(values), [-3, -2, -1, 1, 2, 3, 2])
+
+
+def test_offsets_are_linspace_midpoints_and_antisymmetric():
+    table = offset_table(CFG)
+    for h in range(CFG.max_half_range + 1):
+        expected = -h + (2 * h / 6) * (np.arange(6) + 0.5)
+        np.testing.assert_allclose(table[h], expected, atol=1e-15)
+        np.testing.assert_array_equal(table[h], -table[h][::-1])
+
+
+def test_half_range_is_capped_by_the_search_range():
+    # min(0.3 * 12 / 2, 3 * deform), rounded half away: 1.8 -> 2, 0.45 * 3 = 1.35 -> 1
+    np.testing.assert_array_equal(half_range(jnp.array([0.45, 0.5, 5.0]), CFG), [1, 2, 2])
+
+
+def test_evidence_of_a_single_blob():
+    """One positive cell: each candidate's evidence is g(distance to it) times its value."""
+    s, c = CFG.map_size, 1
+    maps = -np.ones((1, s, s, c), np.float32)
+    maps[0, 5, 7, 0] = 3.0
+    cfg = LayerConfig(map_size=s, stride=8, center=3.5, density=1 / 144)   # K = 1
+    coord = jnp.array([[[5.0]], [[6.0]]])                                  # centre (5, 6)
+    node_q = layer_lib.nodes(coord, jnp.full((1, 1), 1.8), jnp.full((1, 1), 2.0),
+                             setup_for(cfg))
+    planes = to_planes(jnp.asarray(maps), jnp.float32)
+    inference = infer(jax.tree.map(lambda x: None if x is None else x[0], planes), node_q,
+                      jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), in_order=False)
+    smoothing = cfg.map_delta * s
+    offsets = offset_table(cfg)[2]
+    for j, (iw, ih) in enumerate(np.ndindex(6, 6)):
+        dist2 = (5 + offsets[ih] - 5) ** 2 + (6 + offsets[iw] - 7) ** 2
+        g = (math.exp(-dist2 / (2 * smoothing**2)) if dist2 < 9 * smoothing**2
+             else math.exp(-4.5)) / (math.sqrt(2 * ORIGINAL_PI) * smoothing)
+        assert float(inference.evidence[j, 0, 0]) == pytest.approx(3.0 * g, rel=1e-5)
+
+
+def test_evidence_table_zero_outside_the_window_and_floor_far_away():
+    table = kernel_table(CFG)                       # H = 2 for S = 12
+    big = CFG.max_half_range
+    window = table[2, 1].reshape(36, 2 * big + 1, 2 * big + 1)
+    assert np.all(window[:, 0, :] == 0) and np.all(window[:, :, -1] == 0)   # |offset| 2 > 1
+    smoothing = CFG.map_delta * CFG.map_size
+    floor = math.exp(-4.5) / (math.sqrt(2 * ORIGINAL_PI) * smoothing)
+    assert np.isclose(table[2, 2].min(), floor)     # cells beyond 3 s weigh the constant
+
+
+def test_lone_node_competition_is_its_own_prior():
+    """A node with no other node in reach competes only with itself: r = pi / (pi + tau)."""
+    coord = jnp.array([[[3.0, 20.0]], [[3.0, 20.0]]])          # [2, K=1, C=2]: one per filter
+    node_q = layer_lib.nodes(coord, jnp.full((1, 2), 1.0), jnp.full((1, 2), 0.8), setup_for())
+    positions = competition_positions(coord, node_q.offsets)
+    competing = competition(positions, node_q.prior_axis, jnp.ones((1, 2)), exact=True)
+    along_h = jnp.tile(node_q.prior_axis, (6, 1, 1))
+    along_w = jnp.repeat(node_q.prior_axis, 6, axis=0)
+    np.testing.assert_allclose(competing, along_w * along_h, rtol=1e-6)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_competition_matches_a_brute_force_nearest_candidate_search(exact):
+    rng = np.random.default_rng(1)
+    k, c, p = 5, 3, 6
+    coord = jnp.asarray(rng.uniform(2, 9, (2, k, c)))
+    deform = jnp.asarray(rng.uniform(0.3, 1.5, (k, c)))
+    node_q = layer_lib.nodes(coord, deform, jnp.asarray(rng.uniform(0.5, 2, (k, c))),
+                             setup_for())
+    scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)))
+    positions = np.asarray(competition_positions(coord, node_q.offsets))
+    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact))
+    prior = np.asarray(node_q.prior_axis)
+    expected = np.zeros_like(got)
+    for ch, v, iw, ih in np.ndindex(c, k, p, p):
+        t = positions[0, ih, v, ch], positions[1, iw, v, ch]
+        for u in range(k):
+            gh, gw = positions[0, :, u, ch], positions[1, :, u, ch]
+            if not (gh[0] <= t[0] <= gh[-1] and gw[0] <= t[1] <= gw[-1]):
+                continue
+            dist = (t[0] - gh[None, :]) ** 2 + (t[1] - gw[:, None]) ** 2      # [w, h]
+            jw, jh = np.unravel_index(np.argmin(dist), dist.shape)          # first on ties
+            expected[iw * p + ih, v, ch] += prior[jw, u, ch] * prior[jh, u, ch] * scale[u, ch]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_prior_from_a_single_parent_is_that_parent():
+    """One parent: mu is its deviation, sigma its deformation, lambda 1."""
+    deviation = jnp.array([[[1.5, -0.5]], [[0.25, 2.0]]])      # [M=2, n=1, 2]
+    deform = jnp.array([0.7, 1.3])
+    parents = jnp.array([[1], [0]])                             # V=2, T=1
+    weights = parents_lib.prior_weights(parents, deform, 2, 1.0)
+    shift, scale = parents_lib.shift_and_scale(weights, deviation, 1.0)
+    np.testing.assert_allclose(shift[:, 0], [[0.25, 2.0], [1.5, -0.5]], rtol=1e-6)
+    np.testing.assert_allclose(weights.sigma, [1.3, 0.7], rtol=1e-6)
+    np.testing.assert_allclose(scale, 1.0, rtol=1e-6)
+
+
+def test_prior_of_several_parents_matches_its_definition():
+    rng = np.random.default_rng(2)
+    deviation = rng.normal(size=(6, 3, 2))
+    deform = rng.uniform(0.5, 2, 6)
+    parents = np.array([[0, 3, 5], [1, 2, 4]])
+    weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), 6, 2.0)
+    shift, scale = parents_lib.shift_and_scale(weights, jnp.asarray(deviation), 2.0)
+    for v in range(2):
+        dev, s = deviation[parents[v]] * 2.0, deform[parents[v]] * 2.0      # [T, n, 2], [T]
+        w = 1 / s**2
+        mu = np.einsum("t,tnx->nx", w, dev) / w.sum()
+        sigma = (np.sum(s**-2) / 3) ** -0.5
+        lam = sigma * np.prod(np.exp(-np.sum((mu - dev) ** 2, -1) / (2 * 3 * s[:, None] ** 2))
+                              / s[:, None], axis=0)
+        np.testing.assert_allclose(shift[v], mu, rtol=1e-5)
+        np.testing.assert_allclose(scale[v], lam, rtol=1e-4)
+
+
+def test_m_step_leaves_a_node_on_a_symmetric_blob_in_place():
+    """Evidence symmetric about the node's centre: the gradient cancels, the node stays."""
+    s = CFG.map_size
+    maps = -np.ones((1, s, s, 1), np.float32)
+    maps[0, 4:7, 4:7, 0] = [[1, 2, 1], [2, 4, 2], [1, 2, 1]]
+    cfg = LayerConfig(map_size=s, stride=8, center=3.5, density=1 / 144)
+    coord = jnp.array([[[5.0]], [[5.0]]])
+    setup = setup_for(cfg)
+    node_q = layer_lib.nodes(coord, jnp.full((1, 1), 1.8), jnp.full((1, 1), 1.8), setup)
+    planes = jax.tree.map(lambda x: None if x is None else x[0],
+                          to_planes(jnp.asarray(maps), jnp.float32))
+    inference = infer(planes, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), False)
+    positions = competition_positions(inference.center, node_q.offsets)
+    stats = statistics(inference, node_q,
+                       competition(positions, node_q.prior_axis, jnp.ones((1, 1)), False), 0.1)
+    np.testing.assert_allclose(stats.gradient, 0, atol=1e-6)
+    # the inferred position is one of the four candidates next to the centre
+    assert np.all(np.abs(np.asarray(stats.pos[:, 0, 0]) - 5) <= 1 / 3 + 1e-6)

@@ -1,0 +1,47 @@
+"""Images sharded over 8 simulated CPU devices give the single-device fit (in a subprocess:
+the device count is fixed when jax starts)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import jax
+    import numpy as np
+    sys.path.insert(0, os.environ["TESTS"])
+    from test_em_fit import GRAPH, blob_maps
+    import egjax
+    assert len(jax.devices()) == 8, jax.devices()
+    maps = [blob_maps(16, GRAPH.layers[0].map_size, 4, 0), blob_maps(16, GRAPH.layers[1].map_size, 4, 1)]
+    flipped = [np.ascontiguousarray(m[:, :, ::-1]) for m in maps]
+    fits = {}
+    for name, devices in (("one", jax.devices()[:1]), ("eight", None)):
+        graph = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
+                                devices=devices)
+        fits[name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
+                       ("coord", "deform", "parents", "score", "pos", "flip")}
+                      for l in graph.layers]
+        fits[name + "_sharding"] = str(graph.layers[0].score.sharding)
+    print(json.dumps(fits))
+""")
+
+
+def test_eight_devices_fit_like_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               TESTS=os.path.dirname(__file__))
+    run = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    fits = json.loads(run.stdout.strip().splitlines()[-1])
+    assert "images" in fits["eight_sharding"]
+    for one, eight in zip(fits["one"], fits["eight"]):
+        for field in ("coord", "deform", "score", "pos"):
+            np.testing.assert_allclose(eight[field], one[field], rtol=1e-4, atol=1e-4)
+        assert one["flip"] == eight["flip"]
+        same = [set(a) == set(b) for a, b in zip(one["parents"], eight["parents"])]
+        assert np.mean(same) >= 0.95
