@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from egjax.maps import QuantizedMaps, dequantize
+
 TOP_IMAGES = 20
 TOP_NODES = 167
 
@@ -84,3 +86,29 @@ def instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
 def diagonal(image_size: int) -> float:
     """Length of the image diagonal in pixels (square images)."""
     return math.hypot(image_size, image_size)
+
+
+def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray) -> dict:
+    """Location instability of every graph layer's nodes and of its raw filters, side by side.
+
+    `graph` an ExplanatoryGraph fitted on the images whose unmirrored normalised maps are
+    `maps` (one `[N, S, S, C]` array per layer, bottom to top; uint8 `QuantizedMaps` are
+    decoded); `landmarks [N, P, 2]` pixels, `visible [N, P]`. Values are divided by the image
+    diagonal; `ratio` is nodes / filters (below 1: nodes are more stable).
+    """
+    size = graph.config.image_size
+    rows = []
+    for fit, layer_maps in zip(graph.layers, maps):
+        cfg = fit.config
+        nodes = instability(node_detections(fit, size), landmarks, visible) / diagonal(size)
+        raw = filter_detections(np.asarray(decoded(layer_maps)), cfg.stride, cfg.center)
+        filters = instability(raw, landmarks, visible) / diagonal(size)
+        rows.append({"tap": cfg.tap, "nodes": nodes, "filters": filters, "ratio": nodes / filters})
+    nodes = float(np.mean([r["nodes"] for r in rows]))
+    filters = float(np.mean([r["filters"] for r in rows]))
+    return {"layers": rows, "nodes": nodes, "filters": filters, "ratio": nodes / filters}
+
+
+def decoded(maps):
+    """Float maps as they are; uint8 `QuantizedMaps` decoded."""
+    return dequantize(maps) if isinstance(maps, QuantizedMaps) else maps

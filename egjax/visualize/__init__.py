@@ -1,0 +1,1 @@
+"""Pictures of what the graph's nodes mean."""
