@@ -67,6 +67,8 @@ def parse(argv):
     if not (args.checkpoint / "meta.json").is_file():
         parser.error(f"no network checkpoint at {args.checkpoint} (see checkpoints/README.md)")
     args.name = args.name or args.category
+    if (args.runs / args.name).exists() and not args.overwrite:
+        parser.error(f"{args.runs / args.name} exists; pass --overwrite or another --name")
     return args
 
 
