@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.maps import QuantizedMaps, dequantize, divide, quantize, to_uint8
+from egjax.maps import QuantizedMaps, divide, quantize
 from egjax.models.meta import ModelMeta, preprocess
 from egjax.models.vgg import param_shapes
 from egjax.progress import Progress

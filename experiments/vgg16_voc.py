@@ -21,7 +21,6 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 import egjax  # noqa: E402
 from egjax import evaluate, runs  # noqa: E402

@@ -11,7 +11,7 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.competition import competition
-from egjax.em.estep import competition_positions, gauss, infer, statistics
+from egjax.em.estep import competition_positions, infer, statistics
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.planes import to_planes

@@ -8,7 +8,6 @@ implementation shares. Such ties are rare but the EM amplifies them; the tests b
 exactly where they are allowed.
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from egjax import features as F
+from egjax import maps as M
 from egjax.models import VGG16, ModelMeta, preprocess
 from vgg_weight_files import random_params
 
@@ -47,7 +48,7 @@ def test_to_uint8_is_matlab_uint8():
     values = np.array([-3.7, -0.5, 0.49999997, 0.5, 1.5, 2.5, 3.5, 254.5, 255.4, 300.0,
                        np.inf, -np.inf, np.nan], np.float32)
     expected = [0, 0, 0, 1, 2, 3, 4, 255, 255, 255, 255, 0, 0]
-    np.testing.assert_array_equal(F.to_uint8(values), expected)
+    np.testing.assert_array_equal(M.to_uint8(values), expected)
 
 
 def test_quantize_by_hand():
@@ -56,13 +57,13 @@ def test_quantize_by_hand():
     maps = np.zeros((1, 2, 2, 2), np.float32)
     maps[0, :, :, 0] = [[1.0, 1.5], [3.5, 256.0]]
     maps[0, :, :, 1] = -1.0
-    q = F.quantize(maps)
+    q = M.quantize(maps)
     np.testing.assert_array_equal(q.data[0, :, :, 0], [[0, 1], [3, 255]])
     np.testing.assert_array_equal(q.data[0, :, :, 1], 0)
     np.testing.assert_array_equal(q.minimum, [[1.0, -1.0]])
     np.testing.assert_array_equal(q.range, [[255.0, 0.0]])
-    np.testing.assert_array_equal(F.dequantize(q)[0, :, :, 0], [[1.0, 2.0], [4.0, 256.0]])
-    np.testing.assert_array_equal(F.dequantize(q)[0, :, :, 1], -1.0)
+    np.testing.assert_array_equal(M.dequantize(q)[0, :, :, 0], [[1.0, 2.0], [4.0, 256.0]])
+    np.testing.assert_array_equal(M.dequantize(q)[0, :, :, 1], -1.0)
 
 
 def test_quantize_matches_matlab_arithmetic_bit_for_bit():
@@ -76,9 +77,9 @@ def test_quantize_matches_matlab_arithmetic_bit_for_bit():
     expected = np.floor(scaled.astype(np.float64) + 0.5).clip(0, 255).astype(np.uint8)
     restored = (expected.astype(np.float32) * extent[:, None, None]) / np.float32(255)
     restored = restored + minimum[:, None, None]
-    q = jax.jit(F.quantize)(maps)
+    q = jax.jit(M.quantize)(maps)
     np.testing.assert_array_equal(q.data, expected)
-    np.testing.assert_array_equal(jax.jit(F.dequantize)(q), restored)
+    np.testing.assert_array_equal(jax.jit(M.dequantize)(q), restored)
     assert q.data.dtype == jnp.uint8 and q.minimum.dtype == q.range.dtype == jnp.float32
 
 
@@ -115,7 +116,7 @@ def test_extraction_normalises_flips_and_quantises(params, images):
         for tap in TAPS:
             expected = np.asarray(F.normalize(raw[tap], sd[tap]))
             np.testing.assert_allclose(maps[tap], expected, rtol=1e-5, atol=1e-5)
-            np.testing.assert_array_equal(q[tap].data, F.quantize(maps[tap]).data)
+            np.testing.assert_array_equal(q[tap].data, M.quantize(maps[tap]).data)
             assert q[tap].data.shape == maps[tap].shape and q[tap].data.dtype == np.uint8
         assert np.all(maps["conv4_2"][..., DEAD] == -1)
 
