@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install bench
+.PHONY: demo test install bench browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,17 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 install: $(VENV)/.installed
 
-test: install
+# The explorer's browser test drives a system Chromium (no browser download): install Debian's
+# package when none is found and apt-get is at hand; otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  command -v google-chrome >/dev/null || [ -n "$$EGJAX_CHROMIUM" ] || \
+	  { command -v apt-get >/dev/null && \
+	    { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	      $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "make: no Chromium installed; the explorer's browser test will be skipped"
+
+test: install browser
 	$(PY) -m pytest -q
 
 demo: install

@@ -50,37 +50,57 @@ def filter_detections(maps: np.ndarray, stride: float, center: float) -> Detecti
     return Detections(np.max(flat, axis=-1), center + cells * stride)
 
 
-def instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
-                top_nodes: int = TOP_NODES, top_images: int = TOP_IMAGES) -> float:
-    """Mean over the top patterns of the landmark-averaged std of pattern-landmark distance.
+def ranked(det: Detections, top_images: int = TOP_IMAGES) -> np.ndarray:
+    """Pattern indices by the mean of their `top_images` best scores, best first (stable)."""
+    score = np.asarray(det.score)
+    best = -np.sort(-score, axis=1)[:, :min(top_images, score.shape[1])]
+    return np.argsort(-best.mean(axis=1), kind="stable")
 
-    Patterns are ranked by the mean of their `top_images` best scores and the first
-    `top_nodes` kept; for each, over its `top_images` best images and each landmark
-    visible there, the standard deviation (N-1) of the pixel distance to the landmark
-    (0 for a landmark seen in a single image, as in the original); averaged over the
-    landmarks seen at all, then over patterns. `landmarks [N, P, 2]` pixels,
-    `visible [N, P]`. Returns pixels.
+
+def node_instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
+                     top_images: int = TOP_IMAGES, patterns=None) -> np.ndarray:
+    """Per pattern, the landmark-averaged std of its distance to each landmark (pixels).
+
+    Over the pattern's `top_images` best images and each landmark visible there, the
+    standard deviation (N-1) of the pixel distance to the landmark (0 for a landmark seen in
+    a single image, as in the original), averaged over the landmarks seen at all; NaN where
+    none is seen. `patterns` selects patterns (default all). `landmarks [N, P, 2]` pixels,
+    `visible [N, P]`. Returns `[len(patterns)]`.
     """
     score, px = np.asarray(det.score), np.asarray(det.px)
     num_images = score.shape[1]
     if num_images < 2:
         raise ValueError(f"instability needs at least 2 images, got {num_images}")
+    patterns = np.arange(score.shape[0]) if patterns is None else np.asarray(patterns)
     k = min(top_images, num_images)
-    best = -np.sort(-score, axis=1)[:, :k]
-    patterns = np.argsort(-best.mean(axis=1), kind="stable")[:min(top_nodes, score.shape[0])]
-    per_pattern = []
-    for v in patterns:
-        images = np.argsort(-score[v], kind="stable")[:k]
-        dist = np.linalg.norm(landmarks[images] - px[v, images][:, None, :], axis=-1)  # [k, P]
+    out = np.full(len(patterns), np.nan)
+    for start in range(0, len(patterns), 4096):                     # bounded memory
+        chosen = patterns[start:start + 4096]
+        images = np.argsort(-score[chosen], axis=1, kind="stable")[:, :k]          # [B, k]
+        where = np.take_along_axis(px[chosen], images[..., None], axis=1)           # [B, k, 2]
+        dist = np.linalg.norm(landmarks[images] - where[:, :, None, :], axis=-1)    # [B, k, P]
         seen = visible[images]
-        spreads = []
-        for part in range(landmarks.shape[1]):
-            d = dist[seen[:, part], part]
-            if d.size:
-                spreads.append(np.std(d, ddof=1) if d.size > 1 else 0.0)
-        if spreads:
-            per_pattern.append(np.mean(spreads))
-    return float(np.mean(per_pattern))
+        count = seen.sum(axis=1)                                                     # [B, P]
+        mean = np.where(seen, dist, 0).sum(axis=1) / np.maximum(count, 1)
+        squares = np.where(seen, (dist - mean[:, None]) ** 2, 0).sum(axis=1)
+        spread = np.sqrt(squares / np.maximum(count - 1, 1))
+        parts = count > 0
+        with np.errstate(invalid="ignore"):
+            out[start:start + 4096] = np.where(parts, spread, 0).sum(1) / parts.sum(1)
+    return out
+
+
+def instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
+                top_nodes: int = TOP_NODES, top_images: int = TOP_IMAGES) -> float:
+    """Mean of `node_instability` over the top patterns (pixels).
+
+    Patterns are ranked by the mean of their `top_images` best scores and the first
+    `top_nodes` kept; patterns that see no landmark are left out. `landmarks [N, P, 2]`
+    pixels, `visible [N, P]`.
+    """
+    patterns = ranked(det, top_images)[:top_nodes]
+    per_pattern = node_instability(det, landmarks, visible, top_images, patterns)
+    return float(np.mean(per_pattern[~np.isnan(per_pattern)]))
 
 
 def diagonal(image_size: int) -> float:

@@ -27,7 +27,7 @@ from egjax import evaluate, runs  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
 from egjax.models import load_checkpoint  # noqa: E402
-from egjax.visualize import figures  # noqa: E402
+from egjax.visualize import figures, pictures  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "voc")
@@ -104,13 +104,16 @@ def main(argv=None) -> int:
         runs.write_json(out / "metrics.json", metrics)
         figures.instability_chart(metrics, out / "instability.png")
         figures.detections(batch.images, graph, out / "detections.png")
+        written = pictures.write(out, graph, batch.images, maps, batch.landmarks, batch.visible,
+                                 title=args.name)
     print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location instability"
           f" / image diagonal; lower is better)")
     for row in metrics["layers"]:
         print(f"{row['tap']:10s} {row['nodes']:8.4f} {row['filters']:8.4f} {row['ratio']:6.2f}")
     print(f"{'mean':10s} {metrics['nodes']:8.4f} {metrics['filters']:8.4f} {metrics['ratio']:6.2f}")
     print(f"\nfit {fit_seconds:.0f} s; wrote {args.runs / args.name}/ (graph/, metrics.json, "
-          f"instability.png, detections.png)")
+          f"instability.png, detections.png, {', '.join(written)}: open explorer/index.html "
+          f"in a browser)")
     return 0
 
 

@@ -1,1 +1,5 @@
 """Pictures of what the graph's nodes mean."""
+
+from egjax.visualize import explorer, figures, graph_figure, heatmaps, patches, pictures, raster
+
+__all__ = ["explorer", "figures", "graph_figure", "heatmaps", "patches", "pictures", "raster"]

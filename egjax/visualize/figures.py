@@ -34,9 +34,7 @@ def instability_chart(metrics: dict, path) -> None:
 def stable_nodes(fit, image_size: int, count: int) -> np.ndarray:
     """Indices of the `count` nodes with the highest mean of their top-20 image scores (the
     nodes the instability metric looks at first)."""
-    det = evaluate.node_detections(fit, image_size)
-    top = -np.sort(-det.score, axis=1)[:, :evaluate.TOP_IMAGES]
-    return np.argsort(-top.mean(axis=1), kind="stable")[:count]
+    return evaluate.ranked(evaluate.node_detections(fit, image_size))[:count]
 
 
 def detections(images: np.ndarray, graph, path, *, images_shown: int = 6,

@@ -1,0 +1,186 @@
+"""The graph explorer: a self-contained static web page over a fitted graph and its images.
+
+`write(directory, ...)` makes `directory/index.html` and `directory/assets/`: the page's
+script and style, the images as JPEG, and the data as small scripts that hand their content
+to the page (`EGX.receive(name, data)`), so the page works from `file://` with no server and
+no network. Data is split so that a VGG-16 graph (61,440 nodes) stays quick to open:
+`data/meta.js` (layers, images), `data/layer<l>.js` (every node's scores and instability,
+for the sortable columns) and `data/layer<l>-<chunk>.js` (`CHUNK` nodes' details, loaded when
+one of them is opened). A node's details: prior position, deformation, parents and children
+with their mean offsets (`graph_figure.edge_offsets`), its `PATCH_IMAGES` best images with
+its detections there (the page cuts the patches, `patches.patch_side` px, from the images)
+and the heat maps (`heatmaps` module) of its `HEAT_IMAGES` best images, each stored as the
+window of cells it covers, uint8 relative to the node's largest value over those images.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.resources
+import json
+import pathlib
+
+import numpy as np
+
+from egjax import evaluate, runs
+from egjax.maps import QuantizedMaps
+from egjax.visualize import heatmaps, patches, raster
+from egjax.visualize.graph_figure import edge_offsets
+
+CHUNK = 256
+PATCH_IMAGES = 8
+HEAT_IMAGES = 4
+CHILDREN_SHOWN = 24
+STATIC = ("index.html", "explorer.js", "explorer.css")
+
+
+def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=None, *,
+          title: str = "explanatory graph") -> pathlib.Path:
+    """Write the explorer for `graph` fitted on `images [N, H, W, 3]` uint8 (unmirrored) into
+    `directory` (atomically; replaces an earlier one). `maps`: the layers' normalised
+    unmirrored maps, bottom to top (`[N, S, S, C]` or uint8 `QuantizedMaps`); `landmarks
+    [N, P, 2]` px and `visible [N, P]` give per-node instability (omitted when None)."""
+    _check(graph, images, maps, landmarks, visible)
+    with runs.run_directory(directory, overwrite=True) as out:
+        assets = out / "assets"
+        (assets / "data").mkdir(parents=True)
+        (assets / "images").mkdir()
+        for n, image in enumerate(images):
+            raster.save(image, assets / "images" / f"{n:04d}.jpg", quality=88)
+        layers = [_write_layer(assets / "data", graph, index, maps[index], landmarks, visible)
+                  for index in range(len(graph.layers))]
+        _emit(assets / "data" / "meta.js", "meta", {
+            "title": title, "image_size": graph.config.image_size, "images": len(images),
+            "top_images": evaluate.TOP_IMAGES, "heat_opacity": heatmaps.OPACITY,
+            "instability": landmarks is not None, "layers": layers})
+        source = importlib.resources.files("egjax.visualize") / "explorer_assets"
+        for name in STATIC:
+            target = out / name if name == "index.html" else assets / name
+            target.write_text(source.joinpath(name).read_text())
+    return pathlib.Path(directory)
+
+
+def _check(graph, images, maps, landmarks, visible) -> None:
+    size, count = graph.config.image_size, graph.layers[0].num_images
+    if np.ndim(images) != 4 or np.shape(images)[1:] != (size, size, 3) or len(images) != count:
+        raise ValueError(f"images must be [{count}, {size}, {size}, 3] (the graph's images), "
+                         f"got {np.shape(images)}")
+    if np.asarray(images).dtype != np.uint8:
+        raise ValueError(f"images must be uint8, got {np.asarray(images).dtype}")
+    if len(maps) != len(graph.layers):
+        raise ValueError(f"maps: {len(maps)} layers given, the graph has {len(graph.layers)}")
+    for index, (fit, layer_maps) in enumerate(zip(graph.layers, maps)):
+        data = layer_maps.data if isinstance(layer_maps, QuantizedMaps) else layer_maps
+        s, c = fit.config.map_size, np.shape(fit.deform)[0]
+        if np.shape(data) != (count, s, s, c):
+            raise ValueError(f"maps[{index}] must be [{count}, {s}, {s}, {c}], "
+                             f"got {np.shape(data)}")
+    if (landmarks is None) != (visible is None):
+        raise ValueError("give both landmarks and visible, or neither")
+    if landmarks is not None and (np.shape(landmarks)[:1] != (count,)
+                                  or np.shape(landmarks)[:2] != np.shape(visible)):
+        raise ValueError(f"landmarks must be [{count}, P, 2] and visible [{count}, P], got "
+                         f"{np.shape(landmarks)} and {np.shape(visible)}")
+
+
+def _rounded(values, digits: int = 4) -> list:
+    """Floats for JSON (nested lists as the array): rounded, NaN -> null."""
+    rounded = np.round(np.asarray(values, np.float64), digits)
+    return np.where(np.isnan(rounded), None, rounded).tolist()
+
+
+def _emit(path: pathlib.Path, name: str, data) -> None:
+    body = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    path.write_text(f"EGX.receive({json.dumps(name)},{body});\n")
+
+
+def _children(graph, index: int) -> list[list[tuple[int, int]]]:
+    """Per node of layer `index`: (child, parent slot) pairs in the layer below, best first."""
+    found = [[] for _ in range(np.shape(graph.layers[index].score)[0])]
+    if index == 0:
+        return found
+    below = graph.layers[index - 1]
+    order = evaluate.ranked(evaluate.node_detections(below, graph.config.image_size))
+    parents = np.asarray(below.parents)
+    for child in order:
+        for slot, parent in enumerate(parents[child]):
+            if parent >= 0:
+                found[parent].append((int(child), slot))
+    return found
+
+
+def _best(score: np.ndarray, count: int) -> np.ndarray:
+    """`[V, count]` each node's best images, best first (as `patches.best_images`)."""
+    return np.argsort(-score, axis=1, kind="stable")[:, :count]
+
+
+def _links(nodes, offsets) -> list:
+    """`[[node, dh, dw], ...]` for the valid (>= 0) entries of `nodes`."""
+    return [[n, *o] for n, o in zip(nodes, offsets) if n >= 0]
+
+
+def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, landmarks,
+                 visible) -> dict:
+    """Write a layer's summary and detail chunks; return its entry in meta."""
+    fit, size = graph.layers[index], graph.config.image_size
+    cfg = fit.config
+    det = evaluate.node_detections(fit, size)
+    num, per_filter = np.shape(det.score)[0], np.shape(fit.deform)[1]
+    top = -np.sort(-det.score, axis=1)[:, :evaluate.TOP_IMAGES].mean(axis=1)
+    summary = {"score": _rounded(top, 3), "mean": _rounded(det.score.mean(axis=1), 3)}
+    if landmarks is not None:
+        per_node = evaluate.node_instability(det, np.asarray(landmarks), np.asarray(visible))
+        summary["instability"] = _rounded(per_node / evaluate.diagonal(size))
+    _emit(folder / f"layer{index}.js", f"layer{index}", summary)
+    above = index + 1 < len(graph.layers)
+    parents = np.asarray(fit.parents).tolist()
+    up = _rounded(edge_offsets(fit, graph.layers[index + 1]), 1) if above else None
+    down = _rounded(-edge_offsets(graph.layers[index - 1], fit), 1) if index > 0 else None
+    children = _children(graph, index)
+    best = _best(det.score, PATCH_IMAGES)
+    top_px = _rounded(np.take_along_axis(det.px, best[..., None], axis=1), 1)
+    top_score = _rounded(np.take_along_axis(det.score, best, axis=1), 3)
+    coord = _rounded(np.asarray(fit.coord).reshape(-1, 2), 2)
+    deform = _rounded(np.asarray(fit.deform).reshape(-1), 3)
+    values = np.asarray(evaluate.decoded(layer_maps), np.float32)
+    for start in range(0, num, CHUNK):
+        nodes = range(start, min(start + CHUNK, num))
+        heat = _heat_windows(values, fit, det, nodes)
+        details = [{
+            "coord": coord[v], "deform": deform[v],
+            "parents": _links(parents[v], up[v]) if above else [],
+            "children": [[c, *down[c][slot]] for c, slot in children[v][:CHILDREN_SHOWN]],
+            "children_total": len(children[v]),
+            "top": [[n, *px, sc] for n, px, sc in zip(best[v].tolist(), top_px[v], top_score[v])],
+            "heat": windows} for v, windows in zip(nodes, heat)]
+        _emit(folder / f"layer{index}-{start // CHUNK}.js", f"layer{index}-{start // CHUNK}",
+              {"start": start, "nodes": details})
+    return {"tap": cfg.tap or f"layer {index}", "filters": int(np.shape(fit.deform)[0]),
+            "per_filter": int(per_filter), "nodes": int(num), "map_size": cfg.map_size,
+            "stride": cfg.stride, "center": cfg.center, "patch_side": patches.patch_side(cfg),
+            "chunk": CHUNK}
+
+
+def _heat_windows(values: np.ndarray, fit, det, nodes) -> list[list]:
+    """Per node: `[image, h0, w0, rows, cols, base64 uint8]` heat-map windows in its
+    `HEAT_IMAGES` best images, scaled so that 255 is its largest value there."""
+    cfg, per_filter = fit.config, np.shape(fit.deform)[1]
+    nodes = np.asarray(nodes)
+    chosen = _best(det.score[nodes], HEAT_IMAGES)                                    # [B, I]
+    flat_nodes = np.repeat(nodes, chosen.shape[1])
+    cells = (det.px[flat_nodes, chosen.reshape(-1)] - cfg.center) / cfg.stride
+    deform = np.asarray(fit.deform).reshape(-1)[flat_nodes]
+    half = heatmaps.search_half_range(deform, cfg)
+    heat = heatmaps.evidence(values[chosen.reshape(-1), :, :, flat_nodes // per_filter], cells,
+                             deform, half)
+    peak = heat.reshape(len(nodes), -1).max(axis=1)
+    scale = np.repeat(np.where(peak > 0, 255 / np.where(peak > 0, peak, 1), 0), chosen.shape[1])
+    centre = np.floor(cells + 0.5).astype(int)
+    low = np.clip(centre - half[:, None], 0, cfg.map_size - 1).tolist()
+    high = (np.clip(centre + half[:, None], 0, cfg.map_size - 1) + 1).tolist()
+    windows = []
+    for i, n in enumerate(chosen.reshape(-1).tolist()):
+        (h0, w0), (h1, w1) = low[i], high[i]
+        codes = np.round(heat[i, h0:h1, w0:w1] * scale[i]).astype(np.uint8)
+        windows.append([n, h0, w0, h1 - h0, w1 - w0, base64.b64encode(codes.tobytes()).decode()])
+    return [windows[b:b + chosen.shape[1]] for b in range(0, len(windows), chosen.shape[1])]

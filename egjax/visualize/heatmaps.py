@@ -1,0 +1,134 @@
+"""Heat maps: where in an image a node finds its evidence, drawn over the image.
+
+A node's heat map in image n, on its layer's map grid (cells q), is
+
+    heat(q) = max(x_c(q), 0) * exp(-|q - p|^2 / (2 d^2))   for |q - round(p)|_inf <= h,
+    heat(q) = 0                                              elsewhere,
+
+with x_c the normalised map of the node's filter c in image n as stored (unmirrored), p its
+detection there in cells (`evaluate.node_detections`, mirrored detections mapped back), d its
+deformation scale (cells) and h its search half-range `round(min(search_max_range * S / 2,
+deform_ratio * d))` (`getBasicSettings.m`). It is the filter's rectified response inside the
+node's search window, weighted by the node's own positional spread around where it was found:
+the part of the filter's activity this node accounts for. (The EM's window is centred on the
+node's expected position given its parents, within h of the detection, and weighs cells
+with a narrower kernel; the heat map shows the response, not the EM's exact score.) A
+layer's heat map is the cell-wise maximum over the chosen nodes. Cells are drawn at their
+centres' pixels, `center + cell * stride`, bilinearly in between.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from egjax import evaluate
+from egjax.config import LayerConfig
+from egjax.visualize import raster
+
+OPACITY = 0.8
+
+
+def search_half_range(deform, config: LayerConfig) -> np.ndarray:
+    """A node's search half-range in cells: `round(min(search_max_range * S / 2,
+    deform_ratio * deform))`, rounding half away from zero."""
+    limit = np.minimum(config.search_max_range * config.map_size / 2,
+                       config.deform_ratio * np.asarray(deform, np.float64))
+    return np.floor(limit + 0.5).astype(np.int64)
+
+
+def detected_cells(fit, image_size: int) -> np.ndarray:
+    """`[V, N, 2]` fractional cells (h, w) of each node's detection in the unmirrored image."""
+    cfg = fit.config
+    return (evaluate.node_detections(fit, image_size).px - cfg.center) / cfg.stride
+
+
+def evidence(values: np.ndarray, cells: np.ndarray, deform: np.ndarray,
+             half_range: np.ndarray) -> np.ndarray:
+    """Heat maps `[B, S, S]` (module docstring) from maps `values [B, S, S]` of the nodes'
+    filters, detections `cells [B, 2]`, deformation scales `deform [B]` and search
+    half-ranges `half_range [B]` (cells)."""
+    size = values.shape[-1]
+    grid = np.arange(size)
+    cells = np.asarray(cells, np.float64)
+    centre = np.floor(cells + 0.5)
+    dh = grid[None, :] - cells[:, :1]                                        # [B, S]
+    dw = grid[None, :] - cells[:, 1:]
+    inside_h = np.abs(grid[None, :] - centre[:, :1]) <= half_range[:, None]
+    inside_w = np.abs(grid[None, :] - centre[:, 1:]) <= half_range[:, None]
+    two_var = 2 * np.asarray(deform, np.float64)[:, None] ** 2
+    along_h = np.where(inside_h, np.exp(-dh ** 2 / two_var), 0)
+    along_w = np.where(inside_w, np.exp(-dw ** 2 / two_var), 0)
+    weight = along_h[:, :, None] * along_w[:, None, :]
+    return (np.maximum(values, 0) * weight).astype(np.float32)
+
+
+def node_heatmaps(maps, fit, node: int, image_size: int) -> np.ndarray:
+    """`[N, S, S]` heat maps of one node of `fit` in every image; `maps [N, S, S, C]` the
+    layer's normalised unmirrored maps (uint8 `QuantizedMaps` decoded)."""
+    return layer_heatmaps(maps, fit, [node], image_size)
+
+
+def layer_heatmaps(maps, fit, nodes, image_size: int) -> np.ndarray:
+    """`[N, S, S]` cell-wise maximum of the heat maps of `nodes` of `fit` in every image."""
+    values = np.asarray(evaluate.decoded(maps))
+    nodes = np.asarray(nodes)
+    per_filter = np.shape(fit.deform)[1]
+    deform = np.asarray(fit.deform).reshape(-1)[nodes]
+    half = search_half_range(deform, fit.config)
+    cells = detected_cells(fit, image_size)[nodes]                           # [B, N, 2]
+    out = np.zeros(values.shape[:3], np.float32)
+    for i, v in enumerate(nodes):
+        filter_maps = values[..., v // per_filter]                            # [N, S, S]
+        count = len(filter_maps)
+        heat = evidence(filter_maps, cells[i], np.full(count, deform[i]),
+                        np.full(count, half[i]))
+        out = np.maximum(out, heat)
+    return out
+
+
+def upsample(heat: np.ndarray, config: LayerConfig, image_size: int) -> np.ndarray:
+    """`[..., S, S]` -> `[..., image_size, image_size]`: bilinear between cell centres
+    (`center + cell * stride` px), the outer cells' values beyond them."""
+    pixels = np.arange(image_size)
+    where = np.clip((pixels - config.center) / config.stride, 0, config.map_size - 1)
+    low = np.minimum(np.floor(where).astype(int), config.map_size - 2)
+    frac = where - low
+    rows = heat[..., low, :] * (1 - frac)[:, None] + heat[..., low + 1, :] * frac[:, None]
+    return rows[..., low] * (1 - frac) + rows[..., low + 1] * frac
+
+
+def colours(value: np.ndarray) -> np.ndarray:
+    """The 'hot' ramp: `[...]` in [0, 1] -> RGB `[..., 3]` in [0, 1] (black, red, yellow,
+    white); the explorer page draws with the same ramp."""
+    value = np.clip(value, 0, 1)[..., None]
+    return np.clip(3 * value - np.array([0, 1, 2]), 0, 1)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, vmax: float | None = None) -> np.ndarray:
+    """uint8 `image [H, W, 3]` with `heat [H, W]` drawn over it: colour `colours(heat / vmax)`
+    at opacity `0.8 * heat / vmax` (vmax: the heat map's maximum by default)."""
+    vmax = float(np.max(heat)) if vmax is None else float(vmax)
+    value = np.clip(heat / vmax, 0, 1) if vmax > 0 else np.zeros_like(heat)
+    alpha = (OPACITY * value)[..., None]
+    blended = image.astype(np.float32) * (1 - alpha) + 255 * colours(value) * alpha
+    return np.round(blended).astype(np.uint8)
+
+
+def heatmap_grid(images: np.ndarray, graph, maps, *, images_shown: int = 6, nodes: int = 10,
+                 cell: int = 160) -> np.ndarray:
+    """uint8 picture: one row per layer (top layer first), one column per image: the layer
+    heat map of its `nodes` best nodes (by the mean of their top-20 scores) over the image,
+    one colour scale per row."""
+    size = graph.config.image_size
+    shown = min(images_shown, len(images))
+    rows = []
+    for index in reversed(range(len(graph.layers))):
+        fit = graph.layers[index]
+        chosen = evaluate.ranked(evaluate.node_detections(fit, size))[:nodes]
+        heat = upsample(layer_heatmaps(maps[index], fit, chosen, size)[:shown], fit.config, size)
+        vmax = float(heat.max())
+        label = raster.text_block([fit.config.tap or f"layer {index}", f"top {len(chosen)}",
+                                   "nodes"], 86, cell)
+        tiles = [raster.resized(overlay(images[n], heat[n], vmax), cell) for n in range(shown)]
+        rows.append(raster.row([label] + tiles, 2))
+    return raster.column(rows, 4)

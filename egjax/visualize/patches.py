@@ -1,0 +1,86 @@
+"""Top patches: what a node looks at, cut from the images where it scores highest.
+
+A node's patch in an image is the square of `patch_side` pixels centred on the node's
+detection there (`evaluate.node_detections`: the better orientation, positions found in a
+mirrored image mapped back to the image as stored). Pixels outside the image are grey.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from egjax import evaluate
+from egjax.config import LayerConfig
+from egjax.visualize import raster
+
+PAPER_SIDE = 70      # px: the paper's patches for conv4 of VGG-16 (stride 8) at 224 px
+PAPER_STRIDE = 8
+PADDING = 128        # grey outside the image
+
+
+def patch_side(config: LayerConfig) -> int:
+    """A node's patch side in pixels: the paper's 70 px at stride 8 (VGG-16 conv4), scaled
+    with the layer's stride (140 px for conv5). Theoretical receptive fields (conv5_3: 196
+    px) cover nearly the whole 224-px image, so they show little."""
+    return int(round(PAPER_SIDE * config.stride / PAPER_STRIDE))
+
+
+def crop(image: np.ndarray, center, side: int) -> np.ndarray:
+    """The `side` x `side` patch of `image [H, W, 3]` centred on pixel `center` (h, w; 0-based
+    pixel centres; fractions are rounded: first row `floor(h - (side - 1) / 2 + 1/2)`, so the
+    patch of a mirrored position is the mirrored patch); grey where it leaves the image."""
+    height, width = image.shape[:2]
+    top, left = (int(np.floor(c - (side - 1) / 2 + 0.5)) for c in center)
+    patch = np.full((side, side) + image.shape[2:], PADDING, image.dtype)
+    h0, w0 = max(top, 0), max(left, 0)
+    h1, w1 = min(top + side, height), min(left + side, width)
+    if h0 < h1 and w0 < w1:
+        patch[h0 - top:h1 - top, w0 - left:w1 - left] = image[h0:h1, w0:w1]
+    return patch
+
+
+def best_images(score: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` images with the highest scores `[N]`, best first (stable)."""
+    return np.argsort(-np.asarray(score), kind="stable")[:count]
+
+
+def node_patches(images: np.ndarray, det: evaluate.Detections, node: int, count: int,
+                 side: int) -> np.ndarray:
+    """`[count, side, side, 3]` patches of `node` in its `count` best images, best first.
+
+    `images [N, H, W, 3]` uint8 as stored (unmirrored), `det` the layer's detections.
+    """
+    chosen = best_images(det.score[node], count)
+    return np.stack([crop(images[n], det.px[node, n], side) for n in chosen])
+
+
+def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 10,
+               side: int | None = None, cell: int = 64, title: str | None = None) -> np.ndarray:
+    """One row per node of `fit` (in the order of `nodes`): a label (filter, node, mean of
+    its top-20 scores) and its `count` best patches, each resized to `cell` px. uint8."""
+    side = side or patch_side(fit.config)
+    det = evaluate.node_detections(fit, image_size)
+    per_filter = np.shape(fit.deform)[1]
+    top = -np.sort(-det.score, axis=1)[:, :evaluate.TOP_IMAGES].mean(axis=1)
+    rows = []
+    if title:
+        rows.append(raster.text_block([title], 110 + count * (cell + 2), 18, size=12))
+    for v in nodes:
+        f, k = divmod(int(v), per_filter)
+        label = raster.text_block([f"filter {f}", f"node {k}", f"score {top[v]:.2f}"], 106, cell)
+        tiles = [raster.resized(p, cell) for p in node_patches(images, det, v, count, side)]
+        rows.append(raster.row([label] + tiles, 2))
+    return raster.column(rows, 4)
+
+
+def layer_patch_grid(images: np.ndarray, graph, layer: int, *, nodes: int = 12,
+                     count: int = 10, cell: int = 64) -> np.ndarray:
+    """`patch_grid` of a graph layer's `nodes` best nodes (by the mean of their top-20
+    image scores, as `evaluate.instability` ranks them), with a title."""
+    fit = graph.layers[layer]
+    chosen = evaluate.ranked(evaluate.node_detections(fit, graph.config.image_size))[:nodes]
+    name = fit.config.tap or f"layer {layer}"
+    title = (f"{name}: top {len(chosen)} nodes by score; {patch_side(fit.config)}-px patches "
+             f"at each node's position in its {count} best images")
+    return patch_grid(images, fit, graph.config.image_size, chosen, count=count, cell=cell,
+                      title=title)
