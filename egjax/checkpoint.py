@@ -1,12 +1,16 @@
 """Atomic checkpoints of an array pytree plus JSON metadata, with orbax.
 
 One directory per checkpoint, written by orbax to a temporary path and renamed when
-complete, so an interrupted save leaves nothing that looks like a checkpoint.
+complete, so an interrupted save leaves nothing that looks like a checkpoint. Overwriting
+writes the new checkpoint beside the old one and swaps them only once it is complete.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import uuid
 
 import orbax.checkpoint as ocp
 
@@ -20,9 +24,25 @@ def save(path, tree, meta: dict, *, overwrite: bool = False) -> pathlib.Path:
     path = pathlib.Path(path).absolute()
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    _checkpointer().save(path, ocp.args.Composite(arrays=ocp.args.StandardSave(tree),
-                                                  meta=ocp.args.JsonSave(meta)), force=overwrite)
+    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        _checkpointer().save(staging, ocp.args.Composite(arrays=ocp.args.StandardSave(tree),
+                                                         meta=ocp.args.JsonSave(meta)))
+        _swap_in(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def _swap_in(new: pathlib.Path, path: pathlib.Path) -> None:
+    """Rename `new` to `path`, removing what was at `path` only once `new` is there."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load(path) -> tuple[dict, dict]:

@@ -144,6 +144,12 @@ def test_meta_round_trip_and_validation():
         ModelMeta(source="x", preprocessing="tf")
     with pytest.raises(ValueError, match="colour"):
         ModelMeta.from_dict({"source": "x", "colour": "bgr"})
+    named = ModelMeta(source="synthetic", head="gap", num_classes=2, classes=["none", "bird"])
+    assert named.classes == ("none", "bird") and ModelMeta.from_dict(named.to_dict()) == named
+    with pytest.raises(ValueError, match="num_classes"):
+        ModelMeta(source="x", num_classes=3, classes=("a", "b"))
+    with pytest.raises(ValueError, match="classes"):
+        ModelMeta(source="x", num_classes=1, classes="a")
 
 
 @pytest.mark.parametrize("shape, features", [((2, 7, 9, 5), 6), ((1, 14, 14, 32), 8),

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from egjax import saliency
+from egjax.models import VGG16
 from protocol_models import TRACES, GapCNN, LinearClassifier, random_params
+from vgg_weight_files import random_params as vgg_random_params
 
 H = W = 8
 NUM_CLASSES = 3
@@ -102,6 +104,20 @@ def test_cam_equals_grad_cam_times_map_area_before_relu(cnn):
     grad_cam_max = saliency.grad_cam(model, params, images, targets, tap="relu5_3",
                                      normalize="max")
     np.testing.assert_allclose(grad_cam_max, cam_max, atol=1e-5)
+
+
+def test_grad_cam_on_vgg16_is_cam_up_to_a_positive_scale_per_image():
+    model = VGG16(width=1 / 16, head="gap", num_classes=NUM_CLASSES)
+    params = vgg_random_params(model, seed=0)
+    images, targets = _images(16, 3, 64), np.array([0, 1, 2])
+    cam = np.asarray(saliency.cam(model, params, images, targets))
+    grad_cam = np.asarray(saliency.grad_cam(model, params, images, targets))
+    assert cam.shape == grad_cam.shape == (3, 64, 64)
+    assert (cam.max(axis=(1, 2)) > 0).all()
+    scale = (cam * grad_cam).sum(axis=(1, 2)) / (grad_cam * grad_cam).sum(axis=(1, 2))
+    assert (scale > 0).all()
+    np.testing.assert_allclose(grad_cam * scale[:, None, None], cam, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scale, 4 * 4, rtol=1e-4)        # relu5_3 is 4 x 4 at 64 px
 
 
 def test_cam_is_the_class_weighted_map_upsampled(cnn):

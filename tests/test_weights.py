@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import pickle
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from egjax import checkpoint
 from egjax.models import (PUBLISHED, VGG16, ModelMeta, load_checkpoint, load_vgg16,
                           preprocess, save_checkpoint)
 from egjax.models import download
@@ -268,7 +267,8 @@ def test_fetch_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
 def narrow_checkpoint():
     model = VGG16(width=WIDTH, head="gap", num_classes=5)
     params = random_params(model)
-    meta = ModelMeta(source="test", width=WIDTH, head="gap", num_classes=5, preprocessing="torch")
+    meta = ModelMeta(source="test", width=WIDTH, head="gap", num_classes=5, preprocessing="torch",
+                     classes=("none", "a", "b", "c", "d"))
     return model, params, meta
 
 
@@ -287,19 +287,17 @@ def test_checkpoint_with_wrong_shapes_or_missing_layer_is_refused(tmp_path, narr
     wider = ModelMeta(**{**meta.to_dict(), "width": 0.25})
     with pytest.raises(ValueError, match="conv1_1"):
         save_checkpoint(tmp_path / "a", params, wider)
-    save_checkpoint(tmp_path / "a", params, meta)
-    (tmp_path / "a" / "meta.json").write_text((tmp_path / "a" / "meta.json").read_text()
-                                              .replace('"width": 0.125', '"width": 0.25'))
+    checkpoint.save(tmp_path / "a", params, wider.to_dict())  # written by other means
     with pytest.raises(ValueError, match="conv1_1"):
         load_checkpoint(tmp_path / "a")
     partial = {k: v for k, v in params.items() if k != "conv3_2"}
     with pytest.raises(ValueError, match="conv3_2"):
         save_checkpoint(tmp_path / "b", partial, meta)
-    checkpointer = ocp.StandardCheckpointer()  # a checkpoint written by other means
-    checkpointer.save(tmp_path / "b" / "params", partial)
-    checkpointer.wait_until_finished()
-    (tmp_path / "b" / "meta.json").write_text(json.dumps(meta.to_dict()))
+    checkpoint.save(tmp_path / "b", partial, meta.to_dict())
     with pytest.raises(ValueError, match="conv3_2"):
         load_checkpoint(tmp_path / "b")
+    checkpoint.save(tmp_path / "c", params, {"format": "something else"})
+    with pytest.raises(ValueError, match="model meta"):
+        load_checkpoint(tmp_path / "c")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nothing")

@@ -25,15 +25,24 @@ CONVENTIONS = ("caffe", "torch")
 
 @dataclasses.dataclass(frozen=True)
 class ModelMeta:
-    """Origin (`source`: a published name or a path), shape and input convention of params."""
+    """Origin (`source`: a published name, a path or "synthetic"), shape and input convention
+    of params; `classes`, if known, names the logits in order."""
 
     source: str
     width: float = 1.0
     head: str | None = "fc"
     num_classes: int = 1000
     preprocessing: str = "caffe"
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if not (isinstance(self.classes, (list, tuple))
+                and all(isinstance(c, str) for c in self.classes)):
+            raise ValueError(f"classes must be a sequence of names, got {self.classes!r}")
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if self.classes and len(self.classes) != self.num_classes:
+            raise ValueError(f"classes names {len(self.classes)} classes but num_classes is "
+                             f"{self.num_classes}")
         if self.preprocessing not in CONVENTIONS:
             raise ValueError(f"preprocessing must be one of {CONVENTIONS}, "
                              f"got {self.preprocessing!r}")
