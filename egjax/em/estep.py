@@ -139,9 +139,9 @@ def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp
         better = joint > best
         return jnp.where(better, joint, best), jnp.where(better, j, index)
 
-    start = (inference.spatial_prior[0] * inference.evidence[0],
-             jnp.zeros(inference.scale.shape, jnp.int32))
-    best, index = jax.lax.fori_loop(1, inference.evidence.shape[0], step, start)
+    num = nodes.offsets.shape[0]
+    start = (jnp.full_like(inference.scale, -jnp.inf), jnp.zeros(inference.scale.shape, jnp.int32))
+    best, index = jax.lax.fori_loop(0, num * num, step, start, unroll=num)
     return _index_position(index, inference.center, nodes.offsets), best
 
 
@@ -164,9 +164,9 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
     `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`;
     `A = sum r F`, `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`, and
     the inferred candidate (`best_candidate`). One pass over the candidates in order, with
-    `[K, C]` accumulators: XLA:CPU compiles reductions over the leading axis of `[J, K, C]`
-    (and argmax) to scalar code, while this loop's updates vectorise across filters and stay
-    in cache. `pi` is recomputed per candidate from its per-axis factors, as `infer` does.
+    `[K, C]` accumulators, P candidates per loop step: XLA:CPU compiles reductions over the
+    leading axis of `[J, K, C]` (and argmax) to scalar code, while this loop's updates
+    vectorise across filters and stay in cache. `pi` is recomputed per candidate from its per-axis factors, as `infer` does.
     """
     num = nodes.offsets.shape[0]
     prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
@@ -189,7 +189,7 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
     zeros = jnp.zeros_like(scale)
     start = _Running(zeros, zeros, zeros, zeros, zeros, jnp.full_like(scale, -jnp.inf),
                      jnp.zeros(scale.shape, jnp.int32))
-    run = jax.lax.fori_loop(0, num * num, add, start)
+    run = jax.lax.fori_loop(0, num * num, add, start, unroll=num)
     return ImageStats(
         responsibility_mass=run.mass,
         gradient=jnp.stack([run.gradient_h, run.gradient_w]),
