@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=500, help="N images (default 500)")
     parser.add_argument("--channels", type=int, default=512, help="filters per layer")
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
-    parser.add_argument("--chunk", type=int, default=8, help="images per E-step batch")
+    parser.add_argument("--chunk", type=int, default=8, help="images per batch of parent priors")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.images < 2 or args.channels < 1 or args.iterations < 1 or args.chunk < 1:

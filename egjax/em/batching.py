@@ -38,6 +38,14 @@ def scan_chunks(fn: Callable, inputs, chunk: int):
     return total, jax.tree.map(lambda r: r.reshape((padded,) + r.shape[2:])[:num], recorded)
 
 
+def map_images(fn: Callable, *args):
+    """`fn(*args_of_one_image)` over the leading (image) axis of `args` (None entries pass
+    through as None), one image at a time: a vmapped batch multiplies every per-image
+    intermediate (`[J, K, C]` arrays of several MB) by the batch size and pushes it out of
+    cache; one image's stay there."""
+    return jax.lax.map(lambda per_image: fn(*per_image), args)
+
+
 def masked_sum(x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
     """Sum over the leading (image) axis of the images marked `valid`."""
     return jnp.sum(jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), axis=0)

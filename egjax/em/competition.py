@@ -11,6 +11,8 @@ across filters.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -45,21 +47,21 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 
 
 def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
-                exact: bool, block: int = 8) -> jnp.ndarray:
+                exact: bool, block: int = 8, unroll: int = 4) -> jnp.ndarray:
     """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
 
     `positions [2, P, K, C]` candidate positions per axis (h, w), `prior_axis [P, K, C]` the
     per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
     candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
-    order, as the original computes and adds it. Target nodes are taken `block` at a time so
-    that the intermediates stay in cache.
+    order, as the original computes and adds it. Target nodes are taken at most `block` at a
+    time (a divisor of K, so no block is padded) so that the intermediates stay in cache; the
+    loop over u adds `unroll` terms per pass over the accumulator.
     """
     _, p, k, c = positions.shape
+    block = max(size for size in range(1, min(block, k) + 1) if k % size == 0)
     pos = jnp.transpose(positions, (2, 0, 1, 3))                  # [K, 2, P, C]
     prior = jnp.transpose(prior_axis, (1, 0, 2))                  # [K, P, C]
-    blocks = -(-k // block)
-    targets = jnp.pad(pos, ((0, blocks * block - k), (0, 0), (0, 0), (0, 0)), mode="edge")
-    targets = targets.reshape(blocks, block, 2, p, c)
+    targets = pos.reshape(k // block, block, 2, p, c)
 
     def one_block(target):                                       # [B, 2, P, C]
         along_h = _axis_factor(target[:, 0], pos[:, 0], prior, exact)      # [U, B, Ph, C]
@@ -72,7 +74,7 @@ def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndar
             return total + term
 
         zeros = jnp.zeros((block, p, p, c), positions.dtype)
-        return jax.lax.fori_loop(0, k, add, zeros)
+        return jax.lax.fori_loop(0, k, add, zeros, unroll=math.gcd(unroll, k))
 
-    total = jax.lax.map(one_block, targets).reshape(blocks * block, p, p, c)[:k]
+    total = jax.lax.map(one_block, targets).reshape(k, p, p, c)
     return jnp.transpose(total, (1, 2, 0, 3)).reshape(p * p, k, c)

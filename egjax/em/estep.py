@@ -122,17 +122,39 @@ def competing_mass(inference: Inference, nodes: Nodes, exact: bool) -> jnp.ndarr
     return competition(positions, nodes.prior_axis, inference.scale, exact)
 
 
+def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
+    """Position `[2,K,C]` of flat candidate `index [K,C]` (w-major) of nodes centred at `center`."""
+    num = offsets.shape[0]
+    offset_h = jnp.take_along_axis(offsets, (index % num)[None], 0)[0]
+    offset_w = jnp.take_along_axis(offsets, (index // num)[None], 0)[0]
+    return center + jnp.stack([offset_h, offset_w])
+
+
 def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Inferred position `[2,K,C]` and its `pi F` `[K,C]`: the candidate maximising `pi F`,
     the first in w-major order on ties."""
+    def step(j, carry):
+        best, index = carry
+        joint = inference.spatial_prior[j] * inference.evidence[j]
+        better = joint > best
+        return jnp.where(better, joint, best), jnp.where(better, j, index)
+
     num = nodes.offsets.shape[0]
-    joint = inference.spatial_prior * inference.evidence
-    index = jnp.argmax(joint, axis=0)
-    offset_h = jnp.take_along_axis(nodes.offsets, (index % num)[None], 0)[0]
-    offset_w = jnp.take_along_axis(nodes.offsets, (index // num)[None], 0)[0]
-    pos = inference.center + jnp.stack([offset_h, offset_w])
-    best = jnp.take_along_axis(joint, index[None], 0)[0]
-    return pos, best
+    start = (jnp.full_like(inference.scale, -jnp.inf), jnp.zeros(inference.scale.shape, jnp.int32))
+    best, index = jax.lax.fori_loop(0, num * num, step, start, unroll=num)
+    return _index_position(index, inference.center, nodes.offsets), best
+
+
+class _Running(NamedTuple):
+    """Accumulators of `statistics` over the candidates seen so far, `[K, C]` each."""
+
+    mass: jnp.ndarray
+    gradient_h: jnp.ndarray
+    gradient_w: jnp.ndarray
+    score: jnp.ndarray
+    spread: jnp.ndarray
+    best: jnp.ndarray
+    index: jnp.ndarray
 
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
@@ -140,20 +162,39 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
     """Competition-normalised responsibilities and the sufficient statistics of one image.
 
     `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`;
-    `A = sum r F`, `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`.
+    `A = sum r F`, `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`, and
+    the inferred candidate (`best_candidate`). One pass over the candidates in order, with
+    `[K, C]` accumulators, P candidates per loop step: XLA:CPU compiles reductions over the
+    leading axis of `[J, K, C]` (and argmax) to scalar code, while this loop's updates
+    vectorise across filters and stay in cache. `pi` is recomputed per candidate from its per-axis factors, as `infer` does.
     """
-    pi, f = inference.spatial_prior, inference.evidence
-    tau = tau_rate * jnp.mean(jnp.sum(pi, axis=0))
-    weighted = pi / jnp.maximum(competing + tau, 1e-7) * f
-    step_h, step_w = split_axes(nodes.offsets / (nodes.sigma * nodes.sigma))
-    joint = pi * f
-    spread = spread_weights(nodes.offsets.shape[0], pi.dtype)[:, None, None]
-    pos, best = best_candidate(inference, nodes)
+    num = nodes.offsets.shape[0]
+    prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
+    # sum_cand pi = lambda * (sum_i N(d_i))^2: the prior is separable.
+    tau = tau_rate * jnp.mean(scale * jnp.sum(prior, axis=0) ** 2)
+    step = nodes.offsets / (nodes.sigma * nodes.sigma)
+    spread = spread_weights(num, f.dtype)
+
+    def add(j, run):
+        iw, ih = j // num, j % num
+        pi = prior[iw] * prior[ih] * scale
+        weighted = pi / jnp.maximum(competing[j] + tau, 1e-7) * f[j]
+        joint = pi * f[j]
+        better = joint > run.best
+        return _Running(run.mass + weighted, run.gradient_h + weighted * step[ih],
+                        run.gradient_w + weighted * step[iw], run.score + joint,
+                        run.spread + joint * spread[j], jnp.where(better, joint, run.best),
+                        jnp.where(better, j, run.index))
+
+    zeros = jnp.zeros_like(scale)
+    start = _Running(zeros, zeros, zeros, zeros, zeros, jnp.full_like(scale, -jnp.inf),
+                     jnp.zeros(scale.shape, jnp.int32))
+    run = jax.lax.fori_loop(0, num * num, add, start, unroll=num)
     return ImageStats(
-        responsibility_mass=jnp.sum(weighted, axis=0),
-        gradient=jnp.stack([jnp.sum(weighted * step_h, 0), jnp.sum(weighted * step_w, 0)]),
-        score=jnp.sum(joint, axis=0),
-        spread=jnp.sum(joint * spread, axis=0),
-        pos=pos,
-        best=best,
+        responsibility_mass=run.mass,
+        gradient=jnp.stack([run.gradient_h, run.gradient_w]),
+        score=run.score,
+        spread=run.spread,
+        pos=_index_position(run.index, inference.center, nodes.offsets),
+        best=run.best,
     )

@@ -58,23 +58,20 @@ def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -
     """Evidence `[J, K, C]` of nodes whose candidate and window half-ranges are equal.
 
     `values [K, C, Q]` window values, `half_range [K, C]`, `table [H+1, J, Q]` (the diagonal
-    of `kernel_table`). Nearly always every node searches the full half-range H: then one
-    matrix product serves all nodes; otherwise each node's columns are selected from the
-    products with every table block.
+    of `kernel_table`). One matrix product with the table of each half-range that some node
+    has (one or a few of the H+1), each node taking its own; products are laid out `[J, V]`
+    as the E-step uses them.
     """
     k, c, q = values.shape
-    big, num = table.shape[0] - 1, table.shape[1]
     flat = values.reshape(k * c, q)
-
-    def uniform():
-        return flat @ table[big].T
-
-    def mixed():
-        every = (flat @ table.reshape(-1, q).T).reshape(k * c, big + 1, num)
-        return jnp.take_along_axis(every, half_range.reshape(-1, 1, 1), axis=1)[:, 0]
-
-    out = jax.lax.cond(jnp.all(half_range == big), uniform, mixed)
-    return out.T.reshape(num, k, c)
+    sizes = half_range.reshape(-1)
+    out = jnp.zeros((table.shape[1], k * c), values.dtype)
+    for size in range(table.shape[0]):
+        def take(out, size=size):
+            product = jax.lax.dot_general(table[size], flat, (((1,), (1,)), ((), ())))
+            return jnp.where(sizes == size, product, out)
+        out = jax.lax.cond(jnp.any(sizes == size), take, lambda out: out, out)
+    return out.reshape(-1, k, c)
 
 
 def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:

@@ -193,8 +193,8 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     mirrored images (top layer: decide per image which to use; lower layers follow the
     decision of `parent`); `parent` the fitted layer above (None for the top layer);
     `init dict(coord=[C,K,2], deform=[C,K])` in 0-based cells, else drawn with `key`;
-    `compat="original"` reproduces the released learner's quirks. `chunk` images are
-    processed per vectorised batch (memory ~ chunk). The images are sharded over `devices`
+    `compat="original"` reproduces the released learner's quirks. `chunk` images share
+    one batch of parent priors (memory ~ chunk). The images are sharded over `devices`
     (default: all visible), as many as divide N evenly.
     """
     _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)

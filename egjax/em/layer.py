@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
-from egjax.em.batching import masked_sum, scan_chunks
+from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, gauss, infer,
                             statistics)
 from egjax.em.evidence import kernel_table
@@ -32,7 +32,8 @@ class Setup:
     mirrored maps are given; `original` reproduces the released learner's quirks;
     `num_images` counts the images on all devices; `slots` the candidate parents (M);
     `axis_name` names the mesh axis the images are sharded over (None on one device);
-    `chunk` images per vectorised E-step batch.
+    `chunk` images per batch of parent priors (one matrix product); the E-step itself runs
+    image by image.
     """
 
     cfg: LayerConfig
@@ -231,10 +232,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         n = valid.shape[0]
         flip = inputs.get("flip", jnp.zeros((n,), bool))
         mirrored = inputs.get("mirrored") if top else None
-        per_image = jax.vmap(one_image, in_axes=(0, 0 if mirrored is not None else None, 0,
-                                                  None if shift is None else 0,
-                                                  None if scale is None else 0))
-        summed, recorded = per_image(inputs["planes"], mirrored, flip, shift, scale)
+        summed, recorded = map_images(one_image, inputs["planes"], mirrored, flip, shift, scale)
         return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
 
     inputs = {"planes": data.planes}
@@ -316,7 +314,7 @@ def records(state: LayerState, data: LayerData, alternative: Planes | None,
         if shift is None:
             shift = jnp.zeros((n, 2, k, c), state.coord.dtype)
             scale = jnp.ones((n, k, c), state.coord.dtype)
-        return (), jax.vmap(one_image)(inputs["planes"], shift, scale)
+        return (), map_images(one_image, inputs["planes"], shift, scale)
 
     inputs = {"planes": alternative}
     if data.candidates is not None:
