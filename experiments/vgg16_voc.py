@@ -33,6 +33,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "voc")
 
 
+def default_checkpoint(category: str) -> pathlib.Path:
+    """The committed network for `category`: its own one-vs-negatives net where there is
+    one, else the multi-class net over all synthetic categories."""
+    own = ROOT / "checkpoints" / f"synthetic_{category}"
+    return own if own.is_dir() else ROOT / "checkpoints" / "synthetic_all"
+
+
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="synthetic", help=f"one of {DATASETS}")
@@ -42,7 +49,8 @@ def parse(argv):
     parser.add_argument("--negatives", type=int, default=200,
                         help="images without the object, for the normalising statistics")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
-                        help="network checkpoint (default: the embedded one for the category)")
+                        help="network checkpoint (default: checkpoints/synthetic_<category>, else "
+                        "checkpoints/synthetic_all)")
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
@@ -62,9 +70,13 @@ def parse(argv):
         parser.error("--images and --negatives must be at least 2")
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
-    args.checkpoint = args.checkpoint or ROOT / "checkpoints" / f"vgg16-{args.category}"
-    if not (args.checkpoint / "meta.json").is_file():
+    args.checkpoint = args.checkpoint or default_checkpoint(args.category)
+    if not args.checkpoint.is_dir():
         parser.error(f"no network checkpoint at {args.checkpoint} (see checkpoints/README.md)")
+    try:
+        args.network = load_checkpoint(args.checkpoint)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read the network checkpoint {args.checkpoint}: {error}")
     args.name = args.name or args.category
     if (args.runs / args.name).exists() and not args.overwrite:
         parser.error(f"{args.runs / args.name} exists; pass --overwrite or another --name")
@@ -74,7 +86,7 @@ def parse(argv):
 def main(argv=None) -> int:
     args = parse(argv)
     cfg = egjax.GraphConfig.vgg16(iterations=args.iterations)
-    model, params, meta = load_checkpoint(args.checkpoint)
+    model, params, meta = args.network
     taps = [layer.tap for layer in cfg.layers]
     print(f"egjax {args.dataset} / {args.category}: N={args.images} images (+ mirrors), "
           f"{args.negatives} negatives; network {args.checkpoint.name} (VGG-16, width "

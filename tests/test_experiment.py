@@ -42,6 +42,24 @@ def test_bad_flags_are_refused_with_a_message(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_unreadable_checkpoint_is_refused_with_a_message(tmp_path, capsys):
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "metadata").write_text("not a checkpoint")
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--checkpoint", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "cannot read the network checkpoint" in capsys.readouterr().err
+
+
+def test_default_checkpoint_is_the_committed_net_of_the_category():
+    names = {c: run_module()["default_checkpoint"](c).name for c in ("quadruped", "bird")}
+    assert names == {"quadruped": "synthetic_quadruped", "bird": "synthetic_all"}
+
+
+def run_module():
+    return runpy.run_path(str(SCRIPT), run_name="vgg16_voc")
+
+
 def test_voc_is_not_available_yet(capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(["--dataset", "voc"])

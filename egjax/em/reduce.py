@@ -27,8 +27,3 @@ def image_var(x: jnp.ndarray, axis: int, num_images: int, axis_name: str | None)
     mean = jnp.expand_dims(image_mean(x, axis, num_images, axis_name), axis)
     return image_sum((x - mean) ** 2, axis, axis_name) / (num_images - 1)
 
-
-def image_min(x: jnp.ndarray, axis_name: str | None) -> jnp.ndarray:
-    """Minimum over all elements, across devices."""
-    low = jnp.min(x)
-    return low if axis_name is None else jax.lax.pmin(low, axis_name)
