@@ -30,4 +30,4 @@ test: install browser
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) experiments/vgg16_voc.py
+	$(PY) experiments/vgg16_voc.py --overwrite

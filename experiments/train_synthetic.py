@@ -27,7 +27,7 @@ import numpy as np
 
 from egjax import train
 from egjax.data.synthetic import CATEGORIES, sample_mixed
-from egjax.models import ModelMeta, save_checkpoint
+from egjax.models import ModelMeta, load_checkpoint, save_checkpoint
 
 
 def positive_int(text: str) -> int:
@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="gradients are clipped to this global norm")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="initialisation key; training batches use seeds seed, seed + 1, ...")
+    parser.add_argument("--init", help="start from this checkpoint's parameters (same width and "
+                        "classes) instead of He-normal ones, e.g. to train a saved net further")
     parser.add_argument("--heldout", type=positive_int, default=1000, help="held-out images")
     parser.add_argument("--heldout-seed", type=non_negative_int, default=1_000_000)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -107,6 +109,35 @@ def batches(categories, batch_size: int, size: int, first_seed: int):
         seed += 1
 
 
+def initial_params(path: str | None, meta: ModelMeta) -> dict | None:
+    """The parameters of the checkpoint at `path` (None: none), which must be a net of
+    `meta`'s width, head and classes."""
+    if path is None:
+        return None
+    try:
+        _, params, saved = load_checkpoint(path)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: cannot read --init {path}: {error}") from None
+    if (saved.width, saved.head, saved.classes) != (meta.width, meta.head, meta.classes):
+        raise SystemExit(f"error: --init {path} is a width {saved.width:g} {saved.head} net of "
+                         f"classes {saved.classes}, not width {meta.width:g} {meta.head} of "
+                         f"{meta.classes}")
+    return params
+
+
+def init_record(path: str | None) -> dict | None:
+    """Where training started: the `--init` checkpoint and the record of the run that wrote
+    it (kept here, since this run may overwrite both)."""
+    if path is None:
+        return None
+    record_path = f"{os.path.normpath(path)}.json"
+    record = None
+    if os.path.isfile(record_path):
+        with open(record_path) as file:
+            record = json.load(file)
+    return {"checkpoint": path, "record": record}
+
+
 def write_json(path: str, record: dict) -> None:
     """`record` as JSON at `path`, via a temporary file renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
@@ -129,7 +160,7 @@ def main(argv=None) -> None:
     meta = ModelMeta(source="synthetic", width=args.width, head="gap", num_classes=len(classes),
                      preprocessing="torch", classes=classes)
     model = meta.model()
-    params, phases = None, []
+    params, started_from, phases = initial_params(args.init, meta), init_record(args.init), []
     schedule = [("low", args.low_size, args.low_steps, args.low_batch, args.low_lr, args.seed),
                 ("high", args.size, args.steps, args.batch, args.lr, args.seed + args.low_steps)]
     for name, size, steps, batch, lr, first_seed in schedule:
@@ -159,7 +190,7 @@ def main(argv=None) -> None:
     total_seconds = time.perf_counter() - start
     record = {
         "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
-        "meta": meta.to_dict(), "phases": phases,
+        "meta": meta.to_dict(), "init": started_from, "phases": phases,
         "heldout": {"seed": args.heldout_seed, "image_size": args.size, "images": args.heldout,
                     "correct": correct, "accuracy": correct / args.heldout,
                     "wilson95": [low, high],
