@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     flipped = [features.flipped[t] for t in taps]
     fitting = time.perf_counter()
     graph = egjax.fit_graph(maps, cfg, key=jax.random.key(args.seed), flipped_maps=flipped,
-                            compat=args.compat)
+                            compat=args.compat, quiet=args.quiet)
     jax.block_until_ready(graph.layers[0].pos)
     fit_seconds = time.perf_counter() - fitting
     metrics = evaluate.compare(graph, maps, batch.landmarks, batch.visible)

@@ -97,11 +97,14 @@ def test_uint8_maps_fit_like_their_decoded_floats(data):
     np.testing.assert_allclose(a.score, b.score, rtol=1e-4, atol=1e-6)
 
 
-def test_one_iteration_selects_no_parents(data):
+def test_one_iteration_selects_no_parents(data, capsys):
     maps, flipped = data
     cfg = GraphConfig(layers=tuple(dataclasses.replace(l, iterations=1) for l in GRAPH.layers))
     graph = egjax.fit_graph(maps, cfg, key=jax.random.key(0), flipped_maps=flipped)
     assert np.all(np.asarray(graph.layers[0].parents) == -1)
+    assert f"{len(cfg.layers)}/{len(cfg.layers)} layers" in capsys.readouterr().err
+    egjax.fit_graph(maps, cfg, key=jax.random.key(0), flipped_maps=flipped, quiet=True)
+    assert capsys.readouterr().err == ""
 
 
 def test_graph_checkpoint_round_trip(graph, tmp_path):

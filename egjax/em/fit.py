@@ -21,6 +21,7 @@ from egjax.em import planes as planes_lib
 from egjax.em import sharding
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
+from egjax.progress import Progress
 
 COMPAT = ("fixed", "original")
 
@@ -261,19 +262,26 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
 
 def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
               flipped_maps: Sequence | None = None, init: Sequence | None = None,
-              compat: str = "fixed", chunk: int = 8, devices=None) -> ExplanatoryGraph:
+              compat: str = "fixed", chunk: int = 8, devices=None,
+              quiet: bool = False) -> ExplanatoryGraph:
     """Fit every layer of an explanatory graph, top layer first (`learn_explanatoryGraph.m`).
 
     `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
-    are checked before any layer is fitted.
+    are checked before any layer is fitted. A progress bar counts the fitted layers
+    (`quiet=True`: none).
     """
     _check_graph_inputs(maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None
-    for index in reversed(range(len(cfg.layers))):
-        call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
-                          None if flipped_maps is None else flipped_maps[index], parent,
-                          None if init is None else init[index], compat, chunk, devices)
-        parent = layer_fit(call.function(*call.args), cfg.layers[index])
-        fits[index] = parent
+    with Progress(len(cfg.layers), unit="layers", desc="fit", quiet=quiet) as bar:
+        for index in reversed(range(len(cfg.layers))):
+            bar.desc = f"fit {cfg.layers[index].tap or f'layer {index}'}"
+            bar.update(0)
+            call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
+                              None if flipped_maps is None else flipped_maps[index], parent,
+                              None if init is None else init[index], compat, chunk, devices)
+            parent = layer_fit(jax.block_until_ready(call.function(*call.args)),
+                               cfg.layers[index])
+            fits[index] = parent
+            bar.update(1)
     return ExplanatoryGraph(layers=tuple(fits), config=cfg)
