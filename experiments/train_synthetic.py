@@ -26,36 +26,9 @@ import jax
 import numpy as np
 
 from egjax import train
-from egjax.data.synthetic import CATEGORIES, sample_mixed
+from egjax.cli import image_size, non_negative_int, positive_float, positive_int
+from egjax.data.synthetic import CATEGORIES, mixed_batches, sample_mixed
 from egjax.models import ModelMeta, save_checkpoint
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def image_size(text: str) -> int:
-    value = int(text)
-    if not 64 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be an int in [64, 1024] px, got {text}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,14 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def batches(categories, batch_size: int, size: int, first_seed: int):
-    """Fresh classifier batches: the k-th is `sample_mixed(batch_size, seed=first_seed + k)`."""
-    seed = first_seed
-    while True:
-        yield sample_mixed(batch_size, seed=seed, categories=categories, image_size=size)
-        seed += 1
-
-
 def write_json(path: str, record: dict) -> None:
     """`record` as JSON at `path`, via a temporary file renamed into place."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
@@ -139,7 +104,7 @@ def main(argv=None) -> None:
         state = train.create_state(model, jax.random.key(args.seed),
                                    train.adamw_cosine(lr, steps, clip_norm=args.clip),
                                    params)
-        state, history = train.fit(state, batches(categories, batch, size, first_seed), meta,
+        state, history = train.fit(state, mixed_batches(categories, batch, size, first_seed), meta,
                                    steps, desc=f"{size} px", quiet=args.quiet)
         params = state.params
         last = history[-50:]
