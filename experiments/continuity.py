@@ -4,10 +4,14 @@
     python experiments/continuity.py --steps 50 --name quick
 
 Trains a narrow VGG-16 (GAP head) on negatives + quadruped, bird, vehicle twice, with the
-same seed, batches and budget: plain cross-entropy, and cross-entropy plus a margin triplet
-loss on the last conv map relu5_3 (`contrastive.triplet_loss` on the whole map; the
+same seed, batches and budget: plain cross-entropy, and cross-entropy plus, from step
+`--triplet-start` on, a margin triplet loss on the last conv map relu5_3
+(`contrastive.triplet_loss` on the whole map; the
 class-region variant `contrastive.cam_masked_triplet_loss` needs the head's kernel, which
-`train.fit`'s `extra_loss` does not see). For each network it measures, on held-out images:
+`train.fit`'s `extra_loss` does not see). Both runs share the first `--triplet-start` steps:
+with the triplet term from step 0 the network never left the cross-entropy's initial
+plateau (loss ln 4, chance accuracy; measured at the default budget), while after it the
+two terms train together. For each network it measures, on held-out images:
 
 * accuracy with a 95% Wilson interval;
 * triplet consistency (cosine distance) at relu4_3 and relu5_3, with Wilson intervals;
@@ -69,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=1e-3, help="peak AdamW rate")
     parser.add_argument("--triplet-weight", type=positive_float, default=0.1,
                         help="weight of the triplet loss added to the cross-entropy")
+    parser.add_argument("--triplet-start", type=non_negative_int, default=100,
+                        help="training step at which the triplet loss joins")
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="initialisation key; training batches use seeds seed, seed + 1, ...")
     parser.add_argument("--heldout", type=positive_int, default=400,
@@ -93,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images per batch of the measurements")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.triplet_start >= args.steps:
+        parser.error(f"--triplet-start must be below --steps ({args.steps}), got "
+                     f"{args.triplet_start}")
     used = range(args.seed, args.seed + args.steps)
     if args.heldout_seed in used:
         parser.error(f"--heldout-seed {args.heldout_seed} is a training seed "
@@ -119,16 +128,23 @@ def triplet_term(weight: float):
 
 
 def train_network(meta: ModelMeta, args, extra_loss, desc: str):
-    """Params, per-step history and seconds of one training run (same seed and batches for
-    every variant)."""
+    """Params, per-step history and seconds of one training run: `--triplet-start` steps of
+    cross-entropy, then the rest with `extra_loss` added (None: cross-entropy throughout).
+    Every variant starts from the same key and sees the same batches."""
     model = meta.model()
     started = time.perf_counter()
     state = train.create_state(model, jax.random.key(args.seed),
                                train.adamw_cosine(args.lr, args.steps))
-    batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, args.seed)
-    taps = () if extra_loss is None else ("relu5_3",)
-    state, history = train.fit(state, batches, meta, args.steps, extra_loss=extra_loss,
-                               extra_taps=taps, desc=desc, quiet=args.quiet)
+    history = []
+    phases = ((0, args.triplet_start, None), (args.triplet_start, args.steps, extra_loss))
+    for first, stop, extra in phases:
+        if stop == first:
+            continue
+        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, args.seed + first)
+        state, part = train.fit(state, batches, meta, stop - first, extra_loss=extra,
+                                extra_taps=() if extra is None else ("relu5_3",),
+                                desc=f"{desc} {first}..{stop - 1}", quiet=args.quiet)
+        history += part
     return state.params, history, time.perf_counter() - started
 
 

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--width", "0.0625", "--size", "64", "--steps", "2", "--batch", "8", "--heldout", "40",
+TINY = ["--width", "0.0625", "--size", "64", "--steps", "3", "--triplet-start", "1", "--batch", "8", "--heldout", "40",
         "--triplets", "16", "--pairs", "8", "--graph-images", "4", "--graph-negatives", "4",
         "--graph-iterations", "2", "--batch-size", "8", "--quiet"]
 
@@ -32,6 +32,7 @@ def script():
     (["--graph-category", "cat"], "invalid choice"),
     (["--noise", "-1"], "> 0"),
     (["--heldout-seed", "3"], "is a training seed"),
+    (["--steps", "50", "--triplet-start", "50"], "--triplet-start must be below"),
 ])
 def test_bad_flags_are_refused(script, capsys, tmp_path, argv, message):
     with pytest.raises(SystemExit) as exit_info:

@@ -105,3 +105,12 @@ def test_bad_maps_are_refused(data, graph):
         bad = maps[1].copy()
         bad[0, 0, 0, 0] = np.nan
         egjax.infer_graph(graph, [maps[0], bad])
+    low, top = graph.layers
+    with pytest.raises(ValueError, match="needs both upper"):
+        egjax.infer_layer(low, maps[0], flipped[0], upper=top)
+    above = egjax.infer_layer(top, maps[1][:3], flipped[1][:3])
+    with pytest.raises(ValueError, match="above must hold"):
+        egjax.infer_layer(low, maps[0], flipped[0], upper=top, above=above)
+    with pytest.raises(ValueError, match="chunk"):
+        egjax.infer_layer(top, maps[1], chunk=0)
+

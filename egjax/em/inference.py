@@ -61,18 +61,35 @@ def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence 
 
 def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | None = None,
                 above: LayerInference | None = None, chunk: int = 8) -> LayerInference:
-    """One graph layer in new images (inputs as `infer_graph`, of this layer, not checked).
+    """One graph layer in new images (`maps`, `flipped_maps` of this layer, as `infer_graph`).
 
     Top layer: `upper` and `above` None; the orientation is chosen per image. Lower layer:
     `upper` the fitted layer above and `above` its inference in these images, whose
     positions place the parents and whose orientations this layer follows.
     """
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    num = _check_layer_maps("maps", maps, fitted)
+    if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
+                                                      fitted) != num:
+        raise ValueError("flipped_maps must hold as many images as maps")
+    if (upper is None) != (above is None):
+        raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
+                         "(its inference); the top layer neither")
+    if upper is not None:
+        expected = (upper.score.shape[0], num, 2)
+        if np.shape(above.pos) != expected or np.shape(above.flip) != (num,):
+            raise ValueError(f"above must hold the layer above in these {num} images: pos "
+                             f"{expected}, got {np.shape(above.pos)}")
+        if flipped_maps is None and bool(np.any(above.flip)):
+            raise ValueError("the layer above used mirrored maps for some images; pass "
+                             "flipped_maps too")
     dtype = compute_dtype()
     slots = 0 if upper is None else parents_lib.candidate_slots(upper.score.shape[0],
                                                                 fitted.config.top_m)
     setup = layer_lib.Setup(cfg=fitted.config, parent=None if upper is None else upper.config,
                             flips=flipped_maps is not None, original=False,
-                            num_images=_map_shape(maps)[0], slots=slots, chunk=chunk)
+                            num_images=num, slots=slots, chunk=chunk)
     score, pos, flip = _infer_layer(fitted, upper, None if above is None else above.pos,
                                     None if above is None else above.flip,
                                     _as_device(maps, dtype), _as_device(flipped_maps, dtype),
