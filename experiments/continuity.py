@@ -207,7 +207,8 @@ def pairs(images: jax.Array, labels: np.ndarray, shift: float, noise: float, key
 
 
 def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
-    """Accuracy, triplet consistency and explanation continuity of one network."""
+    """Accuracy and triplet consistency of one network on the held-out `(images, labels)`,
+    and explanation continuity on the held-out images at indices `evaluation`."""
     model = meta.model()
     images_u8, labels = heldout
     predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
@@ -220,9 +221,8 @@ def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
         jax.random.key(args.seed), num_triplets=args.triplets, distance="cosine",
         batch_size=args.batch_size)
     graph, sd = fit_graph(model, params, meta, args)
-    index = evaluation
-    images, targets = inputs[index], jnp.asarray(labels[index])
-    partners = pairs(images, labels[index], args.shift, args.noise,
+    images, targets = inputs[evaluation], jnp.asarray(labels[evaluation])
+    partners = pairs(images, labels[evaluation], args.shift, args.noise,
                      jax.random.key(args.seed + 1))
     scores = {}
     explain = explainers(model, params, graph, sd, args.batch_size)
