@@ -2,8 +2,9 @@
 
 from egjax import continuity, contrastive, evaluate, saliency
 from egjax.config import GraphConfig, LayerConfig
-from egjax.em import fit_graph, fit_layer
+from egjax.em import LayerInference, fit_graph, fit_layer, infer_graph, infer_layer
 from egjax.graph import ExplanatoryGraph, LayerFit
 
-__all__ = ["ExplanatoryGraph", "GraphConfig", "LayerConfig", "LayerFit", "continuity",
-           "contrastive", "evaluate", "fit_graph", "fit_layer", "saliency"]
+__all__ = ["ExplanatoryGraph", "GraphConfig", "LayerConfig", "LayerFit", "LayerInference",
+           "continuity", "contrastive", "evaluate", "fit_graph", "fit_layer", "infer_graph",
+           "infer_layer", "saliency"]

@@ -4,9 +4,9 @@
     ce = optax.softmax_cross_entropy_with_integer_labels(out["logits"], labels).mean()
     loss = ce + weight * triplet_loss(out["relu5_3"], labels)
 
-For the class region only, pass `continuity.masked_mean(f, continuity.cam_mask(f,
-params["logits"]["kernel"], labels, 0.2))` instead of the whole map `f` (the mask is boolean,
-so no gradient flows through it).
+For the class region only, `cam_masked_triplet_loss(out["relu5_3"], labels,
+params["logits"]["kernel"])` compares the maps' mean vectors over their class activation
+regions instead of the whole maps.
 
 Why a margin triplet loss rather than supervised InfoNCE (Khosla et al., 2020): its hinge
 `max(0, d(a, p) - d(a, n) + margin)` is zero exactly when a triplet is consistent with a
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from egjax.continuity import cam_mask, masked_mean
 
 MININGS = ("hard", "random")
 
@@ -63,3 +65,23 @@ def triplet_loss(features: jax.Array, labels: jax.Array, *, margin: float = 0.2,
                                                       jnp.where(negative, 0.0, -jnp.inf))]
     hinge = jax.nn.relu(jnp.where(valid, d_ap - d_an, -margin) + margin)
     return hinge.sum() / jnp.maximum(valid.sum(), 1)
+
+
+def cam_masked_triplet_loss(features: jax.Array, labels: jax.Array, kernel: jax.Array, *,
+                            frac: float = 0.2, margin: float = 0.2, mining: str = "hard",
+                            key: jax.Array | None = None) -> jax.Array:
+    """`triplet_loss` of the class regions: each map `[B, h, w, C]` is summarised by its mean
+    vector over the cells where the CAM of its label (Zhou et al., 2016), with the GAP
+    head's `kernel [C, num_classes]`, reaches `frac` of its maximum (`continuity.cam_mask`).
+
+    The mask is boolean, so no gradient flows through it: the loss moves the features in
+    the region, not the region. Objects at different places are compared region to region.
+    """
+    if features.ndim != 4 or kernel.ndim != 2 or kernel.shape[0] != features.shape[-1]:
+        raise ValueError(f"features must be [B, h, w, C] and kernel [C, classes], got "
+                         f"{features.shape} and {kernel.shape}")
+    if not 0.0 <= frac <= 1.0:
+        raise ValueError(f"frac must be in [0, 1], got {frac!r}")
+    labels = jnp.asarray(labels)
+    regions = masked_mean(features, cam_mask(features, kernel, labels, frac))
+    return triplet_loss(regions, labels, margin=margin, mining=mining, key=key)

@@ -19,43 +19,15 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 
-from egjax import train
-from egjax.data.synthetic import CATEGORIES, sample_mixed
+from egjax import runs, train
+from egjax.cli import image_size, non_negative_int, positive_float, positive_int
+from egjax.data.synthetic import CATEGORIES, mixed_batches, sample_mixed
 from egjax.models import ModelMeta, load_checkpoint, save_checkpoint
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def image_size(text: str) -> int:
-    value = int(text)
-    if not 64 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"must be an int in [64, 1024] px, got {text}")
-    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,14 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def batches(categories, batch_size: int, size: int, first_seed: int):
-    """Fresh classifier batches: the k-th is `sample_mixed(batch_size, seed=first_seed + k)`."""
-    seed = first_seed
-    while True:
-        yield sample_mixed(batch_size, seed=seed, categories=categories, image_size=size)
-        seed += 1
-
-
 def initial_params(path: str | None, meta: ModelMeta) -> dict | None:
     """The parameters of the checkpoint at `path` (None: none), which must be a net of
     `meta`'s width, head and classes."""
@@ -138,20 +102,6 @@ def init_record(path: str | None) -> dict | None:
     return {"checkpoint": path, "record": record}
 
 
-def write_json(path: str, record: dict) -> None:
-    """`record` as JSON at `path`, via a temporary file renamed into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(record, file, indent=1)
-            file.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     start, load_before = time.perf_counter(), os.getloadavg()
@@ -170,7 +120,7 @@ def main(argv=None) -> None:
         state = train.create_state(model, jax.random.key(args.seed),
                                    train.adamw_cosine(lr, steps, clip_norm=args.clip),
                                    params)
-        state, history = train.fit(state, batches(categories, batch, size, first_seed), meta,
+        state, history = train.fit(state, mixed_batches(categories, batch, size, first_seed), meta,
                                    steps, desc=f"{size} px", quiet=args.quiet)
         params = state.params
         last = history[-50:]
@@ -200,7 +150,7 @@ def main(argv=None) -> None:
         "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
                     "load_average_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]},
     }
-    write_json(f"{path}.json", record)
+    runs.write_json(f"{path}.json", record)
     print(f"held-out accuracy {correct}/{args.heldout} = {correct / args.heldout:.2%} "
           f"(95% Wilson interval {low:.2%}..{high:.2%}); training {train_seconds / 60:.1f} min, "
           f"total {total_seconds / 60:.1f} min")

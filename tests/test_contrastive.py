@@ -111,3 +111,27 @@ def test_added_to_cross_entropy_it_trains_triplet_consistency():
     for _ in range(150):
         params, state = step(params, state)
     assert consistency(params) > max(before + 0.15, 0.9)
+
+
+def test_cam_masked_loss_compares_the_class_regions_only():
+    """Two classes; the head's kernel makes channel 0 class 0's evidence and channel 1 class
+    1's. Each map's CAM region is its own blob: values outside it do not change the loss,
+    and the loss equals the triplet loss of the region means."""
+    rng = np.random.default_rng(0)
+    features = rng.uniform(0.0, 0.05, (4, 4, 4, 3)).astype(np.float32)
+    for n, (label, (h, w)) in enumerate(zip(LABELS, [(0, 0), (1, 1), (2, 2), (3, 3)])):
+        features[n, h, w, label] = 5.0
+        features[n, h, w, 2] = rng.uniform(4.0, 8.0)
+    kernel = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32)
+    loss = contrastive.cam_masked_triplet_loss(features, LABELS, kernel, margin=1.0)
+    regions = np.stack([features[n, n, n] for n in range(4)])
+    np.testing.assert_allclose(loss, triplet_loss(regions, LABELS, margin=1.0), rtol=1e-5)
+    assert float(loss) > 0
+    outside = features.copy()
+    outside[:, 0, 3, 2] += 3.0    # outside every region; channel 2 does not move the CAM
+    np.testing.assert_allclose(contrastive.cam_masked_triplet_loss(outside, LABELS, kernel,
+                                                                   margin=1.0), loss, rtol=1e-6)
+    assert not np.isclose(float(triplet_loss(outside, LABELS, margin=1.0)),
+                          float(triplet_loss(features, LABELS, margin=1.0)))
+    with pytest.raises(ValueError, match="kernel"):
+        contrastive.cam_masked_triplet_loss(features, LABELS, kernel[:2])

@@ -302,24 +302,50 @@ def records(state: LayerState, data: LayerData, alternative: Planes | None,
                                             setup.scale_to_child)
         sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.last_coord, state.last_deform, sigma, setup)
+    deviation = None
+    if data.candidates is not None:
+        deviation = jnp.swapaxes(data.candidates.deviation, 0, 1)
+    alt_score, alt_pos, _ = infer_images(alternative, None, deviation, node_q, weights, active,
+                                         cfg.iterations, setup)
+    if setup.original:
+        alt_pos = state.pos
+    return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos)
 
-    def one_image(planes, shift, scale):
+
+def infer_images(planes: Planes, mirrored: Planes | None, deviation: jnp.ndarray | None,
+                 node_q: Nodes, weights: parents_lib.PriorWeights | None, active, t,
+                 setup: Setup) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Each image's node scores `sum_cand pi F` `[N,K,C]` (unnormalised), inferred positions
+    `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters.
+
+    `deviation [N, M, 2]` the candidate parents' deviations in each image and `weights`
+    their prior weights (both None in the top layer; the prior is shifted and scaled only
+    where `active`); `mirrored` (top layer, or None) the mirrored planes, used per image
+    where `_choose_orientation` at iteration `t` prefers them.
+    """
+    _, k, c = node_q.coord.shape
+
+    def one_image(planes, mirrored, shift, scale):
         inference = infer(planes, node_q, shift, scale, setup.original)
+        flip = jnp.asarray(False)
+        if mirrored is not None:
+            inference, flip = _choose_orientation(
+                inference, infer(mirrored, node_q, shift, scale, setup.original), t,
+                setup.original)
         pos, _ = best_candidate(inference, node_q)
-        return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos
+        return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos, flip
 
     def one_chunk(inputs, valid):
         n = valid.shape[0]
         shift, scale = _chunk_priors(weights, inputs.get("deviation"), active, (k, c), setup)
         if shift is None:
-            shift = jnp.zeros((n, 2, k, c), state.coord.dtype)
-            scale = jnp.ones((n, k, c), state.coord.dtype)
-        return (), map_images(one_image, inputs["planes"], shift, scale)
+            shift = jnp.zeros((n, 2, k, c), node_q.coord.dtype)
+            scale = jnp.ones((n, k, c), node_q.coord.dtype)
+        return (), map_images(one_image, inputs["planes"], inputs.get("mirrored"), shift, scale)
 
-    inputs = {"planes": alternative}
-    if data.candidates is not None:
-        inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)
-    _, (alt_score, alt_pos) = scan_chunks(one_chunk, inputs, setup.chunk)
-    if setup.original:
-        alt_pos = state.pos
-    return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos)
+    inputs = {"planes": planes}
+    if mirrored is not None:
+        inputs["mirrored"] = mirrored
+    if deviation is not None:
+        inputs["deviation"] = deviation
+    return scan_chunks(one_chunk, inputs, setup.chunk)[1]

@@ -2,7 +2,8 @@
 
 from egjax.data.synthetic.categories import CATEGORIES, PARTS, describe
 from egjax.data.synthetic.preview import render_preview
-from egjax.data.synthetic.sampling import Batch, mirror, negatives, sample, sample_mixed
+from egjax.data.synthetic.sampling import (Batch, mirror, mixed_batches, negatives, sample,
+                                             sample_mixed)
 
-__all__ = ["CATEGORIES", "PARTS", "Batch", "describe", "mirror", "negatives", "render_preview",
-           "sample", "sample_mixed"]
+__all__ = ["CATEGORIES", "PARTS", "Batch", "describe", "mirror", "mixed_batches", "negatives",
+           "render_preview", "sample", "sample_mixed"]

@@ -143,3 +143,12 @@ def sample_mixed(n: int, *, seed: int, categories: Sequence[str] = CATEGORIES,
         category = categories[labels[i] - 1] if labels[i] else None
         _paint(images[i], *_draw(rng, category, image_size), canvas)
     return images, labels
+
+
+def mixed_batches(categories: Sequence[str], batch_size: int, image_size: int, first_seed: int):
+    """Endless fresh classifier batches: the k-th is `sample_mixed(batch_size,
+    seed=first_seed + k, categories=categories, image_size=image_size)`."""
+    seed = first_seed
+    while True:
+        yield sample_mixed(batch_size, seed=seed, categories=categories, image_size=image_size)
+        seed += 1

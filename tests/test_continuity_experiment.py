@@ -1,0 +1,73 @@
+"""`experiments/continuity.py`: flags refused clearly, a tiny run end to end."""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--width", "0.0625", "--size", "64", "--steps", "3", "--triplet-start", "1", "--batch", "8", "--heldout", "40",
+        "--triplets", "16", "--pairs", "8", "--graph-images", "4", "--graph-negatives", "4",
+        "--graph-iterations", "2", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("continuity_experiment",
+                                                  ROOT / "experiments" / "continuity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], ">= 1"),
+    (["--size", "32"], "64, 1024"),
+    (["--size", "72"], "multiple of 16"),
+    (["--pairs", "6"], "multiple of the 4 classes"),
+    (["--pairs", "4"], ">= 8"),
+    (["--graph-images", "1"], "--graph-images must be >= 2"),
+    (["--graph-category", "cat"], "invalid choice"),
+    (["--noise", "-1"], "> 0"),
+    (["--heldout-seed", "3"], "is a training seed"),
+    (["--steps", "50", "--triplet-start", "50"], "--triplet-start must be below"),
+])
+def test_bad_flags_are_refused(script, capsys, tmp_path, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        script.parse_args(["--runs", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_existing_run_is_kept_unless_overwritten(script, capsys, tmp_path):
+    (tmp_path / "continuity").mkdir()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--runs", str(tmp_path)])
+    assert "--overwrite" in capsys.readouterr().err
+    assert script.parse_args(["--runs", str(tmp_path), "--overwrite"]).overwrite
+
+
+def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
+    assert script.main(["--runs", str(tmp_path), "--name", "tiny", *TINY]) == 0
+    record = json.loads((tmp_path / "tiny" / "continuity.json").read_text())
+    assert (tmp_path / "tiny" / "continuity.png").stat().st_size > 1000
+    assert set(record["results"]) == set(script.VARIANTS)
+    for result in record["results"].values():
+        low, high = result["accuracy"]["wilson95"]
+        assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
+        assert result["accuracy"]["images"] == 40
+        assert set(result["triplet_consistency"]) == set(script.TRIPLET_TAPS)
+        for tap in result["triplet_consistency"].values():
+            assert tap["wilson95"][0] <= tap["consistency"] <= tap["wilson95"][1]
+            assert tap["triplets"] == 16
+        assert set(result["continuity"]) == set(script.EXPLAINERS)
+        for kinds in result["continuity"].values():
+            assert set(kinds) == set(script.PAIRS)
+            for scores in kinds.values():
+                assert scores["pairs"] == 8
+                assert math.isfinite(scores["max"]) and 0 <= scores["mean"] <= scores["max"]
+        assert result["graph"]["nodes"] == 32 * 2     # 32 filters x ceil(0.1 * 4 * 4) nodes
+    printed = capsys.readouterr().out
+    assert "graph_nodes, shift" in printed and "held-out accuracy" in printed
