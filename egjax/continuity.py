@@ -302,14 +302,15 @@ def triplet_result(state: TripletCounts, confidence: float = 0.95) -> TripletCon
 
 def wilson_interval(p: jax.Array, n: jax.Array,
                     confidence: float = 0.95) -> tuple[jax.Array, jax.Array]:
-    """Wilson score interval of a proportion `p` observed in `n` trials."""
+    """Wilson score interval (Wilson, JASA 1927) of a proportion `p` observed in `n` trials;
+    exactly 0 below `p = 0` and 1 above `p = 1`, where rounding would leave a few ulps."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
     denominator = 1 + z**2 / n
     centre = (p + z**2 / (2 * n)) / denominator
     half = z * jnp.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denominator
-    return centre - half, centre + half
+    return jnp.where(p <= 0, 0.0, centre - half), jnp.where(p >= 1, 1.0, centre + half)
 
 
 def triplet_consistency(embed: Callable, images, labels, key: jax.Array, *,

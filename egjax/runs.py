@@ -35,5 +35,12 @@ def run_directory(path, *, overwrite: bool = False):
 
 
 def write_json(path, data) -> None:
-    """JSON with a trailing newline."""
-    pathlib.Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    """`data` as JSON with a trailing newline, written to a temporary sibling and renamed
+    into place, so `path` is never half-written."""
+    path = pathlib.Path(path)
+    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)

@@ -25,8 +25,6 @@ call compiles anew. Any model following the egjax protocol trains
 from __future__ import annotations
 
 import functools
-import math
-import statistics
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -35,6 +33,7 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
+from egjax import continuity
 from egjax.models import ModelMeta, preprocess
 from egjax.progress import Progress
 
@@ -67,7 +66,7 @@ def adamw_cosine(learning_rate: float, steps: int, *, warmup: int | None = None,
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if not (isinstance(learning_rate, (int, float)) and learning_rate > 0):
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    warmup = max(1, steps // 20) if warmup is None else warmup
+    warmup = steps // 20 if warmup is None else warmup
     if not (isinstance(warmup, int) and 0 <= warmup < steps):
         raise ValueError(f"warmup must be an int in [0, steps) = [0, {steps}), got {warmup!r}")
     if clip_norm is not None and not (isinstance(clip_norm, (int, float)) and clip_norm > 0):
@@ -179,15 +178,10 @@ def _predict_jit(model, params, images):
 
 
 def wilson_interval(correct: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval (Wilson, 1927) for a binomial proportion `correct / total`."""
+    """Wilson score interval of an accuracy `correct / total` (`continuity.wilson_interval`)."""
     if not (isinstance(total, (int, np.integer)) and total >= 1
             and isinstance(correct, (int, np.integer)) and 0 <= correct <= total):
         raise ValueError(f"need ints 0 <= correct <= total, total >= 1; got {correct}, {total}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    z = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z / (1 + z * z / total) * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, centre - half), min(1.0, centre + half)
-
+    low, high = continuity.wilson_interval(np.float64(correct / total), np.float64(total),
+                                           confidence)
+    return float(low), float(high)
