@@ -68,9 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=positive_float, default=0.25,
                         help="channel multiplier of VGG-16")
     parser.add_argument("--size", type=image_size, default=112, help="image side (px)")
-    parser.add_argument("--steps", type=positive_int, default=300, help="training steps")
+    parser.add_argument("--steps", type=positive_int, default=800, help="training steps")
     parser.add_argument("--batch", type=positive_int, default=32)
-    parser.add_argument("--lr", type=positive_float, default=1e-3, help="peak AdamW rate")
+    parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW rate")
     parser.add_argument("--triplet-weight", type=positive_float, default=0.1,
                         help="weight of the triplet loss added to the cross-entropy")
     parser.add_argument("--triplet-start", type=non_negative_int, default=100,
