@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from egjax.config import GraphConfig  # noqa: E402
 from egjax.em import fit as fit_lib  # noqa: E402
-from egjax.maps import QuantizedMaps  # noqa: E402
+from egjax.maps import QuantizedMaps, host_empty  # noqa: E402
 
 
 def synthetic_maps(num: int, size: int, channels: int, seed: int) -> QuantizedMaps:
@@ -33,7 +33,7 @@ def synthetic_maps(num: int, size: int, channels: int, seed: int) -> QuantizedMa
     filter per image near filter-specific positions."""
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0.2, 0.8, (channels, 3, 2)) * size
-    data = np.zeros((num, size, size, channels), np.uint8)
+    data = host_empty((num, size, size, channels), np.uint8)   # as `features` allocates
     grid = np.arange(size)
     for n in range(num):
         jitter = rng.normal(0, 0.05 * size, (channels, 3, 2))
@@ -48,7 +48,9 @@ def synthetic_maps(num: int, size: int, channels: int, seed: int) -> QuantizedMa
 
 
 def mirrored(maps: QuantizedMaps) -> QuantizedMaps:
-    return QuantizedMaps(np.ascontiguousarray(maps.data[:, :, ::-1]), maps.minimum, maps.range)
+    data = host_empty(maps.data.shape, np.uint8)
+    data[...] = maps.data[:, :, ::-1]
+    return QuantizedMaps(data, maps.minimum, maps.range)
 
 
 def main(argv=None) -> None:

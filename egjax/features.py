@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.maps import QuantizedMaps, divide, quantize
+from egjax.maps import QuantizedMaps, divide, host_empty, quantize
 from egjax.models.meta import ModelMeta, preprocess
 from egjax.models.vgg import param_shapes
 from egjax.progress import Progress
@@ -214,9 +214,10 @@ def extract_features(model, params, meta: ModelMeta, images, taps: Sequence[str]
 
     def allocate():
         if quantized:
-            return {t: QuantizedMaps(np.empty((n, *s), np.uint8), np.empty((n, s[-1]), np.float32),
+            return {t: QuantizedMaps(host_empty((n, *s), np.uint8),
+                                     np.empty((n, s[-1]), np.float32),
                                      np.empty((n, s[-1]), np.float32)) for t, s in shapes.items()}
-        return {t: np.empty((n, *s), np.float32) for t, s in shapes.items()}
+        return {t: host_empty((n, *s), np.float32) for t, s in shapes.items()}
 
     out = Features(allocate(), allocate() if flip else None)
     for start, batch in iter_features(model, params, meta, images, taps, sd=sd, flip=flip,

@@ -14,7 +14,7 @@ from egjax.em.competition import competition
 from egjax.em.estep import competition_positions, infer, statistics
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
-from egjax.em.planes import to_planes
+from egjax.em.windows import as_maps
 
 CFG = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, top_n=2, top_m=4)
 
@@ -50,8 +50,8 @@ def test_evidence_of_a_single_blob():
     coord = jnp.array([[[5.0]], [[6.0]]])                                  # centre (5, 6)
     node_q = layer_lib.nodes(coord, jnp.full((1, 1), 1.8), jnp.full((1, 1), 2.0),
                              setup_for(cfg))
-    planes = to_planes(jnp.asarray(maps), jnp.float32)
-    inference = infer(jax.tree.map(lambda x: None if x is None else x[0], planes), node_q,
+    image = as_maps(jnp.asarray(maps[0]), jnp.float32)
+    inference = infer(image, node_q,
                       jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), in_order=False)
     smoothing = cfg.map_delta * s
     offsets = offset_table(cfg)[2]
@@ -83,17 +83,19 @@ def test_lone_node_competition_is_its_own_prior():
     np.testing.assert_allclose(competing, along_w * along_h, rtol=1e-6)
 
 
+@pytest.mark.parametrize("filters", [128, 2])   # all filters at once; two groups of two
 @pytest.mark.parametrize("exact", [True, False])
-def test_competition_matches_a_brute_force_nearest_candidate_search(exact):
+def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filters):
     rng = np.random.default_rng(1)
-    k, c, p = 5, 3, 6
+    k, c, p = 5, 4, 6
     coord = jnp.asarray(rng.uniform(2, 9, (2, k, c)))
     deform = jnp.asarray(rng.uniform(0.3, 1.5, (k, c)))
     node_q = layer_lib.nodes(coord, deform, jnp.asarray(rng.uniform(0.5, 2, (k, c))),
                              setup_for())
     scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)))
     positions = np.asarray(competition_positions(coord, node_q.offsets))
-    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact))
+    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact,
+                                 filters=filters))
     prior = np.asarray(node_q.prior_axis)
     expected = np.zeros_like(got)
     for ch, v, iw, ih in np.ndindex(c, k, p, p):
@@ -147,9 +149,8 @@ def test_m_step_leaves_a_node_on_a_symmetric_blob_in_place():
     coord = jnp.array([[[5.0]], [[5.0]]])
     setup = setup_for(cfg)
     node_q = layer_lib.nodes(coord, jnp.full((1, 1), 1.8), jnp.full((1, 1), 1.8), setup)
-    planes = jax.tree.map(lambda x: None if x is None else x[0],
-                          to_planes(jnp.asarray(maps), jnp.float32))
-    inference = infer(planes, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), False)
+    image = as_maps(jnp.asarray(maps[0]), jnp.float32)
+    inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), False)
     positions = competition_positions(inference.center, node_q.offsets)
     stats = statistics(inference, node_q,
                        competition(positions, node_q.prior_axis, jnp.ones((1, 1)), False), 0.1)

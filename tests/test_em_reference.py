@@ -20,7 +20,7 @@ from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.estep import competing_mass, infer, statistics
 from egjax.em.grid import offset_table
-from egjax.em.planes import orient, to_planes
+from egjax.em.windows import as_maps, pick
 from egjax.em.fit import fit_graph, fit_layer
 from egjax.graph import LayerFit
 
@@ -83,10 +83,9 @@ def test_float32_first_iteration_matches_the_original():
         top = index == last - 1
         setup = layer_lib.Setup(cfg=cfg, parent=None if top else ref.config.layers[index + 1],
                                 flips=True, original=True, num_images=ref.maps[index].shape[0])
-        plain = to_planes(jnp.asarray(ref.maps[index]), jnp.float32)
-        mirrored = to_planes(jnp.asarray(ref.flipped[index]), jnp.float32)
-        data = (layer_lib.LayerData(plain, mirrored, None, None) if top else
-                layer_lib.LayerData(orient(flip, plain, mirrored), None, flip, None))
+        plain = as_maps(jnp.asarray(ref.maps[index]), jnp.float32)
+        mirrored = as_maps(jnp.asarray(ref.flipped[index]), jnp.float32)
+        data = layer_lib.LayerData(plain, mirrored, None if top else flip, None)
         init = ref.init[index]
         state = layer_lib.init(jnp.asarray(np.moveaxis(init["coord"], -1, 0).swapaxes(1, 2),
                                            jnp.float32),
@@ -149,12 +148,12 @@ def test_medium_last_iteration_matches_the_original(x64):
                             original=True, num_images=num)
     sigma = weights.sigma.reshape(k, c)
     nodes = layer_lib.nodes(coord_in, jnp.full((k, c), 1.3), sigma, setup)
-    plain = to_planes(jnp.asarray(ref.maps[index]), jnp.float64)
-    mirrored = to_planes(jnp.asarray(ref.flipped[index]), jnp.float64)
-    planes = orient(jnp.asarray(upper["flip"]), plain, mirrored)
+    plain = as_maps(jnp.asarray(ref.maps[index]), jnp.float64)
+    mirrored = as_maps(jnp.asarray(ref.flipped[index]), jnp.float64)
     mass, gradient, score, positions = 0, 0, [], []
     for n in range(num):
-        image = jax.tree.map(lambda x: None if x is None else x[n], planes)
+        image = pick(bool(upper["flip"][n]), *(jax.tree.map(lambda x: None if x is None else x[n],
+                                                         maps) for maps in (plain, mirrored)))
         inference = infer(image, nodes, jnp.asarray(np.moveaxis(shift[:, :, n], -1, 0)),
                           scale[:, n].reshape(k, c), in_order=True)
         stats = statistics(inference, nodes, competing_mass(inference, nodes, True),

@@ -47,18 +47,39 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 
 
 def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
-                exact: bool, block: int = 8, unroll: int = 4) -> jnp.ndarray:
+                exact: bool, block: int = 8, unroll: int = 4, filters: int = 128) -> jnp.ndarray:
     """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
 
     `positions [2, P, K, C]` candidate positions per axis (h, w), `prior_axis [P, K, C]` the
     per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
     candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
-    order, as the original computes and adds it. Target nodes are taken at most `block` at a
-    time (a divisor of K, so no block is padded) so that the intermediates stay in cache; the
-    loop over u adds `unroll` terms per pass over the accumulator.
+    order, as the original computes and adds it. Filters are independent and taken at most
+    `filters` at a time, target nodes at most `block` at a time (divisors of C and K, so
+    nothing is padded), so that the intermediates stay in cache; the loop over u adds
+    `unroll` terms per pass over the accumulator.
     """
+    c = positions.shape[-1]
+    filters = _divisor_at_most(c, filters)
+    if filters == c:
+        return _competition(positions, prior_axis, scale, exact, block, unroll)
+    groups = c // filters
+
+    def split(x):   # [..., C] -> [G, ..., F]
+        return jnp.moveaxis(x.reshape(x.shape[:-1] + (groups, filters)), -2, 0)
+
+    out = jax.lax.map(lambda args: _competition(*args, exact, block, unroll),
+                      (split(positions), split(prior_axis), split(scale)))    # [G, J, K, F]
+    return jnp.moveaxis(out, 0, -2).reshape(out.shape[1:3] + (c,))
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    return max(size for size in range(1, min(limit, n) + 1) if n % size == 0)
+
+
+def _competition(positions, prior_axis, scale, exact, block, unroll):
+    """`competition` of all the filters given at once."""
     _, p, k, c = positions.shape
-    block = max(size for size in range(1, min(block, k) + 1) if k % size == 0)
+    block = _divisor_at_most(k, block)
     pos = jnp.transpose(positions, (2, 0, 1, 3))                  # [K, 2, P, C]
     prior = jnp.transpose(prior_axis, (1, 0, 2))                  # [K, P, C]
     targets = pos.reshape(k // block, block, 2, p, c)

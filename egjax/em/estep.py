@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from egjax.em.competition import competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, evidence_in_order
 from egjax.em.grid import round_half_away
-from egjax.em.planes import Planes, window_values
+from egjax.em.windows import Maps, window_values
 
 
 class Nodes(NamedTuple):
@@ -84,11 +84,11 @@ def spread_weights(num: int, dtype) -> jnp.ndarray:
     return along_h + along_w
 
 
-def infer(planes: Planes, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
+def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
           in_order: bool) -> Inference:
     """Spatial prior and evidence of every candidate of every node in one image.
 
-    `planes` of one image, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the parents;
+    `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the parents;
     `in_order` sums the evidence in the original's order (`evidence_in_order`).
     """
     center = nodes.coord + shift
@@ -96,7 +96,7 @@ def infer(planes: Planes, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
     spatial_prior = prior_w * prior_h * scale
     cells = round_half_away(center).astype(jnp.int32)
     max_window = (math.isqrt(nodes.weights.shape[1 if in_order else -1]) - 1) // 2
-    values = window_values(planes, cells, math.isqrt(planes.values.shape[-1]), max_window)
+    values = window_values(image, cells, max_window)
     if in_order:
         f = evidence_in_order(values, nodes.weights)
     else:

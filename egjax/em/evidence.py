@@ -58,17 +58,25 @@ def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -
     """Evidence `[J, K, C]` of nodes whose candidate and window half-ranges are equal.
 
     `values [K, C, Q]` window values, `half_range [K, C]`, `table [H+1, J, Q]` (the diagonal
-    of `kernel_table`). One matrix product with the table of each half-range that some node
-    has (one or a few of the H+1), each node taking its own; products are laid out `[J, V]`
-    as the E-step uses them.
+    of `kernel_table`). One matrix product per half-range h that some node has, each node
+    taking its own; a product reads only the `(2h+1)^2` cells of the window that weigh
+    anything for h (the rest of the table's row is zero), so small windows cost little.
+    Products are laid out `[J, V]` as the E-step uses them.
     """
     k, c, q = values.shape
-    flat = values.reshape(k * c, q)
+    side = math.isqrt(q)
+    big = (side - 1) // 2
+    cells = values.reshape(k * c, side, side)
     sizes = half_range.reshape(-1)
-    out = jnp.zeros((table.shape[1], k * c), values.dtype)
+    num = table.shape[1]
+    out = jnp.zeros((num, k * c), values.dtype)
     for size in range(table.shape[0]):
-        def take(out, size=size):
-            product = jax.lax.dot_general(table[size], flat, (((1,), (1,)), ((), ())))
+        inner = slice(big - size, big + size + 1)
+
+        def take(out, size=size, inner=inner):
+            window = cells[:, inner, inner].reshape(k * c, -1)
+            weights = table[size].reshape(num, side, side)[:, inner, inner].reshape(num, -1)
+            product = jax.lax.dot_general(weights, window, (((1,), (1,)), ((), ())))
             return jnp.where(sizes == size, product, out)
         out = jax.lax.cond(jnp.any(sizes == size), take, lambda out: out, out)
     return out.reshape(-1, k, c)

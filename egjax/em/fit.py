@@ -17,7 +17,7 @@ import numpy as np
 from egjax.config import GraphConfig, LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em import planes as planes_lib
+from egjax.em import windows
 from egjax.em import sharding
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
@@ -48,8 +48,17 @@ def _as_device(maps, dtype):
     if maps is None:
         return None
     if isinstance(maps, QuantizedMaps):
-        return QuantizedMaps(*(jnp.asarray(x) for x in maps))
-    return jnp.asarray(maps, dtype)
+        return QuantizedMaps(*(_device_array(x) for x in maps))
+    return _device_array(maps, dtype)
+
+
+def _device_array(x, dtype=None) -> jax.Array:
+    """`x` on the default device. A host array is used in place where the platform allows it
+    (CPU, 64-byte aligned: `maps.host_empty`) instead of being copied, so the maps of a
+    large data set are held once."""
+    if isinstance(x, jax.Array):
+        return x if dtype is None else x.astype(dtype)
+    return jax.device_put(np.asarray(x, dtype), may_alias=True)
 
 
 def _map_shape(maps):
@@ -136,26 +145,20 @@ def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
 def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     """The whole EM of one layer: candidates, `iterations` x (E-step, M-step), records."""
     dtype = coord.dtype
-    plain = planes_lib.to_planes(maps, dtype)
-    mirrored = None if flipped is None else planes_lib.to_planes(flipped, dtype)
     cands, flip = None, None
     if parent is not None:
         cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1),
                                        setup.slots, setup.cfg, setup.parent, setup.original,
                                        setup.num_images, setup.axis_name)
         flip = parent.flip
-        if mirrored is not None:
-            plain, mirrored = (planes_lib.orient(flip, plain, mirrored),
-                               planes_lib.orient(flip, mirrored, plain))
-    data = layer_lib.LayerData(plain, mirrored if parent is None else None, flip, cands)
-    state = layer_lib.init(coord, deform, plain.values.shape[0], setup)
+    data = layer_lib.LayerData(windows.as_maps(maps, dtype),
+                               None if flipped is None else windows.as_maps(flipped, dtype),
+                               flip, cands)
+    state = layer_lib.init(coord, deform, data.maps.values.shape[0], setup)
     steps = jnp.arange(1, setup.cfg.iterations + 1, dtype=dtype)
     state, _ = jax.lax.scan(lambda s, t: (layer_lib.iteration(s, t, data, setup), None),
                             state, steps)
-    alternative = mirrored
-    if parent is None and mirrored is not None:
-        alternative = planes_lib.orient(state.flip, mirrored, plain)
-    rec = layer_lib.records(state, data, alternative, setup)
+    rec = layer_lib.records(state, data, setup)
     _, k, c = state.coord.shape
     parents = jnp.zeros((k * c, 0), jnp.int32)
     if cands is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em import planes as planes_lib
+from egjax.em import windows
 from egjax.em.fit import _all_finite, _as_device, _map_shape, compute_dtype
 from egjax.em.reduce import image_mean
 from egjax.graph import ExplanatoryGraph, LayerFit
@@ -106,14 +106,11 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
     dtype = fitted.coord.dtype
     c, k = fitted.deform.shape
     coord, deform = jnp.transpose(fitted.coord, (2, 1, 0)), fitted.deform.T
-    plain = planes_lib.to_planes(maps, dtype)
-    mirrored = None if flipped is None else planes_lib.to_planes(flipped, dtype)
+    plain = windows.as_maps(maps, dtype)
+    mirrored = None if flipped is None else windows.as_maps(flipped, dtype)
     sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, dtype)
     weights, deviation, active = None, None, jnp.asarray(False)
     if upper is not None:
-        if mirrored is not None:
-            plain = planes_lib.orient(flip, plain, mirrored)
-        mirrored = None
         cands = parents_lib.candidates(upper.score, upper.pos, upper.deform.reshape(-1),
                                        setup.slots, cfg, setup.parent, False,
                                        upper.num_images, None)
@@ -125,8 +122,8 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         mean = image_mean(upper.pos[cands.index], 1, upper.num_images, None)
         deviation = jnp.swapaxes(upper_pos[cands.index] - mean[:, None], 0, 1)   # [N, M, 2]
     node_q = layer_lib.nodes(coord, deform, sigma, setup)
-    score, pos, new_flip = layer_lib.infer_images(plain, mirrored, deviation, node_q, weights,
-                                                  active, cfg.iterations, setup)
+    score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
+                                                  weights, active, cfg.iterations, setup)
     norm = jnp.mean(score)
     flip = new_flip if upper is None else flip
     return layer_lib.public_nodes(score / norm), layer_lib.public_nodes(pos), flip

@@ -20,7 +20,7 @@ from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, ga
                             statistics)
 from egjax.em.evidence import kernel_table
 from egjax.em.grid import half_range, offset_table
-from egjax.em.planes import Planes
+from egjax.em.windows import Maps, pick
 from egjax.em.reduce import image_mean
 
 
@@ -56,14 +56,14 @@ class Setup:
 class LayerData(NamedTuple):
     """The images of one layer fit.
 
-    Top layer: `planes` of the maps as given, `mirrored` those of the mirrored images (or
-    None), `flip` None. Lower layers: `planes` already in the orientation the layer above
-    chose per image (`flip [N]`), `mirrored` the other orientation (or None);
-    `candidates` (`parents.Candidates`) their candidate parents.
+    `maps` as given and `mirrored` those of the mirrored images (or None); `flip [N]` the
+    orientation of each image (the mirrored maps where True), in lower layers the one the
+    layer above chose, or None: the fit chooses it (top layer); `candidates`
+    (`parents.Candidates`) the candidate parents (None in the top layer).
     """
 
-    planes: Planes
-    mirrored: Planes | None
+    maps: Maps
+    mirrored: Maps | None
     flip: jnp.ndarray | None
     candidates: parents_lib.Candidates | None
 
@@ -214,11 +214,15 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         fixed = Inference(state.coord, ones, None, None)
         competing = competing_mass(fixed, node_q, exact)
 
-    def one_image(planes, mirrored, flip, shift, scale):
+    choose = data.flip is None    # else each image's orientation is given
+
+    def one_image(image, mirrored, flip, shift, scale):
         if top:
             shift, scale = jnp.zeros_like(state.coord), ones
-        inference = infer(planes, node_q, shift, scale, exact)
-        if top and mirrored is not None:
+        if mirrored is not None and not choose:
+            image = pick(flip, image, mirrored)
+        inference = infer(image, node_q, shift, scale, exact)
+        if mirrored is not None and choose:
             inference, flip = _choose_orientation(
                 inference, infer(mirrored, node_q, shift, scale, exact), t, setup.original)
         rivals = competing if top else competing_mass(inference, node_q, exact)
@@ -231,12 +235,12 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         shift, scale = _chunk_priors(weights, deviation, active, (k, c), setup)
         n = valid.shape[0]
         flip = inputs.get("flip", jnp.zeros((n,), bool))
-        mirrored = inputs.get("mirrored") if top else None
-        summed, recorded = map_images(one_image, inputs["planes"], mirrored, flip, shift, scale)
+        summed, recorded = map_images(one_image, inputs["maps"], inputs.get("mirrored"), flip,
+                                      shift, scale)
         return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
 
-    inputs = {"planes": data.planes}
-    if top and data.mirrored is not None:
+    inputs = {"maps": data.maps}
+    if data.mirrored is not None:
         inputs["mirrored"] = data.mirrored
     if data.flip is not None:
         inputs["flip"] = data.flip
@@ -279,18 +283,17 @@ class Records(NamedTuple):
     alt_pos: jnp.ndarray
 
 
-def records(state: LayerState, data: LayerData, alternative: Planes | None,
-            setup: Setup) -> Records:
-    """Normalised records of the last iteration, and the other orientation inferred with the
-    same node parameters in `alternative` (the planes of the orientation not used per
-    image; `alter` records of the original).
+def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
+    """Normalised records of the last iteration, and the other orientation (when mirrored
+    maps are given) inferred with the same node parameters in each image's orientation not
+    used (`alter` records of the original).
 
     The original takes the other orientation's position at the candidate chosen in the main
     orientation, so it always equals `pos`; else its own best candidate.
     """
     _, k, c = state.coord.shape
     norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images, setup.axis_name)
-    if alternative is None:
+    if data.mirrored is None:
         return Records(state.score / norm, state.pos, state.flip, state.score / norm, state.pos)
     cfg = setup.cfg
     sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
@@ -305,30 +308,33 @@ def records(state: LayerState, data: LayerData, alternative: Planes | None,
     deviation = None
     if data.candidates is not None:
         deviation = jnp.swapaxes(data.candidates.deviation, 0, 1)
-    alt_score, alt_pos, _ = infer_images(alternative, None, deviation, node_q, weights, active,
-                                         cfg.iterations, setup)
+    alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
+                                         node_q, weights, active, cfg.iterations, setup)
     if setup.original:
         alt_pos = state.pos
     return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos)
 
 
-def infer_images(planes: Planes, mirrored: Planes | None, deviation: jnp.ndarray | None,
-                 node_q: Nodes, weights: parents_lib.PriorWeights | None, active, t,
+def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
+                 deviation: jnp.ndarray | None, node_q: Nodes,
+                 weights: parents_lib.PriorWeights | None, active, t,
                  setup: Setup) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Each image's node scores `sum_cand pi F` `[N,K,C]` (unnormalised), inferred positions
     `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters.
 
     `deviation [N, M, 2]` the candidate parents' deviations in each image and `weights`
     their prior weights (both None in the top layer; the prior is shifted and scaled only
-    where `active`); `mirrored` (top layer, or None) the mirrored planes, used per image
-    where `_choose_orientation` at iteration `t` prefers them.
+    where `active`); `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if
+    `flip` is None, where `_choose_orientation` at iteration `t` prefers them.
     """
     _, k, c = node_q.coord.shape
+    choose = flip is None
 
-    def one_image(planes, mirrored, shift, scale):
-        inference = infer(planes, node_q, shift, scale, setup.original)
-        flip = jnp.asarray(False)
-        if mirrored is not None:
+    def one_image(image, mirrored, flip, shift, scale):
+        if mirrored is not None and not choose:
+            image = pick(flip, image, mirrored)
+        inference = infer(image, node_q, shift, scale, setup.original)
+        if mirrored is not None and choose:
             inference, flip = _choose_orientation(
                 inference, infer(mirrored, node_q, shift, scale, setup.original), t,
                 setup.original)
@@ -341,11 +347,14 @@ def infer_images(planes: Planes, mirrored: Planes | None, deviation: jnp.ndarray
         if shift is None:
             shift = jnp.zeros((n, 2, k, c), node_q.coord.dtype)
             scale = jnp.ones((n, k, c), node_q.coord.dtype)
-        return (), map_images(one_image, inputs["planes"], inputs.get("mirrored"), shift, scale)
+        return (), map_images(one_image, inputs["maps"], inputs.get("mirrored"),
+                              inputs.get("flip", jnp.zeros((n,), bool)), shift, scale)
 
-    inputs = {"planes": planes}
+    inputs = {"maps": maps}
     if mirrored is not None:
         inputs["mirrored"] = mirrored
+    if flip is not None:
+        inputs["flip"] = flip
     if deviation is not None:
         inputs["deviation"] = deviation
     return scan_chunks(one_chunk, inputs, setup.chunk)[1]
