@@ -69,22 +69,22 @@ def main(argv=None) -> None:
           f"{args.iterations} iterations/layer, chunk {args.chunk}, "
           f"device {jax.devices()[0].platform}, XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
     total_run = total_compile = 0.0
-    parent = None
-    rows = []
+    fits = []   # every fitted layer is kept, as `fit_graph` keeps them; maps one layer at a time
     for index in reversed(range(len(cfg.layers))):
         layer = cfg.layers[index]
         maps = synthetic_maps(args.images, layer.map_size, args.channels, args.seed + index)
-        call = fit_lib.layer_call(maps, layer, jax.random.key(index), mirrored(maps), parent,
-                                  None, "fixed", args.chunk)
+        call = fit_lib.layer_call(maps, layer, jax.random.key(index), mirrored(maps),
+                                  fits[-1] if fits else None, None, "fixed", args.chunk)
+        del maps
         start = time.perf_counter()
         compiled = call.function.lower(*call.args).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        parent = fit_lib.layer_fit(jax.block_until_ready(compiled(*call.args)), layer)
+        fits.append(fit_lib.layer_fit(jax.block_until_ready(compiled(*call.args)), layer))
         run_s = time.perf_counter() - start
+        del call, compiled
         total_run, total_compile = total_run + run_s, total_compile + compile_s
         per_iteration = run_s / args.images / args.iterations
-        rows.append((layer.tap, compile_s, run_s, per_iteration))
         print(f"  {layer.tap}: compile {compile_s:6.1f} s, run {run_s:7.1f} s, "
               f"{per_iteration * 1e3:6.2f} ms per image-iteration", flush=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
