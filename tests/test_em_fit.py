@@ -9,7 +9,7 @@ import pytest
 import egjax
 from egjax import ExplanatoryGraph, GraphConfig, LayerConfig
 from egjax.em import fit as fit_lib
-from egjax.maps import QuantizedMaps, dequantize, quantize
+from egjax.maps import QuantizedMaps, dequantize, host_empty, quantize
 
 TOP = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1, iterations=3)
 LOW = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, iterations=3, top_n=3,
@@ -175,3 +175,17 @@ def test_float64_when_x64_is_on(data):
         assert fit.coord.dtype == np.float64 and fit.score.dtype == np.float64
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_aligned_host_maps_are_read_in_place_not_copied(dtype):
+    """`host_empty` arrays start on a 64-byte boundary, where XLA:CPU uses them in place: the
+    EM then holds a data set's maps once, not once on the host and once on the device."""
+    maps = host_empty((5, 6, 6, 3), dtype)
+    maps[...] = 1
+    assert maps.ctypes.data % 64 == 0 and maps.shape == (5, 6, 6, 3) and maps.dtype == dtype
+    on_device = fit_lib._device_array(maps, dtype)
+    if jax.default_backend() == "cpu":
+        assert on_device.unsafe_buffer_pointer() == maps.ctypes.data
+    unaligned = np.ones((5, 6, 6, 3), dtype)[1:]    # numpy's own arrays are aligned to 16
+    np.testing.assert_array_equal(fit_lib._device_array(unaligned, dtype), unaligned)

@@ -203,7 +203,8 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     """
     _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
     call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices)
-    return layer_fit(call.function(*call.args), cfg)
+    # Done before returning: the call may read the caller's maps in place (`_device_array`).
+    return layer_fit(jax.block_until_ready(call.function(*call.args)), cfg)
 
 
 def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,

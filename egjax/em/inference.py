@@ -94,7 +94,8 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
                                     None if above is None else above.flip,
                                     _as_device(maps, dtype), _as_device(flipped_maps, dtype),
                                     setup)
-    return LayerInference(score, pos, flip)
+    # Done before returning: the call may read the caller's maps in place (`_as_device`).
+    return LayerInference(*jax.block_until_ready((score, pos, flip)))
 
 
 @functools.partial(jax.jit, static_argnames="setup")
