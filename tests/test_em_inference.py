@@ -8,22 +8,9 @@ import numpy as np
 import pytest
 
 import egjax
-from tests.test_em_fit import GRAPH, LOW, TOP, blob_maps
+from tests.test_em_fit import GRAPH, data, graph  # noqa: F401 (pytest fixtures)
 
 ITERATIONS = 3
-
-
-@pytest.fixture(scope="module")
-def data():
-    maps = [blob_maps(8, LOW.map_size, 4, 0), blob_maps(8, TOP.map_size, 4, 1)]
-    flipped = [np.ascontiguousarray(m[:, :, ::-1]) for m in maps]
-    return maps, flipped
-
-
-@pytest.fixture(scope="module")
-def graph(data):
-    maps, flipped = data
-    return egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped)
 
 
 def fit_stopping_early(data):

@@ -173,6 +173,19 @@ def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool
     return jax.tree.map(lambda a, b: jnp.where(flip, b, a), plain, mirrored), flip
 
 
+def _oriented_inference(image: Maps, mirrored: Maps | None, flip, choose: bool, node_q: Nodes,
+                        shift, scale, t, original: bool) -> tuple[Inference, jnp.ndarray]:
+    """`infer` in one image, in its orientation: the mirrored maps where `flip`, or where
+    `_choose_orientation` prefers them if `choose`; the plain maps when none are mirrored."""
+    if mirrored is not None and not choose:
+        image = pick(flip, image, mirrored)
+    inference = infer(image, node_q, shift, scale, original)
+    if mirrored is not None and choose:
+        inference, flip = _choose_orientation(
+            inference, infer(mirrored, node_q, shift, scale, original), t, original)
+    return inference, flip
+
+
 def _chunk_priors(weights, deviation, active, shape, setup: Setup):
     """Per image of a chunk: `(shift [n,2,K,C], scale [n,K,C])` from the parents (zero shift
     and unit scale before they are active); `(None, None)` in the top layer."""
@@ -219,12 +232,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     def one_image(image, mirrored, flip, shift, scale):
         if top:
             shift, scale = jnp.zeros_like(state.coord), ones
-        if mirrored is not None and not choose:
-            image = pick(flip, image, mirrored)
-        inference = infer(image, node_q, shift, scale, exact)
-        if mirrored is not None and choose:
-            inference, flip = _choose_orientation(
-                inference, infer(mirrored, node_q, shift, scale, exact), t, setup.original)
+        inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
+                                              scale, t, setup.original)
         rivals = competing if top else competing_mass(inference, node_q, exact)
         stats = statistics(inference, node_q, rivals, cfg.tau_rate)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
@@ -331,13 +340,8 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
     choose = flip is None
 
     def one_image(image, mirrored, flip, shift, scale):
-        if mirrored is not None and not choose:
-            image = pick(flip, image, mirrored)
-        inference = infer(image, node_q, shift, scale, setup.original)
-        if mirrored is not None and choose:
-            inference, flip = _choose_orientation(
-                inference, infer(mirrored, node_q, shift, scale, setup.original), t,
-                setup.original)
+        inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
+                                              scale, t, setup.original)
         pos, _ = best_candidate(inference, node_q)
         return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos, flip
 
