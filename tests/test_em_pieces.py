@@ -9,6 +9,7 @@ import pytest
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
+from egjax.em.batching import masked_sum, scan_chunks
 from egjax.em.competition import competition
 from egjax.em.estep import competition_positions, infer, statistics
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
@@ -137,6 +138,38 @@ def test_prior_of_several_parents_matches_its_definition():
                               / s[:, None], axis=0)
         np.testing.assert_allclose(shift[v], mu, rtol=1e-5)
         np.testing.assert_allclose(scale[v], lam, rtol=1e-4)
+
+
+def test_parent_selection_matches_its_definition():
+    """`A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))` over valid candidates,
+    the top_n largest; 10 children in blocks of 4 (the last block overlaps the one before)."""
+    rng = np.random.default_rng(3)
+    num, children, slots, top_n = 6, 10, 5, 2
+    upper = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1)
+    child_pos = rng.uniform(0, 12, (num, 2, children))
+    best = rng.uniform(0.1, 1, (num, children))
+    deviation = rng.normal(0, 1, (slots, num, 2))
+    valid = np.array([True, True, False, True, True])
+    cands = parents_lib.Candidates(jnp.arange(slots), jnp.asarray(valid),
+                                   jnp.asarray(deviation), jnp.ones(slots))
+    got = parents_lib.select(jnp.asarray(child_pos), jnp.asarray(best), cands, top_n, CFG,
+                             upper, False, num, None, block=4)
+    a = (child_pos - child_pos.mean(0)) * CFG.stride                     # [N, 2, V]
+    b = deviation[valid] * upper.stride                                  # [U, N, 2]
+    dist = np.sum((a.transpose(2, 0, 1)[:, None] - b[None]) ** 2, -1)   # [V, U, N]
+    rate = 1 / (2 * dist.mean(axis=(1, 2)))
+    affinity = np.einsum("nv,vun->vu", best, np.exp(-dist * rate[:, None, None]))
+    expected = np.flatnonzero(valid)[np.argsort(-affinity, axis=1, kind="stable")[:, :top_n]]
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("num, chunk", [(11, 4), (8, 4), (3, 8)])
+def test_scan_chunks_counts_every_image_once_and_records_all(num, chunk):
+    values = jnp.arange(1, num + 1, dtype=jnp.float32)
+    total, recorded = scan_chunks(lambda x, valid: (masked_sum(x, valid), 10 * x), values,
+                                  chunk, into=jnp.full(num, -1.0))
+    assert float(total) == num * (num + 1) / 2
+    np.testing.assert_array_equal(recorded, 10 * values)
 
 
 def test_m_step_leaves_a_node_on_a_symmetric_blob_in_place():

@@ -8,34 +8,37 @@ import jax
 import jax.numpy as jnp
 
 
-def scan_chunks(fn: Callable, inputs, chunk: int):
+def scan_chunks(fn: Callable, inputs, chunk: int, into=None):
     """`fn(chunk_inputs, valid) -> (summed, recorded)` over the leading axis N of `inputs`.
 
-    Images are taken `chunk` at a time inside a `scan`, so memory grows with the chunk, not
-    with N; `valid [chunk]` marks the images that exist (N need not be a multiple of the
-    chunk: the last one is padded), and `fn` must give padded images no weight in `summed`.
-    Returns `summed` added over the chunks and `recorded` stacked `[N, ...]`.
+    Images are taken `chunk` at a time inside one loop, so memory grows with the chunk, not
+    with N. When N is not a multiple of the chunk, the last chunk is moved back to end at
+    image N: it repeats some images, `valid [chunk]` marks those not seen before, and `fn`
+    must give the others no weight in `summed` (nothing is padded, so the inputs are never
+    copied). Returns `summed` added over the chunks and `recorded` `[N, ...]`, written into
+    `into` (arrays of that shape whose contents are no longer needed, e.g. the previous
+    iteration's records, so that XLA can reuse their memory) or into new arrays.
     """
     num = jax.tree.leaves(inputs)[0].shape[0]
     chunk = max(1, min(chunk, num))
-    chunks = -(-num // chunk)
-    padded = chunks * chunk
 
-    def split(x):
-        x = jnp.pad(x, [(0, padded - num)] + [(0, 0)] * (x.ndim - 1))
-        return x.reshape((chunks, chunk) + x.shape[1:])
+    def part(start):
+        return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, chunk), inputs)
 
-    valid = split(jnp.arange(num) < num)
-    parts = jax.tree.map(split, inputs)
-    example = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], parts), valid[0])[0]
+    summed, recorded = jax.eval_shape(fn, part(0), jnp.ones(chunk, bool))
+    if into is None:
+        into = jax.tree.map(lambda r: jnp.zeros((num,) + r.shape[1:], r.dtype), recorded)
 
-    def body(total, args):
-        summed, recorded = fn(*args)
-        return jax.tree.map(jnp.add, total, summed), recorded
+    def body(i, carry):
+        total, out = carry
+        start = jnp.minimum(i * chunk, num - chunk)
+        summed, recorded = fn(part(start), start + jnp.arange(chunk) >= i * chunk)
+        out = jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, start, 0),
+                           out, recorded)
+        return jax.tree.map(jnp.add, total, summed), out
 
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)
-    total, recorded = jax.lax.scan(body, zeros, (parts, valid))
-    return total, jax.tree.map(lambda r: r.reshape((padded,) + r.shape[2:])[:num], recorded)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), summed)
+    return jax.lax.fori_loop(0, -(-num // chunk), body, (zeros, into))
 
 
 def map_images(fn: Callable, *args):

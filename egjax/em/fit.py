@@ -164,8 +164,7 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     if cands is not None:
         parents = jnp.where(state.parents >= 0, cands.index[state.parents], -1)
     public_parents = jnp.transpose(parents.reshape(k, c, -1), (1, 0, 2)).reshape(k * c, -1)
-    return (jnp.transpose(state.coord, (2, 1, 0)), state.deform.T, public_parents,
-            jax.tree.map(lambda r: layer_lib.public_nodes(r) if r.ndim >= 3 else r, rec))
+    return jnp.transpose(state.coord, (2, 1, 0)), state.deform.T, public_parents, rec
 
 
 class LayerCall(NamedTuple):
@@ -229,11 +228,23 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     return LayerCall(function, args)
 
 
+_public_nodes = jax.jit(layer_lib.public_nodes)
+
+
 def layer_fit(outputs, cfg: LayerConfig) -> LayerFit:
-    """The LayerFit from the outputs of a `LayerCall`."""
-    coord, deform, parents, rec = outputs
-    return LayerFit(coord=coord, deform=deform, parents=parents, score=rec.score, pos=rec.pos,
-                    flip=rec.flip, alt_score=rec.alt_score, alt_pos=rec.alt_pos, config=cfg)
+    """The LayerFit from the outputs of a `LayerCall`.
+
+    The fit returns its records image-major (`layer.Records`); they are put in the public
+    node-major layout here, outside the fit, one at a time, each freed once moved (so pass
+    `outputs` without keeping a reference): the fit's own memory is released by then, and
+    the move needs room for one record more.
+    """
+    coord, deform, parents, records = outputs
+    del outputs
+    records = records._asdict()
+    public = {name: _public_nodes(records.pop(name)) if name != "flip" else records.pop(name)
+              for name in list(records)}
+    return LayerFit(coord=coord, deform=deform, parents=parents, config=cfg, **public)
 
 
 def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:

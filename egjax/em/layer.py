@@ -100,13 +100,6 @@ class Sums(NamedTuple):
     spread: jnp.ndarray
 
 
-def flat_nodes(x: jnp.ndarray) -> jnp.ndarray:
-    """Records `[N, K, C]` or `[N, 2, K, C]` -> `[K*C, N]` or `[K*C, N, 2]` (internal order)."""
-    if x.ndim == 3:
-        return x.reshape(x.shape[0], -1).T
-    return jnp.transpose(x.reshape(x.shape[0], 2, -1), (2, 0, 1))
-
-
 def public_nodes(x: jnp.ndarray) -> jnp.ndarray:
     """Records `[N, K, C]` or `[N, 2, K, C]` -> `[C*K, N]` or `[C*K, N, 2]` (node c*K + k)."""
     if x.ndim == 3:
@@ -203,6 +196,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     """One EM iteration `t` (1-based): parents, E-step over all images, M-step."""
     cfg = setup.cfg
     _, k, c = state.coord.shape
+    n = state.pos.shape[0]
     top = data.candidates is None
     active = jnp.asarray(False) if top else t >= 2
     sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
@@ -211,8 +205,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         parents = jax.lax.cond(
             active,
             lambda: parents_lib.select(
-                flat_nodes(state.pos), flat_nodes(state.best), data.candidates, cfg.top_n,
-                cfg, setup.parent, setup.original, setup.num_images,
+                state.pos.reshape(n, 2, k * c), state.best.reshape(n, k * c), data.candidates,
+                cfg.top_n, cfg, setup.parent, setup.original, setup.num_images,
                 setup.axis_name).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
@@ -255,7 +249,9 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         inputs["flip"] = data.flip
     if not top:
         inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
-    sums, (pos, best, score, flip) = scan_chunks(one_chunk, inputs, setup.chunk)
+    # The new records overwrite the previous ones, which the parent selection has read.
+    sums, (pos, best, score, flip) = scan_chunks(
+        one_chunk, inputs, setup.chunk, (state.pos, state.best, state.score, state.flip))
     if setup.axis_name is not None:
         sums = jax.lax.psum(sums, setup.axis_name)
     coord, deform = m_step(state, sums, sigma, t, setup)

@@ -96,47 +96,48 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
 
     `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
     distance between the child's and the candidate's deviations; the top_n largest, ties to
-    the better-scored candidate. `child_pos [V, N, 2]`, `child_best [V, N]` from the child's
-    previous iteration. `A` is accumulated for `block` children at a time, image by image.
+    the better-scored candidate. `child_pos [N, 2, V]`, `child_best [N, V]` from the child's
+    previous iteration, images first as the E-step records them. `A` is accumulated for
+    `block` children at a time, image by image, so that the block's affinities stay in cache
+    and nothing of size `[N, V]` is built besides the inputs.
     """
-    num_nodes = child_pos.shape[0]
+    num_nodes = child_pos.shape[-1]
     block = min(block, num_nodes)
-    child_dev = child_pos - image_mean(child_pos, 1, num_images, axis_name)[:, None]
-    a = pixel_deviation(child_dev, child, original)              # [V, N, 2]
-    b = pixel_deviation(cands.deviation, parent, original)       # [M, N, 2]
-    weight = cands.valid.astype(a.dtype)
+    child_mean = image_mean(child_pos, 0, num_images, axis_name)            # [2, V]
+    b = pixel_deviation(cands.deviation, parent, original)                  # [M, N, 2]
+    weight = cands.valid.astype(b.dtype)
     count = jnp.sum(weight)
     b_mean = jnp.einsum("m,mnx->nx", weight, b) / count
     b_sq_mean = jnp.einsum("m,mn->n", weight, jnp.sum(b * b, -1)) / count
-    mean_sq = image_mean(jnp.sum(a * a, -1) - 2 * jnp.einsum("vnx,nx->vn", a, b_mean)
-                         + b_sq_mean, 1, num_images, axis_name)  # [V]
-    # Children in blocks of `block`, images one at a time: the block's affinities stay in
-    # cache. Separate h and w arrays, images outermost, keep every step's reads contiguous.
-    pad = -num_nodes % block
-    a_h, a_w = (jnp.pad(a[..., i], ((0, pad), (0, 0))).T for i in range(2))      # [N, V+]
-    weight_n = jnp.pad(child_best, ((0, pad), (0, 0))).T                           # [N, V+]
-    rate = jnp.pad(-1 / (2 * mean_sq), (0, pad))                                   # [V+]
-    b_h, b_w = b[..., 0].T, b[..., 1].T                                            # [N, M]
+    # mean_u |a - b_u|^2 = |a - mean_u b_u|^2 + mean_u |b_u|^2 - |mean_u b_u|^2, summed over
+    # images and axes in one pass over the positions.
+    a = pixel_deviation(child_pos - child_mean, child, original)            # [N, 2, V]
+    mean_sq = (image_mean((a - b_mean[..., None]) ** 2, (0, 1), num_images, axis_name)
+               + image_mean(b_sq_mean - jnp.sum(b_mean * b_mean, -1), 0, num_images,
+                            axis_name))                                      # [V]
+    rate = -1 / (2 * mean_sq)
+    b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
-    def one_block(args):
-        blk_h, blk_w, blk_weight, blk_rate = args            # [N, B] x 3, [B]
+    def one_block(i, affinity):
+        # The last block is moved back to end at V (it repeats some children's sums).
+        start = jnp.minimum(i * block, num_nodes - block)
+        pos = jax.lax.dynamic_slice_in_dim(child_pos, start, block, 2)
+        dev = pixel_deviation(pos - jax.lax.dynamic_slice_in_dim(child_mean, start, block, 1),
+                              child, original)                               # [N, 2, B]
+        blk_rate = jax.lax.dynamic_slice_in_dim(rate, start, block)[:, None]
 
         def step(total, inputs):
             ah, aw, wn, bh, bw = inputs
             dh, dw = ah[:, None] - bh[None, :], aw[:, None] - bw[None, :]
-            return total + wn[:, None] * jnp.exp((dh * dh + dw * dw) * blk_rate[:, None]), None
+            return total + wn[:, None] * jnp.exp((dh * dh + dw * dw) * blk_rate), None
 
-        zeros = jnp.zeros((block, b.shape[0]), a.dtype)
-        return jax.lax.scan(step, zeros, (blk_h, blk_w, blk_weight, b_h, b_w))[0]
+        zeros = jnp.zeros((block, b.shape[0]), b.dtype)
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)
+        total = jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
+        return jax.lax.dynamic_update_slice_in_dim(affinity, total, start, 0)
 
-    blocks = (num_nodes + pad) // block
-
-    def by_block(x):
-        return x.reshape(x.shape[0], blocks, block).transpose(1, 0, 2)
-
-    affinity = jax.lax.map(one_block, (by_block(a_h), by_block(a_w), by_block(weight_n),
-                                       rate.reshape(blocks, block)))
-    affinity = affinity.reshape(-1, b.shape[0])[:num_nodes]
+    affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
+                                 jnp.zeros((num_nodes, b.shape[0]), b.dtype))
     if axis_name is not None:
         affinity = jax.lax.psum(affinity, axis_name)
     affinity = jnp.where(cands.valid, affinity, -jnp.inf)

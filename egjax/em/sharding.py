@@ -40,7 +40,7 @@ def sharded(body, mesh: Mesh, quantized: bool, flips: bool, parent, records_type
     maps and per-image records split along the images, node parameters replicated.
     `parent` is the LayerConfig of the layer above (None for the top layer)."""
     per_image = P(None, AXIS)
-    out_specs = (P(), P(), P(), records_type(per_image, per_image, P(AXIS), per_image, per_image))
+    out_specs = (P(), P(), P(), records_type(*[P(AXIS)] * len(records_type._fields)))
     parent_spec = None if parent is None else LayerFit(
         coord=P(), deform=P(), parents=P(), score=per_image, pos=per_image, flip=P(AXIS),
         alt_score=per_image, alt_pos=per_image, config=parent)
