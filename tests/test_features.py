@@ -163,3 +163,21 @@ def test_progress_reports_rate_and_can_be_silenced(params, images, capsys):
     F.extract_features(MODEL, params, META, images[:2], TAPS, quiet=False)
     err = capsys.readouterr().err
     assert "2/2 images" in err and "images/s" in err
+
+
+def test_winograd_kernels_are_kept_for_the_same_params_only(images, monkeypatch):
+    """Repeated runs on the same (jax) params transform their kernels once; other params get
+    their own, and every run equals the model applied directly."""
+    model = VGG16(width=0.5, head=None)          # conv4_x, conv5_x: 256 outputs, by Winograd
+    meta = ModelMeta(source="test", width=0.5, head=None, preprocessing="caffe")
+    first, second = (jax.device_put(random_params(model, seed=s)) for s in (1, 2))
+    transforms = []
+    monkeypatch.setattr(F, "_winograd_kernels", lambda m, p: transforms.append(p) or
+                        jax.jit(F.winograd_kernels, static_argnums=0)(m, p))
+    for params in (first, first, second, first):
+        got = F.extract_features(model, params, meta, images[:2], ("conv5_3",), flip=False,
+                                 batch_size=1, quiet=True).maps["conv5_3"]
+        want = model.apply({"params": params}, preprocess(images[:2], meta),
+                           taps=("conv5_3",))["conv5_3"]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    assert [p is first for p in transforms] == [True, False, True]

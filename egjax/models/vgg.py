@@ -16,6 +16,7 @@ at full precision on every backend.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,6 +31,7 @@ from egjax.saliency import perturbation_name
 HEADS = ("fc", "gap", None)
 FC_UNITS = 4096
 FC_MAP_SIZE = 7
+WINOGRAD = "winograd"   # variable collection of pre-transformed kernels (`winograd_kernels`)
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
@@ -147,10 +149,12 @@ class VGG16(nn.Module):
                 if done:
                     return out
                 continue
+            transformed = (self.get_variable(WINOGRAD, layer.name)
+                           if self.has_variable(WINOGRAD, layer.name) else None)
+            conv = functools.partial(winograd.conv_general_dilated, transformed=transformed)
             x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                         padding=((layer.padding, layer.padding),) * 2,
-                        precision=precision, conv_general_dilated=winograd.conv_general_dilated,
-                        name=layer.name)(x)
+                        precision=precision, conv_general_dilated=conv, name=layer.name)(x)
             x, done = keep(layer.name, x)
             if done:
                 return out
@@ -184,6 +188,17 @@ def _check_images(images) -> None:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"images must be float (preprocessed; see egjax.models.preprocess), "
                          f"got {dtype}")
+
+
+def winograd_kernels(model: VGG16, params) -> dict:
+    """{conv name: `winograd.transform_kernel` of its kernel} for the convs that run by
+    Winograd on this backend. Pass them to `model.apply` as the `WINOGRAD` collection,
+    `{"params": params, WINOGRAD: kernels}`, when applying the same params many times: each
+    call then skips the transform (VGG-16's kernels are 58 MB; at one image per call their
+    transform takes about as long as a third of the image's convolutions)."""
+    return {layer.name: winograd.transform_kernel(params[layer.name]["kernel"])
+            for layer in model.layers
+            if layer.kind == "conv" and winograd.pays(params[layer.name]["kernel"].shape)}
 
 
 def param_shapes(model: VGG16) -> dict:

@@ -27,20 +27,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 NHWC_HWIO = ("NHWC", "HWIO", "NHWC")
 MIN_FEATURES = 256
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+KRON_G = np.kron(G, G)     # [16, 9]: row 4a + b, column 3i + j holds G[a, i] G[b, j]
 
 
 def _input_rows(d: list) -> list:
     """B^T applied along one axis to the 4 slices d[0..3] of a tile."""
     return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
-
-
-def _kernel_rows(g: list) -> list:
-    """G applied along one axis to the 3 slices g[0..2] of a kernel."""
-    return [g[0], (g[0] + g[1] + g[2]) * 0.5, (g[0] - g[1] + g[2]) * 0.5, g[2]]
 
 
 def _output_rows(m: list) -> list:
@@ -49,13 +47,22 @@ def _output_rows(m: list) -> list:
 
 
 def transform_kernel(kernel: jax.Array) -> jax.Array:
-    """[3, 3, C, O] (HWIO) -> G g G^T as [16, C, O] (index 4 * row + column)."""
-    rows = _kernel_rows([kernel[0], kernel[1], kernel[2]])
-    return jnp.stack([u for row in rows for u in _kernel_rows([row[0], row[1], row[2]])])
+    """[3, 3, C, O] (HWIO) -> G g G^T as [16, C, O] (index 4 * row + column).
+
+    One product `kron(G, G) [16, 9] @ kernel [9, C*O]`, which reads the kernel once: it runs
+    on every call (VGG-16's kernels are 58 MB), so at one image per call its memory traffic
+    is a sizeable part of the time.
+    """
+    _, _, channels, features = kernel.shape
+    product = jnp.dot(jnp.asarray(KRON_G, kernel.dtype), kernel.reshape(9, -1),
+                      precision=lax.Precision.HIGHEST)
+    return product.reshape(16, channels, features)
 
 
-def conv3x3(images: jax.Array, kernel: jax.Array, precision=lax.Precision.HIGHEST) -> jax.Array:
-    """[N, H, W, C] * [3, 3, C, O] -> [N, H, W, O]: stride 1, zero padding 1, by F(2x2, 3x3)."""
+def conv3x3(images: jax.Array, kernel: jax.Array, precision=lax.Precision.HIGHEST,
+            transformed: jax.Array | None = None) -> jax.Array:
+    """[N, H, W, C] * [3, 3, C, O] -> [N, H, W, O]: stride 1, zero padding 1, by F(2x2, 3x3).
+    `transformed`: the kernel's `transform_kernel`, where it is already computed."""
     n, height, width, _ = images.shape
     tiles_h, tiles_w = -(-height // 2), -(-width // 2)
     padded = jnp.pad(images, ((0, 0), (1, 1 + 2 * tiles_h - height),
@@ -63,7 +70,9 @@ def conv3x3(images: jax.Array, kernel: jax.Array, precision=lax.Precision.HIGHES
     rows = _input_rows([padded[:, k:k + 2 * tiles_h:2] for k in range(4)])
     tiles = jnp.stack([v for row in rows
                        for v in _input_rows([row[:, :, k:k + 2 * tiles_w:2] for k in range(4)])])
-    products = jnp.einsum("tnhwc,tco->tnhwo", tiles, transform_kernel(kernel), precision=precision)
+    if transformed is None:
+        transformed = transform_kernel(kernel)
+    products = jnp.einsum("tnhwc,tco->tnhwo", tiles, transformed, precision=precision)
     products = products.reshape(4, 4, *products.shape[1:])
     out_rows = _output_rows([products[0], products[1], products[2], products[3]])
     quads = [jnp.stack(_output_rows([row[0], row[1], row[2], row[3]]), axis=3) for row in out_rows]
@@ -71,20 +80,28 @@ def conv3x3(images: jax.Array, kernel: jax.Array, precision=lax.Precision.HIGHES
     return out[:, :height, :width]
 
 
+def pays(kernel_shape: tuple) -> bool:
+    """Whether a conv with this HWIO kernel shape runs by Winograd (given stride 1, padding 1):
+    on CPU, 3x3 kernels with at least MIN_FEATURES outputs."""
+    return (jax.default_backend() == "cpu" and tuple(kernel_shape[:2]) == (3, 3)
+            and kernel_shape[3] >= MIN_FEATURES)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
-    """`lax.conv_general_dilated`, computed by `conv3x3` on CPU where that applies and pays (a
-    3x3 HWIO kernel with >= MIN_FEATURES outputs on NHWC input, stride 1, padding 1, no
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         transformed=None, **kwargs):
+    """`lax.conv_general_dilated`, computed by `conv3x3` (from the `transformed` kernel where
+    given) where that applies and `pays` (NHWC input, HWIO kernel, stride 1, padding 1, no
     dilation, one group); for `nn.Conv`."""
     plain = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC_HWIO)
-    applies = (jax.default_backend() == "cpu" and tuple(rhs.shape[:2]) == (3, 3)
-               and rhs.shape[3] >= MIN_FEATURES
+    applies = (pays(rhs.shape)
                and tuple(window_strides) == (1, 1)
                and not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1)] * 2
                and all(d in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
                and feature_group_count == 1 and dimension_numbers == plain and not kwargs)
     if applies:
-        return conv3x3(lhs, rhs, lax.Precision.HIGHEST if precision is None else precision)
+        return conv3x3(lhs, rhs, lax.Precision.HIGHEST if precision is None else precision,
+                       transformed)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, precision=precision,
                                     **kwargs)
