@@ -49,9 +49,8 @@ def _output_rows(m: list) -> list:
 def transform_kernel(kernel: jax.Array) -> jax.Array:
     """[3, 3, C, O] (HWIO) -> G g G^T as [16, C, O] (index 4 * row + column).
 
-    One product `kron(G, G) [16, 9] @ kernel [9, C*O]`, which reads the kernel once: it runs
-    on every call (VGG-16's kernels are 58 MB), so at one image per call its memory traffic
-    is a sizeable part of the time.
+    One product `kron(G, G) [16, 9] @ kernel [9, C*O]`, which reads the kernel once. A conv
+    given no pre-transformed kernel (`vgg.winograd_kernels`) runs this in every call.
     """
     _, _, channels, features = kernel.shape
     product = jnp.dot(jnp.asarray(KRON_G, kernel.dtype), kernel.reshape(9, -1),
