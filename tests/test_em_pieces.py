@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.batching import masked_sum, scan_chunks
 from egjax.em.competition import competition
-from egjax.em.estep import competition_positions, infer, statistics
-from egjax.em.evidence import ORIGINAL_PI, kernel_table
+from egjax.em.estep import Inference, competing_mass, competition_positions, infer, statistics
+from egjax.em.evidence import ORIGINAL_PI, evidence_in_order, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.windows import as_maps
 
@@ -108,6 +109,64 @@ def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filte
             jw, jh = np.unravel_index(np.argmin(dist), dist.shape)          # first on ties
             expected[iw * p + ih, v, ch] += prior[jw, u, ch] * prior[jh, u, ch] * scale[u, ch]
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_original_competition_decides_float32_ties_as_float64_does():
+    """compat="original" in float32: integer centres put candidates exactly on the edge of
+    other nodes' boxes and halfway between their candidates; the comparisons must go as
+    the original's float64 ones go (brute force in float64 on the original's positions)."""
+    rng = np.random.default_rng(3)
+    cfg = LayerConfig(map_size=28, stride=8, center=3.5, density=0.05)
+    k, c, p = 6, 8, 6
+    coord = jnp.asarray(rng.integers(4, 24, (2, k, c)), jnp.float32)
+    deform = jnp.asarray(rng.choice([0.3, 0.5, 0.7, 1.0, 1.3], (k, c)), jnp.float32)
+    node_q = layer_lib.nodes(coord, deform, jnp.full((k, c), 4.2, jnp.float32),
+                             setup_for(cfg, original=True))
+    scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)), jnp.float32)
+    got = np.asarray(jax.jit(competing_mass)(Inference(coord, scale, None, None), node_q))
+    table = offset_table(cfg)
+    h = np.asarray(node_q.half_range)
+    positions = (np.asarray(coord, np.float64) + 1)[:, None] + np.moveaxis(table[h], -1, 0)
+    prior, scale = np.asarray(node_q.prior_axis, np.float64), np.asarray(scale, np.float64)
+    expected = np.zeros_like(got, np.float64)
+    for ch, v, iw, ih in np.ndindex(c, k, p, p):
+        t = positions[0, ih, v, ch], positions[1, iw, v, ch]
+        for u in range(k):
+            gh, gw = positions[0, :, u, ch], positions[1, :, u, ch]
+            if not (gh[0] <= t[0] <= gh[-1] and gw[0] <= t[1] <= gw[-1]):
+                continue
+            jh = next(i for i in range(p) if i == p - 1
+                      or not (t[0] - gh[i + 1]) ** 2 < (t[0] - gh[i]) ** 2)
+            jw = next(i for i in range(p) if i == p - 1
+                      or not (t[1] - gw[i + 1]) ** 2 < (t[1] - gw[i]) ** 2)
+            expected[iw * p + ih, v, ch] += prior[jw, u, ch] * prior[jh, u, ch] * scale[u, ch]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_original_evidence_of_mirrored_candidates_ties_exactly_when_compiled():
+    """The same products summed in opposite orders tie exactly, as in the original: the
+    compiled sum rounds every product before adding it (no fused multiply-add)."""
+    rng = np.random.default_rng(4)
+    w = rng.uniform(0, 0.05, (2, 500)).astype(np.float32)
+    weights = jnp.asarray(np.stack([w, w[::-1]])[:, :, None])          # [J=2, Q=2, K=1, C]
+    values = jnp.asarray(np.repeat(rng.uniform(0, 3, (1, 500, 1)), 2, -1), jnp.float32)
+    total = jax.jit(evidence_in_order)(values, weights)                  # [2, 1, 500]
+    np.testing.assert_array_equal(total[0], total[1])
+
+
+def test_original_variance_cut_keeps_float64_ties_in_index_order_in_float32():
+    """Nodes whose positions form the same pattern up to a shift have equal variances; the
+    original's stable float64 sort drops the lower index first. float32 rounds the two
+    variances apart (here the second one lower); the cut must still drop the first."""
+    pattern = np.array([0, 1, 1, 0, -2 / 3, 0, 1, 0, 0, 1 / 3])
+    rows = [4 + pattern / 4, 3 + pattern + 4 / 7, 8 + 2 * pattern, 5 + pattern + 4 / 7]
+    pos = jnp.asarray(np.stack([rows, rows], -1), jnp.float32)                # [U=4, N, 2]
+    variance = np.asarray(jnp.sum(parents_lib.image_var(pos, 1, 10, None), -1))
+    assert variance[3] < variance[1]                  # float32 alone would drop node 3
+    score = jnp.ones((4, 10), jnp.float32)
+    order, kept = parents_lib.survivors(score, pos, CFG, CFG, True, 10, None)
+    np.testing.assert_array_equal(np.asarray(order), [0, 1, 2, 3])
+    np.testing.assert_array_equal(np.asarray(kept), [False, False, True, True])
 
 
 def test_prior_from_a_single_parent_is_that_parent():

@@ -62,42 +62,26 @@ def test_whole_graph_matches_the_original(x64, name):
         np.testing.assert_allclose(fit.score, out["score"], rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(fit.alt_score, out["alt_score"], rtol=1e-6, atol=1e-12)
         np.testing.assert_array_equal(fit.flip, out["flip"])
-        # At most one tied (node, image) pair per layer in these runs (0.08 %).
+        # small: none; small_copy: one tied (node, image) pair, in layer 1 (0.08 %).
         assert_positions_match(fit.pos, out["pos"], fit.score, out["score"], 0.002)
         if out["parents"].size:
             same = np.all(np.asarray(fit.parents) == out["parents"], axis=1)
             assert same.mean() >= 0.995
 
 
-def test_float32_first_iteration_matches_the_original():
-    """float32: the first EM iteration of every layer of `small` against the original's trace.
-
-    (Whole float32 fits do not stay within 0.05 cells of float64 ones: the EM amplifies
-    the different rounding of exactly tied candidates; see the module docstring.)
-    """
+def test_float32_whole_graph_matches_the_original():
+    """float32: a whole fit of `small` puts >= 98 % of (node, image) positions of every layer
+    within 0.05 cells of the original's, with the same flips. The ties the original decides
+    by its float64 rounding are decided as it decides them (see `competing_mass`,
+    `evidence_in_order`, `parents.survivors`); without that, 91 / 17 / 1 / 1 %."""
     ref = reference.load("small")
-    trace = np.load(reference.REFERENCE / "trace_small.npz")
-    last = len(ref.config.layers)
-    flip = jnp.asarray(trace[f"L{last}_it20_flip_record"] > 0)
-    for index, cfg in enumerate(ref.config.layers):
-        top = index == last - 1
-        setup = layer_lib.Setup(cfg=cfg, parent=None if top else ref.config.layers[index + 1],
-                                flips=True, original=True, num_images=ref.maps[index].shape[0])
-        plain = as_maps(jnp.asarray(ref.maps[index]), jnp.float32)
-        mirrored = as_maps(jnp.asarray(ref.flipped[index]), jnp.float32)
-        data = layer_lib.LayerData(plain, mirrored, None if top else flip, None)
-        init = ref.init[index]
-        state = layer_lib.init(jnp.asarray(np.moveaxis(init["coord"], -1, 0).swapaxes(1, 2),
-                                           jnp.float32),
-                               jnp.asarray(init["deform"].T, jnp.float32), ref.maps[index].shape[0],
-                               setup)
-        state = layer_lib.iteration(state, jnp.float32(1), data, setup)
-        prefix = f"L{index + 1}_it1_"
-        ref_pos = trace[prefix + "pos_record"].transpose(1, 2, 0) - 1
-        pos = np.asarray(layer_lib.public_nodes(state.pos))
-        assert (np.abs(pos - ref_pos).max(-1) <= 0.05).mean() >= 0.98
-        np.testing.assert_allclose(np.asarray(state.coord).transpose(2, 1, 0),
-                                   trace[prefix + "coord"].transpose(2, 1, 0) - 1, atol=0.05)
+    graph = fit_graph(ref.maps, ref.config, key=jax.random.key(0), flipped_maps=ref.flipped,
+                      init=ref.init, compat="original")
+    for index, (fit, out) in enumerate(zip(graph.layers, ref.out)):
+        assert fit.pos.dtype == jnp.float32
+        near = np.abs(np.asarray(fit.pos) - out["pos"]).max(-1) <= 0.05
+        assert near.mean() >= 0.98, f"layer {index}: {near.mean():.3f}"
+        np.testing.assert_array_equal(fit.flip, out["flip"])
 
 
 def test_medium_top_layer_matches_the_original(x64):
@@ -156,7 +140,7 @@ def test_medium_last_iteration_matches_the_original(x64):
                                                          maps) for maps in (plain, mirrored)))
         inference = infer(image, nodes, jnp.asarray(np.moveaxis(shift[:, :, n], -1, 0)),
                           scale[:, n].reshape(k, c), in_order=True)
-        stats = statistics(inference, nodes, competing_mass(inference, nodes, True),
+        stats = statistics(inference, nodes, competing_mass(inference, nodes),
                            cfg.tau_rate)
         mass, gradient = mass + stats.responsibility_mass, gradient + stats.gradient
         score.append(np.asarray(stats.score).T.ravel())

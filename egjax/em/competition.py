@@ -94,7 +94,7 @@ def _competition(positions, prior_axis, scale, exact, block, unroll):
                 term = jax.lax.optimization_barrier(term)
             return total + term
 
-        zeros = jnp.zeros((block, p, p, c), positions.dtype)
+        zeros = jnp.zeros((block, p, p, c), prior.dtype)
         return jax.lax.fori_loop(0, k, add, zeros, unroll=math.gcd(unroll, k))
 
     total = jax.lax.map(one_block, targets).reshape(k, p, p, c)

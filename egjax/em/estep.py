@@ -27,7 +27,8 @@ class Nodes(NamedTuple):
     candidate offsets per axis; `sigma [K,C]` the spatial prior's scale and
     `prior_axis [P,K,C]` the prior per axis, `N(d_i; 0, sigma)`; `weights` evidence weights:
     `[H+1, J, Q]` shared by half-range, or `[J, Q, K, C]` per node when they are summed in
-    the original's order (`in_order`).
+    the original's order (`in_order`); `exact_offsets [P,K,C]` the offsets in float64 when
+    the competition compares candidates as the original does (`competing_mass`), else None.
     """
 
     coord: jnp.ndarray
@@ -36,6 +37,7 @@ class Nodes(NamedTuple):
     sigma: jnp.ndarray
     prior_axis: jnp.ndarray
     weights: jnp.ndarray
+    exact_offsets: jnp.ndarray | None = None
 
 
 class Inference(NamedTuple):
@@ -116,10 +118,23 @@ def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndar
     return jax.lax.optimization_barrier(one_based)
 
 
-def competing_mass(inference: Inference, nodes: Nodes, exact: bool) -> jnp.ndarray:
-    """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`)."""
-    positions = competition_positions(inference.center, nodes.offsets)
-    return competition(positions, nodes.prior_axis, inference.scale, exact)
+def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
+    """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`).
+
+    With `nodes.exact_offsets`, candidates are compared as the original compares them: by
+    squared distance, in float64 whatever the compute dtype. Integer centres make many of
+    those comparisons ties in exact arithmetic (a candidate on the edge of another node's
+    box, or halfway between two of its candidates), and the original's float64 rounding
+    decides them; float32 rounding decides them differently for about a third of the
+    competing masses of `small`'s first iteration, which sends the whole fit elsewhere.
+    """
+    if nodes.exact_offsets is None:
+        positions = competition_positions(inference.center, nodes.offsets)
+        return competition(positions, nodes.prior_axis, inference.scale, exact=False)
+    with jax.enable_x64(True):
+        positions = competition_positions(inference.center.astype(jnp.float64),
+                                          nodes.exact_offsets)
+        return competition(positions, nodes.prior_axis, inference.scale, exact=True)
 
 
 def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:

@@ -89,6 +89,11 @@ def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
 
     Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
     the last bit of these sums, so reproducing the original's tie-breaking takes its order.
+    The `where` (a no-op: the values are >= 0 and the weights finite) keeps the compiler
+    from fusing a product into the sum as a multiply-add: that rounds once instead of twice,
+    so two mirrored candidates summing the same products in opposite orders would no
+    longer tie, and the first of them would no longer win as in the original.
     """
-    products = jax.lax.optimization_barrier(weights * jnp.moveaxis(values, -1, 0)[None])
+    cells = jnp.moveaxis(values, -1, 0)[None]
+    products = jnp.where(cells != 0, weights * cells, 0)
     return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])

@@ -143,7 +143,11 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Se
     else:
         weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
     offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), coord.dtype)[h], -1, 0)
-    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights)
+    exact_offsets = None
+    if setup.original:
+        with jax.enable_x64(True):
+            exact_offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), jnp.float64)[h], -1, 0)
+    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights, exact_offsets)
 
 
 def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool):
@@ -214,12 +218,11 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
                                             setup.slots, setup.scale_to_child)
         sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.coord, state.deform, sigma, setup)
-    exact = setup.original
     if top:
         # The prior is the same in every image, and so is the competition.
         ones = jnp.ones((k, c), state.coord.dtype)
         fixed = Inference(state.coord, ones, None, None)
-        competing = competing_mass(fixed, node_q, exact)
+        competing = competing_mass(fixed, node_q)
 
     choose = data.flip is None    # else each image's orientation is given
 
@@ -228,7 +231,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
             shift, scale = jnp.zeros_like(state.coord), ones
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
                                               scale, t, setup.original)
-        rivals = competing if top else competing_mass(inference, node_q, exact)
+        rivals = competing if top else competing_mass(inference, node_q)
         stats = statistics(inference, node_q, rivals, cfg.tau_rate)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)

@@ -53,6 +53,8 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
     num = score.shape[0]
     order = jnp.argsort(-image_sum(score, 1, axis_name), stable=True)
     variance = jnp.sum(image_var(pos, 1, num_images, axis_name), axis=-1)
+    if original and variance.dtype == jnp.float32:
+        variance = _tie_float32_noise(variance)
     lowest = jnp.argsort(variance, stable=True)[: math.ceil(num * LOW_VARIANCE_FRACTION)]
     dropped = jnp.zeros(num, bool).at[lowest].set(True)
     mean = image_mean(pos, 1, num_images, axis_name)
@@ -64,6 +66,18 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
         margin = jnp.min(jnp.minimum(mean + 0.5, size - 0.5 - mean), axis=-1)
     dropped = dropped | (margin < size * EDGE_FRACTION)
     return order, ~dropped[order]
+
+
+def _tie_float32_noise(x: jnp.ndarray, bits: int = 16) -> jnp.ndarray:
+    """`x` rounded to `bits` significant bits, so that values equal in exact arithmetic,
+    which float32 rounds apart, compare equal and the stable sort takes them in index order
+    as the original's float64 sort does.
+
+    For the variance cut: nodes whose positions form the same pattern up to a shift have
+    equal variances; on `small` two of them sit on either side of the cut.
+    """
+    mantissa, exponent = jnp.frexp(x)
+    return jnp.ldexp(jnp.round(mantissa * 2**bits) / 2**bits, exponent)
 
 
 def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots: int,
