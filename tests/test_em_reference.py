@@ -3,9 +3,11 @@
 In float64 with `compat="original"`, egjax reproduces the original's arithmetic closely
 enough that whole fits agree to ~1e-14 -- except where the original chose between two
 candidates whose values tie exactly in exact arithmetic: there its choice is decided by the
-last bit of its floating-point noise (its libm `exp`, its summation order), which no other
-implementation shares. Such ties are rare but the EM amplifies them; the tests below say
-exactly where they are allowed.
+last bit of its floating-point noise (its libm `exp`, its order of multiplying the parents'
+factors), which no other implementation shares; the original itself moves as far when that
+last bit changes (README). Such ties are rare but the EM amplifies them; the tests below say
+exactly where they are allowed. In float32 the ties that integer node centres and mirrored
+candidates create are decided as the original's float64 arithmetic decides them.
 """
 
 
