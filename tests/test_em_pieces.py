@@ -84,21 +84,12 @@ def test_lone_node_competition_is_its_own_prior():
     np.testing.assert_allclose(competing, along_w * along_h, rtol=1e-6)
 
 
-@pytest.mark.parametrize("filters", [128, 2])   # all filters at once; two groups of two
-@pytest.mark.parametrize("exact", [True, False])
-def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filters):
-    rng = np.random.default_rng(1)
-    k, c, p = 5, 4, 6
-    coord = jnp.asarray(rng.uniform(2, 9, (2, k, c)))
-    deform = jnp.asarray(rng.uniform(0.3, 1.5, (k, c)))
-    node_q = layer_lib.nodes(coord, deform, jnp.asarray(rng.uniform(0.5, 2, (k, c))),
-                             setup_for())
-    scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)))
-    positions = np.asarray(competition_positions(coord, node_q.offsets))
-    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact,
-                                 filters=filters))
-    prior = np.asarray(node_q.prior_axis)
-    expected = np.zeros_like(got)
+def brute_force_competition(positions, prior, scale):
+    """`getOtherProb.cpp` by its definition: for each candidate t of each node v, every node
+    u of the filter whose candidate box contains t adds its prior at its candidate nearest
+    to t (squared distance; the first in w-major order on ties). `positions [2, P, K, C]`."""
+    _, p, k, c = positions.shape
+    expected = np.zeros((p * p, k, c), prior.dtype)
     for ch, v, iw, ih in np.ndindex(c, k, p, p):
         t = positions[0, ih, v, ch], positions[1, iw, v, ch]
         for u in range(k):
@@ -108,6 +99,24 @@ def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filte
             dist = (t[0] - gh[None, :]) ** 2 + (t[1] - gw[:, None]) ** 2      # [w, h]
             jw, jh = np.unravel_index(np.argmin(dist), dist.shape)          # first on ties
             expected[iw * p + ih, v, ch] += prior[jw, u, ch] * prior[jh, u, ch] * scale[u, ch]
+    return expected
+
+
+@pytest.mark.parametrize("filters", [128, 2])   # all filters at once; two groups of two
+@pytest.mark.parametrize("exact", [True, False])
+def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filters):
+    rng = np.random.default_rng(1)
+    k, c = 5, 4
+    coord = jnp.asarray(rng.uniform(2, 9, (2, k, c)))
+    deform = jnp.asarray(rng.uniform(0.3, 1.5, (k, c)))
+    node_q = layer_lib.nodes(coord, deform, jnp.asarray(rng.uniform(0.5, 2, (k, c))),
+                             setup_for())
+    scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)))
+    positions = np.asarray(competition_positions(coord, node_q.offsets))
+    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact,
+                                 filters=filters))
+    expected = brute_force_competition(positions, np.asarray(node_q.prior_axis),
+                                       np.asarray(scale))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
@@ -117,29 +126,17 @@ def test_original_competition_decides_float32_ties_as_float64_does():
     the original's float64 ones go (brute force in float64 on the original's positions)."""
     rng = np.random.default_rng(3)
     cfg = LayerConfig(map_size=28, stride=8, center=3.5, density=0.05)
-    k, c, p = 6, 8, 6
+    k, c = 6, 8
     coord = jnp.asarray(rng.integers(4, 24, (2, k, c)), jnp.float32)
     deform = jnp.asarray(rng.choice([0.3, 0.5, 0.7, 1.0, 1.3], (k, c)), jnp.float32)
     node_q = layer_lib.nodes(coord, deform, jnp.full((k, c), 4.2, jnp.float32),
                              setup_for(cfg, original=True))
     scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)), jnp.float32)
     got = np.asarray(jax.jit(competing_mass)(Inference(coord, scale, None, None), node_q))
-    table = offset_table(cfg)
-    h = np.asarray(node_q.half_range)
-    positions = (np.asarray(coord, np.float64) + 1)[:, None] + np.moveaxis(table[h], -1, 0)
-    prior, scale = np.asarray(node_q.prior_axis, np.float64), np.asarray(scale, np.float64)
-    expected = np.zeros_like(got, np.float64)
-    for ch, v, iw, ih in np.ndindex(c, k, p, p):
-        t = positions[0, ih, v, ch], positions[1, iw, v, ch]
-        for u in range(k):
-            gh, gw = positions[0, :, u, ch], positions[1, :, u, ch]
-            if not (gh[0] <= t[0] <= gh[-1] and gw[0] <= t[1] <= gw[-1]):
-                continue
-            jh = next(i for i in range(p) if i == p - 1
-                      or not (t[0] - gh[i + 1]) ** 2 < (t[0] - gh[i]) ** 2)
-            jw = next(i for i in range(p) if i == p - 1
-                      or not (t[1] - gw[i + 1]) ** 2 < (t[1] - gw[i]) ** 2)
-            expected[iw * p + ih, v, ch] += prior[jw, u, ch] * prior[jh, u, ch] * scale[u, ch]
+    offsets = np.moveaxis(offset_table(cfg)[np.asarray(node_q.half_range)], -1, 0)
+    positions = (np.asarray(coord, np.float64) + 1)[:, None] + offsets
+    expected = brute_force_competition(positions, np.asarray(node_q.prior_axis, np.float64),
+                                       np.asarray(scale, np.float64))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
