@@ -24,9 +24,11 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 
     `target [B, P, C]` candidate positions of B target nodes, `grid [U, P, C]` those of the
     competing nodes, `prior [U, P, C]` their per-axis prior factor per candidate. Nearest:
-    the lower index on a tie. `exact` compares squared distances to neighbouring candidates
-    as the original does (deciding exact ties identically); else the target's coordinate on
-    u's grid is compared with the midpoints.
+    the lower index on a tie. `exact` compares squared distances to neighbouring candidates,
+    as the original does, so that exact ties go the same way (the original compares the sums
+    over both axes, which can round away a one-ulp difference along one axis; that has not
+    decided any of the reference runs); else the target's coordinate on u's grid is compared
+    with the midpoints.
     """
     num = grid.shape[1]
     t = target[None]                                  # [1, B, P, C]
