@@ -47,7 +47,9 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
 
     Drops the half of the nodes with the lowest positional variance over images, and those
     whose mean position lies within `0.1 S` of the border: the parent's S on all four sides,
-    or as the original, the child's S from the top/left side only (`original=True`).
+    or as the original, the child's S from the top/left side only (`original=True`; in
+    float32 it also orders variances equal to float32 rounding by index, as the original's
+    stable sort orders its exact ties).
     `score [U, N]`, `pos [U, N, 2]` -> `(order [U] int, kept [U] bool in that order)`.
     """
     num = score.shape[0]
