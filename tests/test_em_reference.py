@@ -64,7 +64,7 @@ def test_whole_graph_matches_the_original(x64, name):
         np.testing.assert_allclose(fit.score, out["score"], rtol=1e-6, atol=1e-12)
         np.testing.assert_allclose(fit.alt_score, out["alt_score"], rtol=1e-6, atol=1e-12)
         np.testing.assert_array_equal(fit.flip, out["flip"])
-        # small: none; small_copy: one tied (node, image) pair, in layer 1 (0.08 %).
+        # small: none; small_copy: one tied (node, image) pair, in layer 2 (index 1; 0.08 %).
         assert_positions_match(fit.pos, out["pos"], fit.score, out["score"], 0.002)
         if out["parents"].size:
             same = np.all(np.asarray(fit.parents) == out["parents"], axis=1)
@@ -75,7 +75,7 @@ def test_float32_whole_graph_matches_the_original():
     """float32: a whole fit of `small` puts >= 98 % of (node, image) positions of every layer
     within 0.05 cells of the original's, with the same flips. The ties the original decides
     by its float64 rounding are decided as it decides them (see `competing_mass`,
-    `evidence_in_order`, `parents.survivors`); without that, 91 / 17 / 1 / 1 %."""
+    `evidence_in_order`, `parents.survivors`); without that, 1 / 1 / 17 / 91 % bottom to top."""
     ref = reference.load("small")
     graph = fit_graph(ref.maps, ref.config, key=jax.random.key(0), flipped_maps=ref.flipped,
                       init=ref.init, compat="original")
