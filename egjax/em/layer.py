@@ -142,11 +142,12 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Se
         weights = jnp.transpose(table[h, window], (2, 3, 0, 1))
     else:
         weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
-    offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), coord.dtype)[h], -1, 0)
+    grid = offset_table(cfg)
+    offsets = jnp.moveaxis(jnp.asarray(grid, coord.dtype)[h], -1, 0)
     exact_offsets = None
     if setup.original:
         with jax.enable_x64(True):
-            exact_offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), jnp.float64)[h], -1, 0)
+            exact_offsets = jnp.moveaxis(jnp.asarray(grid, jnp.float64)[h], -1, 0)
     return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights, exact_offsets)
 
 

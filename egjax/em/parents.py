@@ -70,8 +70,8 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
     return order, ~dropped[order]
 
 
-def _tie_float32_noise(x: jnp.ndarray, bits: int = 16) -> jnp.ndarray:
-    """`x` rounded to `bits` significant bits, so that values equal in exact arithmetic,
+def _tie_float32_noise(x: jnp.ndarray) -> jnp.ndarray:
+    """`x` rounded to 16 significant bits, so that values equal in exact arithmetic,
     which float32 rounds apart, compare equal and the stable sort takes them in index order
     as the original's float64 sort does.
 
@@ -79,7 +79,7 @@ def _tie_float32_noise(x: jnp.ndarray, bits: int = 16) -> jnp.ndarray:
     equal variances; on `small` two of them sit on either side of the cut.
     """
     mantissa, exponent = jnp.frexp(x)
-    return jnp.ldexp(jnp.round(mantissa * 2**bits) / 2**bits, exponent)
+    return jnp.ldexp(jnp.round(mantissa * 2**16) / 2**16, exponent)
 
 
 def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots: int,
