@@ -219,6 +219,52 @@ def test_parent_selection_matches_its_definition():
     np.testing.assert_array_equal(got, expected)
 
 
+def _select_as_get_cur_distribution(child_pos, best, deviation, child, upper, top_n):
+    """`getCurDistribution.m`'s parent selection, step by step as Octave computes it:
+    1-based positions, means added image by image, pixel deviations, the squared distances'
+    mean added in column order, glibc's exp, sums added image by image, a stable sort."""
+    pos = child_pos + 1                                                  # [N, 2, V]
+    total = np.zeros(pos.shape[1:])
+    for image in pos:
+        total = total + image
+    a = (child.center + 1) + ((pos - total / len(pos)) - 1) * child.stride
+    b = (upper.center + 1) + (deviation - 1) * upper.stride              # [M, N, 2]
+    order = []
+    for v in range(pos.shape[-1]):
+        squared = (a[:, 0, v] - b[..., 0]) ** 2                          # [M, N]
+        squared = squared + (a[:, 1, v] - b[..., 1]) ** 2
+        mean = 0.0
+        for value in squared.T.ravel():
+            mean = mean + value
+        mean = mean / squared.size
+        terms = np.array([[math.exp(x) for x in row] for row in -squared / (2 * mean)])
+        affinity = np.zeros(len(b))
+        for n in range(len(pos)):
+            affinity = affinity + terms[:, n] * best[n, v]
+        order.append(np.argsort(-affinity, kind="stable")[:top_n])
+    return np.array(order)
+
+
+def test_original_parent_selection_rounds_as_the_original(x64):
+    """compat="original": the whole ranking of the candidates is the one Octave computes
+    from `getCurDistribution.m`, on lattice positions as the E-step produces them. (That
+    its roundings decide the near-ties of real fits as the original's do is shown by the
+    whole fit of `medium`, tests/test_em_reference.py.)"""
+    rng = np.random.default_rng(4)
+    num, children, slots = 7, 12, 9
+    upper = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1)
+    child_pos = rng.integers(0, 36, (num, 2, children)) / 3
+    base = rng.integers(-6, 7, (slots // 2, num, 2)) / 3
+    deviation = np.concatenate([base, -base, rng.integers(-6, 7, (1, num, 2)) / 3])
+    best = rng.integers(1, 4, (num, children)) / 4
+    cands = parents_lib.Candidates(jnp.arange(slots), jnp.ones(slots, bool),
+                                   jnp.asarray(deviation), jnp.ones(slots))
+    got = parents_lib.select(jnp.asarray(child_pos), jnp.asarray(best), cands, slots, CFG,
+                             upper, True, num, None, block=5)
+    expected = _select_as_get_cur_distribution(child_pos, best, deviation, CFG, upper, slots)
+    np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize("num, chunk", [(11, 4), (8, 4), (3, 8)])
 def test_scan_chunks_counts_every_image_once_and_records_all(num, chunk):
     values = jnp.arange(1, num + 1, dtype=jnp.float32)

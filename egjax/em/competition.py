@@ -16,6 +16,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from egjax.em.ieee import rounded
+
 
 def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
                  exact: bool) -> jnp.ndarray:
@@ -93,7 +95,7 @@ def _competition(positions, prior_axis, scale, exact, block, unroll):
         def add(u, total):   # u's prior at its nearest candidate, (N_w N_h) lambda, in order
             term = along_w[u][:, :, None, :] * along_h[u][:, None, :, :] * scale[u]
             if exact:   # round the term before adding it, as the original (no fused multiply-add)
-                term = jax.lax.optimization_barrier(term)
+                term = rounded(term)
             return total + term
 
         zeros = jnp.zeros((block, p, p, c), prior.dtype)

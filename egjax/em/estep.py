@@ -8,6 +8,7 @@ gives the batch. Candidates are flat, w-major: `j = iw * P + ih`. Node arrays ar
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from egjax.em.competition import competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, evidence_in_order
 from egjax.em.grid import round_half_away
+from egjax.em.ieee import divide, exp_as_original, in_order_mean, rounded
 from egjax.em.windows import Maps, window_values
 
 
@@ -66,8 +68,11 @@ class ImageStats(NamedTuple):
     best: jnp.ndarray
 
 
-def gauss(d: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
-    """Normal density `N(d; 0, sigma)`."""
+def gauss(d: jnp.ndarray, sigma: jnp.ndarray, original: bool = False) -> jnp.ndarray:
+    """Normal density `N(d; 0, sigma)`; `original`: as `getGauss` rounds it."""
+    if original:
+        exponent = divide(-(d * d), 2 * (sigma * sigma))
+        return divide(exp_as_original(exponent), math.sqrt(2 * ORIGINAL_PI) * sigma)
     return jnp.exp(-(d * d) / (2 * (sigma * sigma))) / (math.sqrt(2 * ORIGINAL_PI) * sigma)
 
 
@@ -91,9 +96,10 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
     """Spatial prior and evidence of every candidate of every node in one image.
 
     `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the parents;
-    `in_order` sums the evidence in the original's order (`evidence_in_order`).
+    `in_order` computes as the original: the centre shifted in its 1-based frame, the
+    evidence summed in its order (`evidence_in_order`).
     """
-    center = nodes.coord + shift
+    center = ((nodes.coord + 1) + shift) - 1 if in_order else nodes.coord + shift
     prior_h, prior_w = split_axes(nodes.prior_axis)
     spatial_prior = prior_w * prior_h * scale
     cells = round_half_away(center).astype(jnp.int32)
@@ -138,12 +144,15 @@ def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
         return competition(positions, nodes.prior_axis, inference.scale, exact=True)
 
 
-def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
-    """Position `[2,K,C]` of flat candidate `index [K,C]` (w-major) of nodes centred at `center`."""
+def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,
+                    original: bool = False) -> jnp.ndarray:
+    """Position `[2,K,C]` of flat candidate `index [K,C]` (w-major) of nodes centred at
+    `center`; `original`: added in the original's 1-based frame."""
     num = offsets.shape[0]
     offset_h = jnp.take_along_axis(offsets, (index % num)[None], 0)[0]
     offset_w = jnp.take_along_axis(offsets, (index // num)[None], 0)[0]
-    return center + jnp.stack([offset_h, offset_w])
+    offset = jnp.stack([offset_h, offset_w])
+    return ((center + 1) + offset) - 1 if original else center + offset
 
 
 def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -174,7 +183,7 @@ class _Running(NamedTuple):
 
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
-               tau_rate: float) -> ImageStats:
+               tau_rate: float, original: bool = False) -> ImageStats:
     """Competition-normalised responsibilities and the sufficient statistics of one image.
 
     `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`;
@@ -182,24 +191,32 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
     the inferred candidate (`best_candidate`). One pass over the candidates in order, with
     `[K, C]` accumulators, P candidates per loop step: XLA:CPU compiles reductions over the
     leading axis of `[J, K, C]` (and argmax) to scalar code, while this loop's updates
-    vectorise across filters and stay in cache. `pi` is recomputed per candidate from its per-axis factors, as `infer` does.
+    vectorise across filters and stay in cache. `pi` is recomputed per candidate from its
+    per-axis factors, as `infer` does. `original` rounds as the original does: every
+    product before it is added, `tau` from the sums over candidates.
     """
     num = nodes.offsets.shape[0]
     prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
-    # sum_cand pi = lambda * (sum_i N(d_i))^2: the prior is separable.
-    tau = tau_rate * jnp.mean(scale * jnp.sum(prior, axis=0) ** 2)
-    step = nodes.offsets / (nodes.sigma * nodes.sigma)
+    keep = rounded if original else (lambda x: x)
+    if original:   # mean over nodes in the original's order (c * K + k) of sum_cand pi
+        per_node = functools.reduce(jnp.add, [keep(prior[j // num] * prior[j % num] * scale)
+                                              for j in range(num * num)])
+        tau = tau_rate * in_order_mean(per_node.T.reshape(-1))
+        step = divide(nodes.offsets, nodes.sigma * nodes.sigma)
+    else:   # sum_cand pi = lambda * (sum_i N(d_i))^2: the prior is separable.
+        tau = tau_rate * jnp.mean(scale * jnp.sum(prior, axis=0) ** 2)
+        step = nodes.offsets / (nodes.sigma * nodes.sigma)
     spread = spread_weights(num, f.dtype)
 
     def add(j, run):
         iw, ih = j // num, j % num
         pi = prior[iw] * prior[ih] * scale
-        weighted = pi / jnp.maximum(competing[j] + tau, 1e-7) * f[j]
-        joint = pi * f[j]
+        weighted = keep(pi / jnp.maximum(competing[j] + tau, 1e-7) * f[j])
+        joint = keep(pi * f[j])
         better = joint > run.best
-        return _Running(run.mass + weighted, run.gradient_h + weighted * step[ih],
-                        run.gradient_w + weighted * step[iw], run.score + joint,
-                        run.spread + joint * spread[j], jnp.where(better, joint, run.best),
+        return _Running(run.mass + weighted, run.gradient_h + keep(weighted * step[ih]),
+                        run.gradient_w + keep(weighted * step[iw]), run.score + joint,
+                        run.spread + keep(joint * spread[j]), jnp.where(better, joint, run.best),
                         jnp.where(better, j, run.index))
 
     zeros = jnp.zeros_like(scale)
@@ -211,6 +228,6 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
         gradient=jnp.stack([run.gradient_h, run.gradient_w]),
         score=run.score,
         spread=run.spread,
-        pos=_index_position(run.index, inference.center, nodes.offsets),
+        pos=_index_position(run.index, inference.center, nodes.offsets, original),
         best=run.best,
     )

@@ -18,6 +18,7 @@ import numpy as np
 
 from egjax.config import LayerConfig
 from egjax.em.grid import offset_table
+from egjax.em.ieee import rounded
 
 # The original's value of pi. The normalising constant cancels in every normalised quantity;
 # using the same digits keeps the weights, and so the original's exact ties, bit-identical.
@@ -89,11 +90,10 @@ def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
 
     Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
     the last bit of these sums, so reproducing the original's tie-breaking takes its order.
-    The `where` (a no-op: the values are >= 0 and the weights finite) keeps the compiler
-    from fusing a product into the sum as a multiply-add: that rounds once instead of twice,
-    so two mirrored candidates summing the same products in opposite orders would no
-    longer tie, and the first of them would no longer win as in the original.
+    Fusing a product into the sum as a multiply-add (`ieee.rounded` prevents it) would round
+    once instead of twice, so two mirrored candidates summing the same products in opposite
+    orders would no longer tie, and the first of them would no longer win as in the original.
     """
     cells = jnp.moveaxis(values, -1, 0)[None]
-    products = jnp.where(cells != 0, weights * cells, 0)
+    products = rounded(weights * cells)
     return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])

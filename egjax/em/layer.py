@@ -19,6 +19,7 @@ from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, gauss, infer,
                             statistics)
 from egjax.em.evidence import kernel_table
+from egjax.em.ieee import divide, rounded
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import image_mean
@@ -148,7 +149,8 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Se
     if setup.original:
         with jax.enable_x64(True):
             exact_offsets = jnp.moveaxis(jnp.asarray(grid, jnp.float64)[h], -1, 0)
-    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights, exact_offsets)
+    prior_axis = gauss(offsets, sigma, setup.original)
+    return Nodes(coord, h, offsets, sigma, prior_axis, weights, exact_offsets)
 
 
 def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool):
@@ -191,7 +193,7 @@ def _chunk_priors(weights, deviation, active, shape, setup: Setup):
         return None, None
     n, (k, c) = deviation.shape[0], shape
     shift, scale = parents_lib.shift_and_scale(weights, jnp.swapaxes(deviation, 0, 1),
-                                               setup.scale_to_child)
+                                               setup.scale_to_child, setup.original)
     shift = jnp.where(active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
     scale = jnp.where(active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
     return shift, scale
@@ -216,7 +218,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
             lambda: state.parents)
         state = state._replace(parents=parents)
         weights = parents_lib.prior_weights(jnp.maximum(parents, 0), data.candidates.deform,
-                                            setup.slots, setup.scale_to_child)
+                                            setup.slots, setup.scale_to_child, setup.original)
         sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.coord, state.deform, sigma, setup)
     if top:
@@ -233,7 +235,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
                                               scale, t, setup.original)
         rivals = competing if top else competing_mass(inference, node_q)
-        stats = statistics(inference, node_q, rivals, cfg.tau_rate)
+        stats = statistics(inference, node_q, rivals, cfg.tau_rate, setup.original)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)
 
@@ -272,8 +274,14 @@ def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
     gets the minimum, as MATLAB's NaN-ignoring max gives).
     """
     cfg = setup.cfg
-    step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
-    coord = state.coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
+    if setup.original:   # as the original rounds it: t^(1/4) by the C library, 1-based frame
+        quarter = jnp.asarray([i**0.25 for i in range(1, cfg.iterations + 1)], sigma.dtype)
+        step = cfg.eta * (jnp.min(sigma) / quarter[t.astype(jnp.int32) - 1]) ** 2
+        move = divide(sums.gradient, jnp.maximum(sums.responsibility_mass, 1e-8))
+        coord = ((state.coord + 1) + rounded(move * step)) - 1
+    else:
+        step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
+        coord = state.coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
     spread = jnp.sqrt(sums.spread / sums.score) * state.unit
     deform = jnp.clip(spread, cfg.min_deform, cfg.max_deform)
     deform = jnp.where(jnp.isnan(spread), cfg.min_deform, deform)
@@ -311,7 +319,7 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     if data.candidates is not None:
         weights = parents_lib.prior_weights(jnp.maximum(state.parents, 0),
                                             data.candidates.deform, setup.slots,
-                                            setup.scale_to_child)
+                                            setup.scale_to_child, setup.original)
         sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
     node_q = nodes(state.last_coord, state.last_deform, sigma, setup)
     deviation = None

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
+from egjax.em.ieee import divide, exp_as_original, in_order_mean, in_order_sum, rounded
 from egjax.em.reduce import image_mean, image_sum, image_var
 
 LOW_VARIANCE_FRACTION = 0.5
@@ -92,9 +93,21 @@ def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots:
     order, kept = survivors(score, pos, child, parent, original, num_images, axis_name)
     first_kept = jnp.argsort(~kept, stable=True)[:slots]
     index = order[first_kept]
-    mean = image_mean(pos[index], 1, num_images, axis_name)
-    deviation = pos[index] - mean[:, None]
+    if original:   # as the original: 1-based positions, their mean added image by image
+        chosen = pos[index] + 1
+        mean = in_order_mean(jnp.swapaxes(_all_images(chosen, 1, axis_name), 0, 1))
+    else:
+        chosen = pos[index]
+        mean = image_mean(chosen, 1, num_images, axis_name)
+    deviation = chosen - mean[:, None]
     return Candidates(index, kept[first_kept], deviation, deform[index])
+
+
+def _all_images(x: jnp.ndarray, axis: int, axis_name: str | None) -> jnp.ndarray:
+    """`x` with the images of every device along `axis` (itself on one device)."""
+    if axis_name is None:
+        return x
+    return jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
 
 
 def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) -> jnp.ndarray:
@@ -115,8 +128,14 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     the better-scored candidate. `child_pos [N, 2, V]`, `child_best [N, V]` from the child's
     previous iteration, images first as the E-step records them. `A` is accumulated for
     `block` children at a time, image by image, so that the block's affinities stay in cache
-    and nothing of size `[N, V]` is built besides the inputs.
+    and nothing of size `[N, V]` is built besides the inputs. `original` computes it as the
+    original does (`_select_in_order`).
     """
+    if original:
+        deviation = _all_images(cands.deviation, 1, axis_name)
+        return _select_in_order(_all_images(child_pos, 0, axis_name),
+                                _all_images(child_best, 0, axis_name), deviation, cands.valid,
+                                top_n, child, parent, block)
     num_nodes = child_pos.shape[-1]
     block = min(block, num_nodes)
     child_mean = image_mean(child_pos, 0, num_images, axis_name)            # [2, V]
@@ -160,40 +179,89 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     return jax.lax.top_k(affinity, top_n)[1]
 
 
+def _select_in_order(child_pos, child_best, deviation, valid, top_n: int, child: LayerConfig,
+                     parent: LayerConfig, block: int) -> jnp.ndarray:
+    """`select` as `getCurDistribution.m` computes it, operation by operation (`compat=
+    "original"`): deviations from in-order means, `D` from pixel differences, its mean over
+    all candidates and images added in MATLAB's column order, and the affinity added image by
+    image with each product rounded, `exp` as glibc's in float64. These roundings decide
+    near-ties: fed the original's own inputs of `medium`'s layer 3, second iteration, the
+    mean summed in NumPy's pairwise order changes 45 of the 640 parent sets, NumPy's `exp`
+    for glibc's 2. Images one at a time, every device taking all of them (the original's
+    sums are sequential).
+    """
+    num_nodes = child_pos.shape[-1]
+    block = min(block, num_nodes)
+    pos = child_pos + 1                                                     # 1-based, [N, 2, V]
+    a = pixel_deviation(pos - in_order_mean(pos), child, True)
+    b = pixel_deviation(deviation, parent, True)                            # [M, N, 2]
+    b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
+
+    def one_block(i, affinity):
+        start = jnp.minimum(i * block, num_nodes - block)
+        dev = jax.lax.dynamic_slice_in_dim(a, start, block, 2)              # [N, 2, B]
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)    # [N, B]
+        d_h = rounded((dev[:, 0, None, :] - b_h[..., None]) ** 2)           # [N, M, B]
+        d_w = rounded((dev[:, 1, None, :] - b_w[..., None]) ** 2)
+        squared = d_h + d_w
+        mean = in_order_mean(squared.reshape(-1, block))                    # [B]
+
+        def add(total, inputs):
+            sq, weight = inputs
+            return total + rounded(exp_as_original(divide(-sq, 2 * mean)) * weight), None
+
+        zeros = jnp.zeros(squared.shape[1:], squared.dtype)
+        total = jax.lax.scan(add, zeros, (squared, best))[0]                 # [M, B]
+        return jax.lax.dynamic_update_slice_in_dim(affinity, total.T, start, 0)
+
+    affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
+                                 jnp.zeros((num_nodes, b.shape[0]), b.dtype))
+    affinity = jnp.where(valid, affinity, -jnp.inf)
+    return jax.lax.top_k(affinity, top_n)[1]
+
+
 class PriorWeights(NamedTuple):
     """The parents of every child as dense weights: `weight [V, M]` holds `(1/T) / s_u^2` at
     each of child v's T parent slots (0 elsewhere); `total [V]` their sum, `sigma [V]`
-    `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`."""
+    `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`; `parents [V, T]` the
+    slots and `deform [V, T]` their `s_u`, in rank order."""
 
     weight: jnp.ndarray
     total: jnp.ndarray
     sigma: jnp.ndarray
     log_scale: jnp.ndarray
+    parents: jnp.ndarray
+    deform: jnp.ndarray
 
 
 def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, slots: int,
-                  scale_to_child: float) -> PriorWeights:
+                  scale_to_child: float, original: bool = False) -> PriorWeights:
     """Dense parent weights from `parents [V, T]` (candidate slots) and the candidates'
-    `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells)."""
+    `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells). `original`
+    adds the weights in rank order, as the original does."""
     top_n = parents.shape[-1]
     s = deform[parents] * scale_to_child                         # [V, T]
     w = (1 / top_n) / s**2
     dense = jnp.zeros((parents.shape[0], slots), w.dtype)
     dense = dense.at[jnp.arange(parents.shape[0])[:, None], parents].add(w)
-    total = jnp.sum(w, axis=-1)
+    total = in_order_sum(w.T) if original else jnp.sum(w, axis=-1)
     sigma = jnp.sqrt(1 / total)
-    return PriorWeights(dense, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1))
+    return PriorWeights(dense, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1),
+                        parents, s)
 
 
-def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray,
-                    scale_to_child: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_child: float,
+                    original: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Each child's prior shift `mu [V, n, 2]` and scale `lambda [V, n]` in n images.
 
     `deviation [M, n, 2]` the candidates' deviations in these images. With the parents'
     weights `w_u = (1/T) / s_u^2`: `mu = sum_u w_u dev_u / sum_u w_u`, and
     `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`, whose exponent is
-    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`.
+    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`. `original` computes them as the
+    original does instead (`_shift_and_scale_in_order`).
     """
+    if original:
+        return _shift_and_scale_in_order(weights, deviation)
     dev = deviation * scale_to_child
     m, n, _ = dev.shape
     stacked = jnp.concatenate([dev, jnp.sum(dev * dev, -1, keepdims=True)], -1)  # [M, n, 3]
@@ -201,3 +269,30 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray,
     shift = sums[..., :2] / weights.total[:, None, None]
     spread = sums[..., 2] - jnp.sum(shift * shift, -1) * weights.total[:, None]
     return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)
+
+
+def _shift_and_scale_in_order(weights: PriorWeights, deviation: jnp.ndarray):
+    """`shift_and_scale` as `getCurDistribution.m` computes it: parent by parent in rank
+    order, each product rounded, `lambda` a running product of one `exp(.) / s_u` per parent
+    (glibc's `exp` in float64)."""
+    top_n = weights.parents.shape[-1]
+    variance = weights.deform**2                                            # [V, T]
+    weight = (1 / top_n) / variance
+    dev = jnp.moveaxis(deviation[weights.parents], 1, 0)                    # [T, V, n, 2]
+
+    def add_shift(total, inputs):
+        dev_u, weight_u = inputs
+        return total + rounded(dev_u * weight_u[:, None, None]), None
+
+    shift = jax.lax.scan(add_shift, jnp.zeros_like(dev[0]), (dev, weight.T))[0]
+    shift = divide(shift, weights.total[:, None, None])
+
+    def multiply_scale(scale, inputs):
+        dev_u, variance_u, deform_u = inputs
+        apart = rounded((shift - dev_u) ** 2)
+        exponent = divide(-(apart[..., 0] + apart[..., 1]), (2 * top_n) * variance_u[:, None])
+        return divide(scale * exp_as_original(exponent), deform_u[:, None]), None
+
+    scale = jax.lax.scan(multiply_scale, jnp.ones(shift.shape[:2], shift.dtype),
+                         (dev, variance.T, weights.deform.T))[0]
+    return shift, scale * weights.sigma[:, None]
