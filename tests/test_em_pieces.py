@@ -53,7 +53,7 @@ def test_evidence_of_a_single_blob():
                              setup_for(cfg))
     image = as_maps(jnp.asarray(maps[0]), jnp.float32)
     inference = infer(image, node_q,
-                      jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), in_order=False)
+                      jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), original=False)
     smoothing = cfg.map_delta * s
     offsets = offset_table(cfg)[2]
     for j, (iw, ih) in enumerate(np.ndindex(6, 6)):

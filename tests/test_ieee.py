@@ -42,8 +42,6 @@ def test_glibc_exp_equals_the_c_library_bit_for_bit(x64):
     subnormal = np.abs(expected) < np.finfo(np.float64).tiny
     np.testing.assert_array_equal(got[~subnormal], expected[~subnormal])
     assert np.all(got[subnormal] == 0)          # XLA:CPU flushes subnormals
-    differ = np.asarray(jax.jit(jnp.exp)(x))[~subnormal] != expected[~subnormal]
-    assert differ.mean() > 0.01                 # which XLA's own exp does not match
 
 
 def test_glibc_exp_known_values(x64):

@@ -29,7 +29,7 @@ class Nodes(NamedTuple):
     candidate offsets per axis; `sigma [K,C]` the spatial prior's scale and
     `prior_axis [P,K,C]` the prior per axis, `N(d_i; 0, sigma)`; `weights` evidence weights:
     `[H+1, J, Q]` shared by half-range, or `[J, Q, K, C]` per node when they are summed in
-    the original's order (`in_order`); `exact_offsets [P,K,C]` the offsets in float64 when
+    the original's order (`original`); `exact_offsets [P,K,C]` the offsets in float64 when
     the competition compares candidates as the original does (`competing_mass`), else None.
     """
 
@@ -92,20 +92,20 @@ def spread_weights(num: int, dtype) -> jnp.ndarray:
 
 
 def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
-          in_order: bool) -> Inference:
+          original: bool) -> Inference:
     """Spatial prior and evidence of every candidate of every node in one image.
 
     `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the parents;
-    `in_order` computes as the original: the centre shifted in its 1-based frame, the
+    `original` computes as the original: the centre shifted in its 1-based frame, the
     evidence summed in its order (`evidence_in_order`).
     """
-    center = ((nodes.coord + 1) + shift) - 1 if in_order else nodes.coord + shift
+    center = ((nodes.coord + 1) + shift) - 1 if original else nodes.coord + shift
     prior_h, prior_w = split_axes(nodes.prior_axis)
     spatial_prior = prior_w * prior_h * scale
     cells = round_half_away(center).astype(jnp.int32)
-    max_window = (math.isqrt(nodes.weights.shape[1 if in_order else -1]) - 1) // 2
+    max_window = (math.isqrt(nodes.weights.shape[1 if original else -1]) - 1) // 2
     values = window_values(image, cells, max_window)
-    if in_order:
+    if original:
         f = evidence_in_order(values, nodes.weights)
     else:
         f = evidence(values, nodes.half_range, nodes.weights)
