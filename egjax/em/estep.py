@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from egjax.em.competition import competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, evidence_in_order
 from egjax.em.grid import round_half_away
-from egjax.em.ieee import divide, exp_as_original, in_order_mean, rounded
+from egjax.em.glibc_exp import exp_as_original
+from egjax.em.ieee import divide, in_order_mean, rounded
 from egjax.em.windows import Maps, window_values
 
 

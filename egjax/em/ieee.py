@@ -2,7 +2,7 @@
 
 XLA rewrites some arithmetic in ways exact in real numbers but not in floats: it fuses a
 product and a sum into one multiply-add (one rounding instead of two), and divides by a
-constant by multiplying with its reciprocal. Each changes the last bit now and then, and
+broadcast divisor by multiplying with its reciprocal. Each changes the last bit now and then, and
 the original learner's near-ties (which candidate, which parent) hang on last bits. The
 original's path through the EM uses these helpers where it matters.
 """
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-from egjax.em.glibc_exp import glibc_exp
 
 
 def rounded(x: jax.Array) -> jax.Array:
@@ -38,8 +36,3 @@ def in_order_mean(x: jnp.ndarray) -> jnp.ndarray:
     """Mean over the leading axis as MATLAB/Octave's `mean`: `in_order_sum / n`."""
     return divide(in_order_sum(x), x.shape[0])
 
-
-def exp_as_original(x: jax.Array) -> jax.Array:
-    """The exponential of `compat="original"`: glibc's in float64; XLA's in float32, where
-    the original's float64 rounding cannot be followed anyway."""
-    return glibc_exp(x) if x.dtype == jnp.float64 else jnp.exp(x)

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.ieee import divide, exp_as_original, in_order_mean, in_order_sum, rounded
+from egjax.em.glibc_exp import exp_as_original
+from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
 from egjax.em.reduce import image_mean, image_sum, image_var
 
 LOW_VARIANCE_FRACTION = 0.5
