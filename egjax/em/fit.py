@@ -219,7 +219,7 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
                             flips=flipped_maps is not None, original=original, num_images=n,
                             slots=slots, axis_name=None if mesh is None else sharding.AXIS,
-                            chunk=1 if original else chunk)   # the original adds image by image
+                            chunk=chunk)
     function = compiled_fit(setup, mesh, isinstance(maps, QuantizedMaps),
                             flipped_maps is not None, setup.parent)
     args = (jnp.transpose(jnp.asarray(init["coord"], dtype), (2, 1, 0)),

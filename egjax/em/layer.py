@@ -19,10 +19,10 @@ from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, gauss, infer,
                             statistics)
 from egjax.em.evidence import kernel_table
-from egjax.em.ieee import divide, rounded
+from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
-from egjax.em.reduce import image_mean
+from egjax.em.reduce import all_images, image_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +246,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         flip = inputs.get("flip", jnp.zeros((n,), bool))
         summed, recorded = map_images(one_image, inputs["maps"], inputs.get("mirrored"), flip,
                                       shift, scale)
+        if setup.original:   # kept per image, added in image order below
+            return (), (recorded, summed)
         return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
 
     inputs = {"maps": data.maps}
@@ -256,10 +258,18 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     if not top:
         inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
     # The new records overwrite the previous ones, which the parent selection has read.
-    sums, (pos, best, score, flip) = scan_chunks(
-        one_chunk, inputs, setup.chunk, (state.pos, state.best, state.score, state.flip))
-    if setup.axis_name is not None:
-        sums = jax.lax.psum(sums, setup.axis_name)
+    into = (state.pos, state.best, state.score, state.flip)
+    if setup.original:   # the original adds the images' statistics one after another
+        zeros = jnp.zeros_like(state.score)
+        per_image = Sums(zeros, jnp.zeros_like(state.pos), zeros, zeros)
+        _, (records, per_image) = scan_chunks(one_chunk, inputs, setup.chunk, (into, per_image))
+        sums = jax.tree.map(lambda x: in_order_sum(all_images(x, 0, setup.axis_name)),
+                            per_image)
+    else:
+        sums, records = scan_chunks(one_chunk, inputs, setup.chunk, into)
+        if setup.axis_name is not None:
+            sums = jax.lax.psum(sums, setup.axis_name)
+    pos, best, score, flip = records
     coord, deform = m_step(state, sums, sigma, t, setup)
     return state._replace(coord=coord, deform=deform, pos=pos, best=best, score=score,
                           flip=flip, last_coord=state.coord, last_deform=state.deform)
@@ -309,9 +319,19 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     orientation, so it always equals `pos`; else its own best candidate.
     """
     _, k, c = state.coord.shape
-    norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images, setup.axis_name)
+    if setup.original:   # mean(mean(totalProb, 2), 1): over images, then nodes (c * K + k)
+        per_node = in_order_mean(all_images(state.score, 0, setup.axis_name))
+        norm = in_order_mean(per_node.T.reshape(-1))
+    else:
+        norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images,
+                          setup.axis_name)
+
+    def normalise(score):
+        return divide(score, norm) if setup.original else score / norm
+
     if data.mirrored is None:
-        return Records(state.score / norm, state.pos, state.flip, state.score / norm, state.pos)
+        return Records(normalise(state.score), state.pos, state.flip, normalise(state.score),
+                       state.pos)
     cfg = setup.cfg
     sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
     weights = None
@@ -329,7 +349,7 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
                                          node_q, weights, active, cfg.iterations, setup)
     if setup.original:
         alt_pos = state.pos
-    return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos)
+    return Records(normalise(state.score), state.pos, state.flip, normalise(alt_score), alt_pos)
 
 
 def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em.glibc_exp import exp_as_original
 from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
-from egjax.em.reduce import image_mean, image_sum, image_var
+from egjax.em.reduce import all_images, image_mean, image_sum, image_var
 
 LOW_VARIANCE_FRACTION = 0.5
 EDGE_FRACTION = 0.1
@@ -96,19 +96,12 @@ def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots:
     index = order[first_kept]
     if original:   # as the original: 1-based positions, their mean added image by image
         chosen = pos[index] + 1
-        mean = in_order_mean(jnp.swapaxes(_all_images(chosen, 1, axis_name), 0, 1))
+        mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, axis_name), 0, 1))
     else:
         chosen = pos[index]
         mean = image_mean(chosen, 1, num_images, axis_name)
     deviation = chosen - mean[:, None]
     return Candidates(index, kept[first_kept], deviation, deform[index])
-
-
-def _all_images(x: jnp.ndarray, axis: int, axis_name: str | None) -> jnp.ndarray:
-    """`x` with the images of every device along `axis` (itself on one device)."""
-    if axis_name is None:
-        return x
-    return jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
 
 
 def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) -> jnp.ndarray:
@@ -133,9 +126,9 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     original does (`_select_in_order`).
     """
     if original:
-        deviation = _all_images(cands.deviation, 1, axis_name)
-        return _select_in_order(_all_images(child_pos, 0, axis_name),
-                                _all_images(child_best, 0, axis_name), deviation, cands.valid,
+        deviation = all_images(cands.deviation, 1, axis_name)
+        return _select_in_order(all_images(child_pos, 0, axis_name),
+                                all_images(child_best, 0, axis_name), deviation, cands.valid,
                                 top_n, child, parent, block)
     num_nodes = child_pos.shape[-1]
     block = min(block, num_nodes)

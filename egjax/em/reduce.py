@@ -27,3 +27,8 @@ def image_var(x: jnp.ndarray, axis: int, num_images: int, axis_name: str | None)
     mean = jnp.expand_dims(image_mean(x, axis, num_images, axis_name), axis)
     return image_sum((x - mean) ** 2, axis, axis_name) / (num_images - 1)
 
+
+def all_images(x: jnp.ndarray, axis: int, axis_name: str | None) -> jnp.ndarray:
+    """`x` with the images of every device along `axis`, in image order (for sums that
+    must be added one image after another)."""
+    return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
