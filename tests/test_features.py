@@ -98,7 +98,10 @@ def test_negative_statistics_stream_exactly(params, images):
     for tap in TAPS:
         x = np.asarray(raw[tap], np.float64)
         assert stats[tap].count == 10
-        np.testing.assert_allclose(stats[tap].mean, x.mean(0), rtol=1e-5, atol=1e-6)
+        # float32 maps carry rounding relative to their own size, not to the mean's, which
+        # cancels for some cells: bound the mean's error by the mean magnitude of its terms.
+        scale = np.abs(x).mean(0)
+        assert np.all(np.abs(stats[tap].mean - x.mean(0)) <= 1e-5 * scale + 1e-6)
         np.testing.assert_allclose(stats[tap].sd, x.std(0), rtol=1e-4, atol=1e-6)
     assert np.all(stats["conv4_2"].sd[..., DEAD] == 0)
     assert np.all(stats["conv4_2"].sd[..., DEAD + 1] > 0)
