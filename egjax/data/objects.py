@@ -17,7 +17,7 @@ class ObjectSet:
     """
 
     images: np.ndarray  # uint8 [N, S, S, 3]
-    landmarks: np.ndarray  # float32 [N, P, 2] (h, w) crop pixels, 0-based (pixel centres)
+    landmarks: np.ndarray  # float32 [N, P, 2] (h, w) crop pixels, 0-based; 0 where unknown
     visible: np.ndarray  # bool [N, P]: the part is annotated on this object
     part_names: tuple[str, ...]  # [P]
     boxes: np.ndarray  # float32 [N, 4] (y0, x0, y1, x1) source-image pixels, y1 / x1 exclusive

@@ -30,7 +30,7 @@ class Entry(NamedTuple):
     id: str  # "<image id>/<object index>"
     image: pathlib.Path | Callable[[], np.ndarray]  # an image file, or renders uint8 [H, W, 3]
     box: tuple[float, float, float, float] | None  # (y0, x0, y1, x1) source px; None: whole image
-    points: np.ndarray  # float64 [P, 2] (h, w) source pixels (any value where not visible)
+    points: np.ndarray  # float64 [P, 2] (h, w) source pixels; NaN where unknown (not visible)
     visible: np.ndarray  # bool [P]
 
 
