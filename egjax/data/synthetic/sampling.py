@@ -35,7 +35,8 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def _check_common(n, seed, image_size) -> None:
+def check_arguments(n, seed, image_size) -> None:
+    """ValueError unless n >= 1, seed >= 0 and 64 <= image_size <= 1024 (ints)."""
     _check_int("n", n, 1)
     _check_int("seed", seed, 0)
     _check_int("image_size", image_size, 64, 1024)
@@ -51,6 +52,22 @@ def _draw(rng: np.random.Generator, category: str | None,
     """A random scene (canonical facing) and whether it is to be mirrored (a fair coin)."""
     flip = bool(rng.random() < 0.5)
     return scene.make_scene(rng, category, image_size), flip
+
+
+def draw(category: str | None, index: int, *, seed: int,
+         image_size: int) -> tuple[scene.Scene, bool]:
+    """Image `index` of `sample(category, n, seed=seed, image_size=image_size)` for any n >
+    index (of `negatives(...)` for category None), unpainted: its scene in the canonical
+    facing and its coin (mirrored, where the facing is random)."""
+    stream = "negatives" if category is None else category
+    return _draw(_rng(seed, stream, index), category, image_size)
+
+
+def paint(image: scene.Scene, flip: bool, image_size: int) -> np.ndarray:
+    """`image` rendered: uint8 [S, S, 3], W-reversed if `flip`."""
+    out = np.empty((image_size, image_size, 3), np.uint8)
+    _paint(out, image, flip, np.empty((3, image_size, image_size), np.float32))
+    return out
 
 
 def _paint(out: np.ndarray, image: scene.Scene, flip: bool, canvas: np.ndarray) -> None:
@@ -73,7 +90,7 @@ def sample(category: str, n: int, *, seed: int, image_size: int = 224,
     """
     if category not in PARTS:
         raise ValueError(f"category must be one of {CATEGORIES}, got {category!r}")
-    _check_common(n, seed, image_size)
+    check_arguments(n, seed, image_size)
     if facing not in FACINGS:
         raise ValueError(f"facing must be one of {FACINGS}, got {facing!r}")
     parts = len(PARTS[category])
@@ -83,7 +100,7 @@ def sample(category: str, n: int, *, seed: int, image_size: int = 224,
     mirrored = np.empty(n, bool)
     canvas = np.empty((3, image_size, image_size), np.float32)
     for i in range(n):
-        image, coin = _draw(_rng(seed, category, i), category, image_size)
+        image, coin = draw(category, i, seed=seed, image_size=image_size)
         mirrored[i] = coin if facing == "random" else facing != CANONICAL_FACING
         _paint(images[i], image, mirrored[i], canvas)
         landmarks[i] = image.landmarks
@@ -94,11 +111,11 @@ def sample(category: str, n: int, *, seed: int, image_size: int = 224,
 
 def negatives(n: int, *, seed: int, image_size: int = 224) -> np.ndarray:
     """n images of backgrounds and distractors without any object: uint8 [n, S, S, 3]."""
-    _check_common(n, seed, image_size)
+    check_arguments(n, seed, image_size)
     images = np.empty((n, image_size, image_size, 3), np.uint8)
     canvas = np.empty((3, image_size, image_size), np.float32)
     for i in range(n):
-        _paint(images[i], *_draw(_rng(seed, "negatives", i), None, image_size), canvas)
+        _paint(images[i], *draw(None, i, seed=seed, image_size=image_size), canvas)
     return images
 
 
@@ -120,7 +137,7 @@ def sample_mixed(n: int, *, seed: int, categories: Sequence[str] = CATEGORIES,
     negatives_frac: probability of a negative; None gives every class the same probability,
     1 / (len(categories) + 1). One category vs negatives: `categories=("bird",)`.
     """
-    _check_common(n, seed, image_size)
+    check_arguments(n, seed, image_size)
     categories = tuple(categories)
     if (not categories or len(set(categories)) != len(categories)
             or not set(categories) <= set(PARTS)):

@@ -1,0 +1,1 @@
+"""The dataset sources, one module each (the contract: `egjax.data.source`)."""
