@@ -241,11 +241,12 @@ def test_edge_offsets_of_the_planted_node_are_known():
 
 
 def test_detection_rings_sit_where_the_nodes_are_and_stay_in_their_thumbnail(planted):
-    """Image 0 of the low row: node 10 at (43.5, 51.5) px, ring radius 3 + 5 x its score
-    there (4.0) / its best score (8.88, mirrored in image 11), 2 px wide inwards; node 17 at
-    (1.5, 51.5) px, its ring cut by the thumbnail's top edge. Image 1: node 17 lies outside
-    the image: no ring."""
-    cell, n_shown = 96, 3                                    # thumbnail px = image px
+    """Thumbnails of 144 px for 96-px images: image pixel p at (p + 1/2) 1.5 - 1/2. Image 0
+    of the low row: node 10 at (43.5, 51.5) px, so (65.5, 77.5); its ring's radius is 3 + 5
+    x its score there (4.0) / its best score (8.88, mirrored in image 11), 2 px wide inwards;
+    node 17 at (1.5, 51.5) px, so (2.5, 77.5): its ring is cut by the thumbnail's top edge.
+    Image 1: node 17 lies outside the image; image 2: it scores 0 there: no ring."""
+    cell, n_shown = 144, 3
     grid = figures.detections_grid(planted.images, planted.graph, images_shown=n_shown,
                                    nodes_per_layer=2, cell=cell)
     label, title = figures.LABEL_WIDTH, figures.TITLE_HEIGHT
@@ -255,16 +256,19 @@ def test_detection_rings_sit_where_the_nodes_are_and_stay_in_their_thumbnail(pla
     first, second = figures.NODE_COLOURS[:2]                     # strongest: 17, then 10
     radius = 3 + 5 * 4.0 / (2 * 4.0 * 1.11)
     rows, cols = np.nonzero(np.all(tile == second, axis=-1))
-    distance = np.hypot(rows - 43.5, cols - 51.5)
+    distance = np.hypot(rows - 65.5, cols - 77.5)
     assert len(rows) > 20 and np.all((distance > radius - 2.5) & (distance < radius + 1))
     rows, cols = np.nonzero(np.all(tile == first, axis=-1))
-    assert len(rows) > 8 and rows.min() == 0 and np.all(np.abs(cols - 51.5) < 9)
+    assert len(rows) > 8 and rows.min() == 0 and np.all(np.abs(cols - 77.5) < 9)
     gap = grid[low_top - 4:low_top, label + 2:label + 2 + cell]
     assert np.all(gap == 255)                                # nothing spills over the edge
     beside = grid[low_top:low_top + cell, label + 2 + cell:label + 4 + cell]
     assert np.all(beside == 255)
-    other = grid[low_top:low_top + cell, label + 4 + cell:label + 4 + 2 * cell]
-    assert not np.any(np.all(other == first, axis=-1))         # node 17 is outside image 1
+    for n in (1, 2):
+        other = grid[low_top:low_top + cell, label + 2 + n * (cell + 2):label + 2 + n * (cell + 2)
+                     + cell]
+        assert not np.any(np.all(other == first, axis=-1)), n
+        assert np.any(np.all(other == second, axis=-1)), n
     unmarked = ~np.any(np.abs(tile.astype(int) - raster.resized(planted.images[0], cell)) > 0,
                        axis=-1)
     assert unmarked.mean() > 0.95
