@@ -135,6 +135,7 @@ def planted(seed: int = 0) -> Planted:
     * low node 17: in image 0 at (-0.25, 6) cells = (1.5, 51.5) px (by the top edge); in
       image 1 at (-2, 5) cells = (-12.5, 43.5) px (outside the image); in image 2 it scores
       0 (both orientations).
+    * low node 4 scores the same in images 5 and 6 (a tie).
     * top node 1: in image 0 at (2, 3) cells = (39.5, 55.5) px.
     * maps: -1 everywhere but 4.0 at low cell (5, 6) of filter 1 (node 10's) in image 0 and
       2.0 at top cell (2, 3) of filter 0 (node 1's) in image 0.
@@ -149,6 +150,7 @@ def planted(seed: int = 0) -> Planted:
     low.pos[17, 0] = (-0.25, 6.0)
     low.pos[17, 1] = (-2.0, 5.0)
     low.score[17, 2] = low.alt_score[17, 2] = 0
+    low.score[4, 6] = low.score[4, 5]
     top.pos[1, 0] = (2.0, 3.0)
     built = ExplanatoryGraph(layers=(low, top), config=CONFIG)
     validate(built)
