@@ -230,13 +230,10 @@ def test_graph_figure_draws_nodes_and_edges_where_the_layout_says(planted, tmp_p
         assert np.all(along(child, parent, ((0.12, 0.3), (0.7, 0.88))) == 255)
 
 
-def test_edge_offsets_of_the_planted_node_are_known():
-    """A one-image graph: child at cell (5, 6) of the low layer (px 43.5, 51.5), parent at
-    cell (2, 3) of the top layer (px 39.5, 55.5): offset (-4, +4)."""
-    planted = toy_graph.planted()
-    low, top = planted.graph.layers
-    one = [dataclasses.replace(fit, pos=np.asarray(fit.pos)[:, :1], score=np.asarray(fit.score)[:, :1])
-           for fit in (low, top)]
+def test_edge_offsets_of_the_planted_node_are_known(planted):
+    """Image 0 alone: child (low node 10) at cell (5, 6) of the low layer (px 43.5, 51.5),
+    its parent (top node 1) at cell (2, 3) of the top layer (px 39.5, 55.5): (-4, +4)."""
+    one = [dataclasses.replace(fit, pos=np.asarray(fit.pos)[:, :1]) for fit in planted.graph.layers]
     assert graph_figure.edge_offsets(*one)[10, 0].tolist() == [-4.0, 4.0]
 
 

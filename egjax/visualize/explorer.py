@@ -56,9 +56,8 @@ def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=No
         _emit(assets / "data" / "meta.js", "meta", {
             "title": title, "image_size": graph.config.image_size, "images": len(images),
             "top_images": evaluate.TOP_IMAGES, "heat_opacity": heatmaps.OPACITY,
-            "patch_images": PATCH_IMAGES, "heat_images": HEAT_IMAGES,
-            "min_score": selection.MIN_SCORE, "instability": landmarks is not None,
-            "layers": layers})
+            "patch_images": PATCH_IMAGES, "min_score": selection.MIN_SCORE,
+            "instability": landmarks is not None, "layers": layers})
         source = importlib.resources.files("egjax.visualize") / "explorer_assets"
         for name in STATIC:
             target = out / name if name == "index.html" else assets / name
