@@ -60,6 +60,10 @@ class Browser:
                                  flatten=True)["sessionId"]
         for domain in ("Page", "Runtime", "Log"):
             self.call(f"{domain}.enable")
+        self.resize(width, height)
+
+    def resize(self, width: int, height: int) -> None:
+        """Set the page's viewport to `width` x `height` CSS px (1 device px each)."""
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
                   deviceScaleFactor=1, mobile=False)
 
@@ -109,10 +113,14 @@ class Browser:
         return result["result"].get("value")
 
     def navigate(self, url: str) -> None:
-        """Open `url` and wait for its load event."""
+        """Open `url` afresh (also when only its #fragment differs from the page's) and wait
+        for its load event."""
+        if url != "about:blank":
+            self.navigate("about:blank")
+        seen = len(self.events)
         self.call("Page.navigate", url=url)
         deadline = time.monotonic() + 30
-        while not any(e["method"] == "Page.loadEventFired" for e in self.events):
+        while not any(e["method"] == "Page.loadEventFired" for e in self.events[seen:]):
             self.call("Runtime.evaluate", expression="0")        # pumps events
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} did not load")
@@ -130,11 +138,19 @@ class Browser:
             self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1],
                       button="left", clickCount=1)
 
-    def errors(self) -> list[str]:
-        """Console errors, uncaught exceptions and failed loads seen so far."""
+    def type(self, selector: str, text: str) -> None:
+        """Click the first element matching `selector`, select its text and type `text`
+        over it (as keystrokes do: one input event)."""
+        self.click(selector)
+        self.evaluate(f"document.querySelector({json.dumps(selector)}).select()")
+        self.call("Input.insertText", text=text)
+
+    def errors(self, since: int = 0) -> list[str]:
+        """Console errors, uncaught exceptions and failed loads seen so far (from event
+        number `since` on)."""
         self.call("Runtime.evaluate", expression="0")
         found = []
-        for event in self.events:
+        for event in self.events[since:]:
             params = event.get("params", {})
             if event["method"] == "Runtime.exceptionThrown":
                 found.append(str(params.get("exceptionDetails")))
@@ -144,9 +160,11 @@ class Browser:
                 found.append(params["entry"].get("text", ""))
         return found
 
-    def screenshot(self, path) -> None:
-        """PNG of the page's viewport."""
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path, clip=None) -> None:
+        """PNG of the page's viewport, or of `clip` (x, y, width, height) CSS px of it."""
+        options = {} if clip is None else {"clip": dict(zip(("x", "y", "width", "height"), clip),
+                                                        scale=1)}
+        data = self.call("Page.captureScreenshot", format="png", **options)["data"]
         with open(path, "wb") as handle:
             handle.write(base64.b64decode(data))
 

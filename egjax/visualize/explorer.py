@@ -5,12 +5,16 @@ script and style, the images as JPEG, and the data as small scripts that hand th
 to the page (`EGX.receive(name, data)`), so the page works from `file://` with no server and
 no network. Data is split so that a VGG-16 graph (61,440 nodes) stays quick to open:
 `data/meta.js` (layers, images), `data/layer<l>.js` (every node's scores and instability,
-for the sortable columns) and `data/layer<l>-<chunk>.js` (`CHUNK` nodes' details, loaded when
-one of them is opened). A node's details: prior position, deformation, parents and children
-with their mean offsets (`graph_figure.edge_offsets`), its `PATCH_IMAGES` best images with
-its detections there (the page cuts the patches, `patches.patch_side` px, from the images)
-and the heat maps (`heatmaps` module) of its `HEAT_IMAGES` best images, each stored as the
-window of cells it covers, uint8 relative to the node's largest value over those images.
+for the sortable columns, and which are dead) and `data/layer<l>-<chunk>.js` (`CHUNK` nodes'
+details, loaded when one of them is opened). A node's details: prior position, deformation,
+parents and live children with their mean offsets (`graph_figure.edge_offsets`), its
+`PATCH_IMAGES` best images with its detections there (the page cuts the patches,
+`patches.patch_side` px, from the images) and the heat maps (`heatmaps` module) of its
+`HEAT_IMAGES` best images, each stored as the window of cells it covers, uint8 relative to
+the node's largest value over those images. Dead nodes (`selection.dead`: score 0 in every
+image) have none of these but their prior position and deformation: the page marks them,
+counts them per layer and lists them last. Sorting by stability ranks the nodes scoring at
+least `selection.MIN_SCORE`; the page shows that threshold.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ import numpy as np
 
 from egjax import evaluate, runs
 from egjax.maps import QuantizedMaps
-from egjax.visualize import heatmaps, patches, raster
+from egjax.visualize import heatmaps, patches, raster, selection
 from egjax.visualize.graph_figure import edge_offsets
 
 CHUNK = 256
-PATCH_IMAGES = 8
+PATCH_IMAGES = 10
 HEAT_IMAGES = 4
 CHILDREN_SHOWN = 24
 STATIC = ("index.html", "explorer.js", "explorer.css")
@@ -52,6 +56,7 @@ def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=No
         _emit(assets / "data" / "meta.js", "meta", {
             "title": title, "image_size": graph.config.image_size, "images": len(images),
             "top_images": evaluate.TOP_IMAGES, "heat_opacity": heatmaps.OPACITY,
+            "patch_images": PATCH_IMAGES, "min_score": selection.MIN_SCORE,
             "instability": landmarks is not None, "layers": layers})
         source = importlib.resources.files("egjax.visualize") / "explorer_assets"
         for name in STATIC:
@@ -95,14 +100,15 @@ def _emit(path: pathlib.Path, name: str, data) -> None:
 
 
 def _children(graph, index: int) -> list[list[tuple[int, int]]]:
-    """Per node of layer `index`: (child, parent slot) pairs in the layer below, best first."""
+    """Per node of layer `index`: (child, parent slot) pairs of the live nodes of the layer
+    below that take it as a parent, best first."""
     found = [[] for _ in range(np.shape(graph.layers[index].score)[0])]
     if index == 0:
         return found
     below = graph.layers[index - 1]
-    order = evaluate.ranked(evaluate.node_detections(below, graph.config.image_size))
+    det = evaluate.node_detections(below, graph.config.image_size)
     parents = np.asarray(below.parents)
-    for child in order:
+    for child in selection.strongest(det, len(parents)):
         for slot, parent in enumerate(parents[child]):
             if parent >= 0:
                 found[parent].append((int(child), slot))
@@ -126,11 +132,14 @@ def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, landmarks,
     cfg = fit.config
     det = evaluate.node_detections(fit, size)
     num, per_filter = np.shape(det.score)[0], np.shape(fit.deform)[1]
-    top = -np.sort(-det.score, axis=1)[:, :evaluate.TOP_IMAGES].mean(axis=1)
-    summary = {"score": _rounded(top, 3), "mean": _rounded(det.score.mean(axis=1), 3)}
+    dead = selection.dead(det)
+    summary = {"score": _rounded(selection.strength(det), 3),
+               "mean": _rounded(det.score.mean(axis=1), 3),
+               "dead": np.flatnonzero(dead).tolist()}
     if landmarks is not None:
         per_node = evaluate.node_instability(det, np.asarray(landmarks), np.asarray(visible))
-        summary["instability"] = _rounded(per_node / evaluate.diagonal(size))
+        summary["instability"] = _rounded(np.where(dead, np.nan,
+                                                   per_node / evaluate.diagonal(size)))
     _emit(folder / f"layer{index}.js", f"layer{index}", summary)
     above = index + 1 < len(graph.layers)
     parents = np.asarray(fit.parents).tolist()
@@ -145,18 +154,21 @@ def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, landmarks,
     values = np.asarray(evaluate.decoded(layer_maps), np.float32)
     for start in range(0, num, CHUNK):
         nodes = range(start, min(start + CHUNK, num))
-        heat = _heat_windows(values, fit, det, nodes)
-        details = [{
+        live = [v for v in nodes if not dead[v]]
+        heat = dict(zip(live, _heat_windows(values, fit, det, live))) if live else {}
+        details = [{"coord": coord[v], "deform": deform[v], "dead": True} if dead[v] else {
             "coord": coord[v], "deform": deform[v],
             "parents": _links(parents[v], up[v]) if above else [],
             "children": [[c, *down[c][slot]] for c, slot in children[v][:CHILDREN_SHOWN]],
             "children_total": len(children[v]),
-            "top": [[n, *px, sc] for n, px, sc in zip(best[v].tolist(), top_px[v], top_score[v])],
-            "heat": windows} for v, windows in zip(nodes, heat)]
+            "top": [[n, *px, sc] for n, px, sc in zip(best[v].tolist(), top_px[v], top_score[v])
+                    if det.score[v, n] > 0],
+            "heat": [w for w in heat[v] if det.score[v, w[0]] > 0]} for v in nodes]
         _emit(folder / f"layer{index}-{start // CHUNK}.js", f"layer{index}-{start // CHUNK}",
               {"start": start, "nodes": details})
     return {"tap": cfg.tap or f"layer {index}", "filters": int(np.shape(fit.deform)[0]),
-            "per_filter": int(per_filter), "nodes": int(num), "map_size": cfg.map_size,
+            "per_filter": int(per_filter), "nodes": int(num), "dead": int(dead.sum()),
+            "map_size": cfg.map_size,
             "stride": cfg.stride, "center": cfg.center, "patch_side": patches.patch_side(cfg),
             "chunk": CHUNK}
 

@@ -1,4 +1,4 @@
-"""Summary figures of a run: instability per layer, and where the stablest nodes fire."""
+"""Summary figures of a run: instability per layer, and where chosen nodes are found."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from egjax import evaluate  # noqa: E402
+from egjax.visualize import raster, selection  # noqa: E402
 
 LAYER_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
+NODE_COLOURS = ((228, 26, 28), (30, 110, 220), (40, 170, 60), (170, 60, 190), (255, 127, 0),
+                (0, 200, 220))
+RING_RADIUS = (3, 8)          # px in the thumbnail: at a score of 0+ and at the node's best
+RING_WIDTH = 2
+LABEL_WIDTH = 96
+TITLE_HEIGHT = 36
 
 
 def instability_chart(metrics: dict, path) -> None:
@@ -24,40 +32,83 @@ def instability_chart(metrics: dict, path) -> None:
         ax.text(i + 0.2, r["nodes"], f"{r['ratio']:.2f}x", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [r["tap"] or f"layer {i}" for i, r in enumerate(rows)])
     ax.set_ylabel("instability / image diagonal")
-    ax.set_title("Location instability (lower is better)", fontsize=10)
+    ax.set_title(f"Location instability of each layer's {evaluate.TOP_NODES} highest-scoring "
+                 f"nodes\nand filters, over their top-{evaluate.TOP_IMAGES} images (lower is "
+                 "better)", fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def stable_nodes(fit, image_size: int, count: int) -> np.ndarray:
-    """Indices of the `count` nodes with the highest mean of their top-20 image scores (the
-    nodes the instability metric looks at first)."""
-    return evaluate.ranked(evaluate.node_detections(fit, image_size))[:count]
+def detections(images: np.ndarray, graph, path, *, landmarks=None, visible=None,
+               images_shown: int = 6, nodes_per_layer: int = 6) -> None:
+    """PNG of `detections_grid` (same arguments)."""
+    raster.save(detections_grid(images, graph, landmarks=landmarks, visible=visible,
+                                images_shown=images_shown, nodes_per_layer=nodes_per_layer),
+                path)
 
 
-def detections(images: np.ndarray, graph, path, *, images_shown: int = 6,
-               nodes_per_layer: int = 6) -> None:
-    """Images with the positions of each layer's stablest nodes (one colour per layer;
-    marker size grows with the node's score in that image)."""
+def detections_grid(images: np.ndarray, graph, *, landmarks=None, visible=None,
+                    images_shown: int = 6, nodes_per_layer: int = 6,
+                    cell: int = 150) -> np.ndarray:
+    """uint8 picture: where chosen nodes are found in the first `images_shown` images
+    `[N, H, W, 3]` (unmirrored). Under a title (`TITLE_HEIGHT` px), one row per layer (top
+    layer first): a label (`LABEL_WIDTH` px: the layer, the nodes in their colours), then
+    each image resized to `cell` px, 2 px apart, with a ring per node at its position there
+    (image pixel p at `(p + 1/2) cell / size - 1/2`), radius growing with the node's score in
+    that image relative to its best. No ring where the node scores 0 or lies outside the
+    image; rings are drawn inside the thumbnail, clipped by its edges.
+
+    Nodes per layer: the `nodes_per_layer` stablest (`selection.stablest`; `landmarks
+    [N, P, 2]` px and `visible [N, P]` given), else the highest-scoring live ones."""
+    if nodes_per_layer > len(NODE_COLOURS):
+        raise ValueError(f"nodes_per_layer must be at most {len(NODE_COLOURS)} (one colour "
+                         f"each), got {nodes_per_layer}")
     size = graph.config.image_size
     shown = min(images_shown, len(images))
-    fig, axes = plt.subplots(1, shown, figsize=(2.2 * shown, 2.5), dpi=110, squeeze=False)
-    chosen = [(fit, stable_nodes(fit, size, nodes_per_layer)) for fit in graph.layers]
-    found = [evaluate.node_detections(fit, size) for fit in graph.layers]
-    for n, ax in enumerate(axes[0]):
-        ax.imshow(images[n])
-        for colour, (_, nodes), det in zip(LAYER_COLOURS, chosen, found):
-            score = det.score[nodes, n]
-            ax.scatter(det.px[nodes, n, 1], det.px[nodes, n, 0], s=12 + 18 * score / (
-                score.max() + 1e-9), facecolors="none", edgecolors=colour, linewidths=1.2)
-        ax.set_axis_off()
-    handles = [plt.Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
-                          markeredgecolor=c, label=fit.config.tap or f"layer {i}")
-               for i, (c, (fit, _)) in enumerate(zip(LAYER_COLOURS, chosen))]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=8)
-    fig.suptitle(f"Stablest {nodes_per_layer} nodes per layer", fontsize=9)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    fig.savefig(path)
-    plt.close(fig)
+    rows = []
+    for index in reversed(range(len(graph.layers))):
+        fit = graph.layers[index]
+        det = evaluate.node_detections(fit, size)
+        if landmarks is None:
+            nodes = selection.strongest(det, nodes_per_layer)
+        else:
+            nodes = selection.stablest(det, evaluate.node_instability(det, landmarks, visible),
+                                       nodes_per_layer)
+        per_filter = np.shape(fit.deform)[1]
+        names = [f"f{v // per_filter}·{v % per_filter}" for v in nodes.tolist()]
+        label = raster.text_block([fit.config.tap or f"layer {index}"] + names, LABEL_WIDTH,
+                                  cell, colours=[raster.TEXT] + list(NODE_COLOURS))
+        tiles = [_rings(images[n], det, nodes, n, cell) for n in range(shown)]
+        rows.append(raster.row([label] + tiles, 2))
+    if landmarks is None:
+        chosen = (f"the {nodes_per_layer} highest-scoring nodes of each layer (score: the mean "
+                  f"of a node's top-{evaluate.TOP_IMAGES} image scores)")
+    else:
+        chosen = (f"the {nodes_per_layer} stablest nodes of each layer (lowest location "
+                  f"instability among nodes scoring >= {selection.MIN_SCORE:g}, score: the "
+                  f"mean of a node's top-{evaluate.TOP_IMAGES} image scores)")
+    title = raster.text_block([f"Where {chosen} are found in images 0-{shown - 1}.",
+                               "Ring: the node's position, larger where it scores higher; "
+                               "none where it scores 0 or lies outside the image."],
+                              rows[0].shape[1], TITLE_HEIGHT)
+    return raster.column([title] + rows, 4)
+
+
+def _rings(image: np.ndarray, det: evaluate.Detections, nodes: np.ndarray, n: int,
+           cell: int) -> np.ndarray:
+    """`image` resized to `cell` px with a ring per node of `nodes` found in it."""
+    size = image.shape[0]
+    tile = Image.fromarray(raster.resized(image, cell))
+    draw = ImageDraw.Draw(tile)
+    best = np.asarray(det.score)[nodes].max(axis=1)
+    for colour, v, top in zip(NODE_COLOURS, nodes.tolist(), best):
+        score, (h, w) = det.score[v, n], det.px[v, n]
+        if score <= 0 or not (-0.5 <= h < size - 0.5 and -0.5 <= w < size - 0.5):
+            continue
+        y, x = ((p + 0.5) * cell / size - 0.5 for p in (h, w))
+        radius = RING_RADIUS[0] + (RING_RADIUS[1] - RING_RADIUS[0]) * score / top
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour,
+                     width=RING_WIDTH)
+    return np.asarray(tile)

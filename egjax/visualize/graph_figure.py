@@ -1,5 +1,6 @@
-"""A picture of part of the graph: layers bottom to top, nodes grouped by filter, edges to
-parents labelled with their mean spatial offsets."""
+"""A picture of a connected piece of the graph: strong top-layer nodes, their children,
+grandchildren and so on down the layers, with an edge from each drawn node to each of its
+drawn parents, labelled with their mean spatial offset."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from egjax import evaluate  # noqa: E402
+from egjax.visualize import selection  # noqa: E402
 from egjax.visualize.figures import LAYER_COLOURS  # noqa: E402
+
+SLOT = 120             # px along a row per node
+ROW = 150              # px per layer
+LABEL_WIDTH = 90       # px left of the first slot, for the layer names
+TITLE_HEIGHT = 64      # px above the top row
+RADIUS = 12            # px, a node's disc
+EDGE_COLOUR = "#444444"
+OTHER_EDGE_COLOUR = "#c8c8c8"
+DPI = 100
 
 
 def pixels(fit) -> np.ndarray:
@@ -30,72 +41,113 @@ def edge_offsets(lower, upper) -> np.ndarray:
     return np.where((parents >= 0)[..., None], offsets, np.nan)
 
 
-def figure_nodes(graph, per_layer: int) -> list[np.ndarray]:
-    """Nodes to draw per layer (bottom to top): the top layer's `per_layer` best nodes by
-    score, then in each layer below its best nodes with a parent among those drawn above
-    (topped up with its best other nodes)."""
+def figure_nodes(graph, roots: int = 3, per_layer: int = 8) -> tuple[list, list]:
+    """Nodes to draw per layer (bottom to top), each layer in drawing order (left to right),
+    and per node the parent through which it was taken (-1 in the top layer).
+
+    Only nodes that reach the bottom layer are drawn: live nodes (`selection`) of the
+    bottom layer, and live nodes above that are a parent of such a node in the layer below.
+    Top layer: the `roots` highest-scoring of them, best first. Each layer below: up to
+    `per_layer` of them with a parent among those drawn above, taken in rounds: each drawn
+    node above in turn (left to right) takes its highest-scoring child not yet taken; drawn
+    in the order of the parents that took them, each parent's in the order taken."""
     size = graph.config.image_size
-    chosen = [None] * len(graph.layers)
-    above = None
-    for index in reversed(range(len(graph.layers))):
-        fit = graph.layers[index]
-        order = evaluate.ranked(evaluate.node_detections(fit, size))
-        if above is not None:
-            linked = np.isin(np.asarray(fit.parents), above).any(axis=1)
-            order = np.concatenate([order[linked[order]], order[~linked[order]]])
-        chosen[index] = above = order[:per_layer]
-    return chosen
+    reach, eligible = None, []
+    for fit in graph.layers:
+        det = evaluate.node_detections(fit, size)
+        ranked = selection.strongest(det, np.shape(det.score)[0])
+        if reach is not None:
+            ranked = ranked[np.isin(ranked, reach)]
+        eligible.append(ranked)
+        reach = np.asarray(fit.parents)[ranked]
+    top = eligible[-1][:roots]
+    chosen = [None] * (len(graph.layers) - 1) + [top]
+    via = [None] * (len(graph.layers) - 1) + [np.full(len(top), -1)]
+    for index in reversed(range(len(graph.layers) - 1)):
+        above = chosen[index + 1].tolist()
+        ranked = eligible[index]
+        parents = np.asarray(graph.layers[index].parents)[ranked]
+        queues = [ranked[(parents == p).any(axis=1)].tolist() for p in above]
+        taken = {}                                                   # child -> parent slot
+        while len(taken) < per_layer and any(queues):
+            for slot, queue in enumerate(queues):
+                while queue and queue[0] in taken:
+                    queue.pop(0)
+                if queue and len(taken) < per_layer:
+                    taken[queue.pop(0)] = slot
+        order = sorted(taken, key=taken.get)                    # stable: the order taken
+        chosen[index] = np.asarray(order, np.int64)
+        via[index] = np.asarray([above[taken[v]] for v in order], np.int64)
+    return chosen, via
 
 
-def graph_figure(graph, path, *, per_layer: int = 8) -> None:
-    """PNG of `figure_nodes`: one row per layer (bottom layer at the bottom), nodes sorted
-    and boxed by filter (`f<c>`, node `k` inside), an edge from each drawn node to each of
-    its drawn parents labelled with the mean offset `(dh, dw)` px from child to parent."""
-    chosen = figure_nodes(graph, per_layer)
-    place = {}
-    fig, ax = plt.subplots(figsize=(1.25 * per_layer + 1.6, 2.1 * len(graph.layers)), dpi=110)
-    for index, (fit, nodes) in enumerate(zip(graph.layers, chosen)):
-        k = np.shape(fit.deform)[1]
-        nodes = sorted(nodes.tolist())
-        filters = [v // k for v in nodes]
-        slots = np.arange(len(nodes)) + 0.6 * np.cumsum([0] + [a != b for a, b in
-                                                              zip(filters, filters[1:])])
-        xs = slots / max(slots[-1], 1) * (per_layer - 1)
-        colour = LAYER_COLOURS[index % len(LAYER_COLOURS)]
-        for f in sorted(set(filters)):
-            group = [x for x, g in zip(xs, filters) if g == f]
-            ax.add_patch(plt.Rectangle((min(group) - 0.32, index - 0.2),
-                                       max(group) - min(group) + 0.64, 0.4, fill=False,
-                                       edgecolor="#999999", linewidth=0.8, linestyle=":"))
-            ax.text(np.mean(group), index - 0.3, f"f{f}", ha="center", va="top", fontsize=7,
-                    color="#555555", zorder=2, bbox=dict(boxstyle="round,pad=0.1", fc="white",
-                                                         ec="none"))
-        for x, v in zip(xs, nodes):
-            place[index, v] = x
-            ax.scatter([x], [index], s=260, color=colour, alpha=0.85, zorder=3)
-            ax.text(x, index, str(v % k), ha="center", va="center", fontsize=7,
-                    color="white", zorder=4)
-        ax.text(-1.1, index, fit.config.tap or f"layer {index}", ha="right", va="center",
-                fontsize=9, color=colour, fontweight="bold")
-    for index in range(len(graph.layers) - 1):
-        lower, upper = graph.layers[index], graph.layers[index + 1]
-        offsets = edge_offsets(lower, upper)
-        edges = [(place[index, v], place[index + 1, p], offsets[v, slot])
-                 for v in chosen[index]
-                 for slot, p in enumerate(np.asarray(lower.parents)[v])
-                 if (index + 1, p) in place]
-        for number, (x0, x1, (dh, dw)) in enumerate(sorted(edges, key=lambda e: e[:2])):
-            y0, y1 = index + 0.13, index + 0.87
-            ax.plot([x0, x1], [y0, y1], color="#777777", linewidth=0.7, alpha=0.7, zorder=1)
-            t = 0.15 + 0.7 * ((number * 0.618) % 1)       # spread the labels along the edges
-            ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), f"({dh:+.0f},{dw:+.0f})",
-                    fontsize=5.5, color="#333333", ha="center", va="center", zorder=2,
-                    bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
-    ax.set_xlim(-2.0, per_layer - 0.3)
-    ax.set_ylim(-0.6, len(graph.layers) - 0.5)
+def layout(chosen: list[np.ndarray]) -> dict:
+    """`{(layer, node): (x, y)}` pixel centres in the figure (x from the left, y from the
+    top): layer l's row at `y = TITLE_HEIGHT + (L - 1 - l + 1/2) ROW` (top layer first); the
+    i-th of its n nodes at `x = LABEL_WIDTH + (widest - n) SLOT / 2 + (i + 1/2) SLOT`."""
+    widest = max(len(nodes) for nodes in chosen)
+    return {(index, v): (LABEL_WIDTH + (widest - len(nodes)) * SLOT / 2 + (i + 0.5) * SLOT,
+                         TITLE_HEIGHT + (len(chosen) - 1 - index + 0.5) * ROW)
+            for index, nodes in enumerate(chosen) for i, v in enumerate(nodes.tolist())}
+
+
+def graph_figure(graph, path, *, roots: int = 3, per_layer: int = 8) -> None:
+    """PNG of `figure_nodes` at the pixels of `layout` (`DPI` dots per inch, 1 figure unit
+    = 1 px): a disc of `RADIUS` px per node in its layer's colour (`LAYER_COLOURS`), its
+    name `f<filter>·<node>` and score below it; a line from each drawn node to each of its
+    drawn parents: `EDGE_COLOUR`, labelled with the parent's mean position minus the
+    child's `(dh, dw)` px in the graph's frame (`edge_offsets`), to the parent through
+    which it was taken; `OTHER_EDGE_COLOUR`, unlabelled, to the others."""
+    chosen, via = figure_nodes(graph, roots, per_layer)
+    place = layout(chosen)
+    width = LABEL_WIDTH + max(len(nodes) for nodes in chosen) * SLOT
+    height = TITLE_HEIGHT + len(graph.layers) * ROW
+    fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
     ax.set_axis_off()
-    ax.set_title(f"Explanatory graph: {per_layer} nodes per layer, edges to parents with the "
-                 "mean offset (dh, dw) px child -> parent", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
+    size = graph.config.image_size
+    for index, (fit, nodes) in enumerate(zip(graph.layers, chosen)):
+        colour = LAYER_COLOURS[index % len(LAYER_COLOURS)]
+        per_filter = np.shape(fit.deform)[1]
+        score = selection.strength(evaluate.node_detections(fit, size))
+        y = TITLE_HEIGHT + (len(chosen) - 1 - index + 0.5) * ROW
+        ax.text(8, y, fit.config.tap or f"layer {index}", ha="left", va="center", fontsize=10,
+                color=colour, fontweight="bold")
+        for v in nodes.tolist():
+            x, y = place[index, v]
+            ax.add_patch(plt.Circle((x, y), RADIUS, color=colour, zorder=3, linewidth=0))
+            ax.text(x, y + RADIUS + 3, f"f{v // per_filter}·{v % per_filter}\n{score[v]:.1f}",
+                    ha="center", va="top", fontsize=7, color="#333333", zorder=4)
+    for index in range(len(graph.layers) - 1):
+        lower = graph.layers[index]
+        offsets = edge_offsets(lower, graph.layers[index + 1])
+        for v, through in zip(chosen[index].tolist(), via[index].tolist()):
+            parents = np.asarray(lower.parents)[v].tolist()
+            for p in dict.fromkeys(parents):                 # each parent once, first slot
+                if (index + 1, p) not in place:
+                    continue
+                (x0, y0), (x1, y1) = place[index, v], place[index + 1, p]
+                main = p == through
+                ax.plot([x0, x1], [y0, y1], color=EDGE_COLOUR if main else OTHER_EDGE_COLOUR,
+                        linewidth=1.2 if main else 0.8, zorder=2 if main else 1)
+                if main:
+                    dh, dw = offsets[v, parents.index(p)]
+                    ax.text(x0 + 0.35 * (x1 - x0), y0 + 0.35 * (y1 - y0),
+                            f"({dh:+.0f},{dw:+.0f})", fontsize=6.5, color="#222222",
+                            ha="center", va="center", zorder=2,
+                            bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none"))
+    top = graph.layers[-1].config.tap or f"layer {len(graph.layers) - 1}"
+    ax.text(8, 6, "\n".join([
+        f"A connected piece of the explanatory graph: the {roots} highest-scoring {top} nodes, "
+        f"and in each layer below up to {per_layer} of the highest-scoring children",
+        "of the nodes drawn above (each in turn takes its best one); only nodes with "
+        "descendants down to the bottom layer, no dead ones (score 0 in every image).",
+        f"Under each node: f<filter>·<node> and its score, the mean of its top-"
+        f"{evaluate.TOP_IMAGES} image scores. Dark edge: to the parent that took the node,",
+        "labelled with the parent's mean position minus the child's, (dh, dw) px in the "
+        "graph's frame. Light edges: to its other drawn parents."]),
+        ha="left", va="top", fontsize=8, color="#222222")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)

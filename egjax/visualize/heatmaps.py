@@ -23,9 +23,12 @@ import numpy as np
 
 from egjax import evaluate
 from egjax.config import LayerConfig
-from egjax.visualize import raster
+from egjax.visualize import raster, selection
 
 OPACITY = 0.8
+LABEL_WIDTH = 86
+TITLE_HEIGHT = 36
+BAR_BLOCK, BAR_WIDTH, BAR_MARGIN = 80, 14, 10
 
 
 def search_half_range(deform, config: LayerConfig) -> np.ndarray:
@@ -116,19 +119,44 @@ def overlay(image: np.ndarray, heat: np.ndarray, vmax: float | None = None) -> n
 
 def heatmap_grid(images: np.ndarray, graph, maps, *, images_shown: int = 6, nodes: int = 10,
                  cell: int = 160) -> np.ndarray:
-    """uint8 picture: one row per layer (top layer first), one column per image: the layer
-    heat map of its `nodes` best nodes (by the mean of their top-20 scores) over the image,
-    one colour scale per row."""
+    """uint8 picture: under a title (`TITLE_HEIGHT` px), one row per layer (top layer
+    first): a label (`LABEL_WIDTH` px), then per image (`cell` px, 2 px apart) the layer heat
+    map of its `nodes` highest-scoring live nodes (`selection.strongest`) over the image,
+    then the row's colour bar (`colour_bar`): one colour scale per row, 0 to its maximum."""
     size = graph.config.image_size
     shown = min(images_shown, len(images))
     rows = []
     for index in reversed(range(len(graph.layers))):
         fit = graph.layers[index]
-        chosen = evaluate.ranked(evaluate.node_detections(fit, size))[:nodes]
+        chosen = selection.strongest(evaluate.node_detections(fit, size), nodes)
         heat = upsample(layer_heatmaps(maps[index], fit, chosen, size)[:shown], fit.config, size)
         vmax = float(heat.max())
         label = raster.text_block([fit.config.tap or f"layer {index}", f"top {len(chosen)}",
-                                   "nodes"], 86, cell)
+                                   "nodes"], LABEL_WIDTH, cell)
         tiles = [raster.resized(overlay(images[n], heat[n], vmax), cell) for n in range(shown)]
-        rows.append(raster.row([label] + tiles, 2))
-    return raster.column(rows, 4)
+        rows.append(raster.row([label] + tiles + [colour_bar(vmax, cell)], 2))
+    title = raster.text_block([
+        f"Heat maps of each layer's {nodes} highest-scoring nodes (mean of their top-"
+        f"{evaluate.TOP_IMAGES} image scores), cell-wise maximum, in images 0-{shown - 1}: "
+        "a node's filter response inside its search window,",
+        "weighted by its deformation Gaussian around its position. Colour: 0 to the row's "
+        "maximum, in the maps' normalised units (response / its s.d. on negative images); "
+        f"opacity {OPACITY:g} x value / maximum."], rows[0].shape[1], TITLE_HEIGHT)
+    return raster.column([title] + rows, 4)
+
+
+def colour_bar(vmax: float, height: int) -> np.ndarray:
+    """uint8 `[height, BAR_BLOCK, 3]`: a bar `BAR_WIDTH` px wide from row `BAR_MARGIN` to
+    `height - BAR_MARGIN` (exclusive), at `BAR_MARGIN` px from the left, value vmax at its
+    top row falling linearly to 0 at its bottom row, drawn as `overlay` draws it over
+    mid-grey; labelled, right of it, `vmax` (3 significant digits) at the top and 0 at the
+    bottom (`raster.text_block`s 18 px high from rows `BAR_MARGIN - 4` and `height -
+    BAR_MARGIN - 14`)."""
+    length, right = height - 2 * BAR_MARGIN, BAR_MARGIN + BAR_WIDTH
+    value = np.linspace(1, 0, length)[:, None] * np.ones(BAR_WIDTH)
+    block = np.full((height, BAR_BLOCK, 3), raster.BACKGROUND, np.uint8)
+    block[BAR_MARGIN:height - BAR_MARGIN, BAR_MARGIN:right] = overlay(
+        np.full((length, BAR_WIDTH, 3), 128, np.uint8), value, 1)
+    for text, row in ((f"{vmax:.3g}", BAR_MARGIN - 4), ("0", height - BAR_MARGIN - 14)):
+        block[row:row + 18, right:] = raster.text_block([text], BAR_BLOCK - right, 18)
+    return block

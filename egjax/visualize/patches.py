@@ -11,7 +11,7 @@ import numpy as np
 
 from egjax import evaluate
 from egjax.config import LayerConfig
-from egjax.visualize import raster
+from egjax.visualize import raster, selection
 
 PAPER_SIDE = 70      # px: the paper's patches for conv4 of VGG-16 (stride 8) at 224 px
 PAPER_STRIDE = 8
@@ -57,14 +57,17 @@ def node_patches(images: np.ndarray, det: evaluate.Detections, node: int, count:
 def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 10,
                side: int | None = None, cell: int = 64, title: str | None = None) -> np.ndarray:
     """One row per node of `fit` (in the order of `nodes`): a label (filter, node, mean of
-    its top-20 scores) and its `count` best patches, each resized to `cell` px. uint8."""
+    its top-20 scores) and its `count` best patches, each resized to `cell` px; under
+    `title` (its lines 15 px apart) if given. uint8."""
     side = side or patch_side(fit.config)
     det = evaluate.node_detections(fit, image_size)
     per_filter = np.shape(fit.deform)[1]
-    top = -np.sort(-det.score, axis=1)[:, :evaluate.TOP_IMAGES].mean(axis=1)
+    top = selection.strength(det)
     rows = []
     if title:
-        rows.append(raster.text_block([title], 110 + count * (cell + 2), 18, size=12))
+        lines = title.splitlines()
+        rows.append(raster.text_block(lines, 110 + count * (cell + 2), 3 + 15 * len(lines),
+                                      size=12))
     for v in nodes:
         f, k = divmod(int(v), per_filter)
         label = raster.text_block([f"filter {f}", f"node {k}", f"score {top[v]:.2f}"], 106, cell)
@@ -75,12 +78,14 @@ def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 
 
 def layer_patch_grid(images: np.ndarray, graph, layer: int, *, nodes: int = 12,
                      count: int = 10, cell: int = 64) -> np.ndarray:
-    """`patch_grid` of a graph layer's `nodes` best nodes (by the mean of their top-20
-    image scores, as `evaluate.instability` ranks them), with a title."""
+    """`patch_grid` of a graph layer's `nodes` highest-scoring live nodes
+    (`selection.strongest`: by the mean of their top-20 image scores, as
+    `evaluate.instability` ranks them), with a title that says so."""
     fit = graph.layers[layer]
-    chosen = evaluate.ranked(evaluate.node_detections(fit, graph.config.image_size))[:nodes]
+    chosen = selection.strongest(evaluate.node_detections(fit, graph.config.image_size), nodes)
     name = fit.config.tap or f"layer {layer}"
-    title = (f"{name}: top {len(chosen)} nodes by score; {patch_side(fit.config)}-px patches "
-             f"at each node's position in its {count} best images")
+    title = (f"{name}: the {len(chosen)} highest-scoring nodes (mean of their top-"
+             f"{evaluate.TOP_IMAGES} image scores)\n{patch_side(fit.config)}-px patches at "
+             f"each node's position in its {count} best images")
     return patch_grid(images, fit, graph.config.image_size, chosen, count=count, cell=cell,
                       title=title)

@@ -18,13 +18,14 @@ def resized(image: np.ndarray, side: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
-def text_block(lines, width: int, height: int, *, size: int = 11) -> np.ndarray:
-    """A white `[height, width, 3]` uint8 block with `lines` of text from its top left."""
+def text_block(lines, width: int, height: int, *, size: int = 11, colours=None) -> np.ndarray:
+    """A white `[height, width, 3]` uint8 block with `lines` of text from its top left, in
+    `colours` (one RGB triple per line; default dark grey)."""
     block = Image.new("RGB", (width, height), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(block)
     font = ImageFont.load_default(size=size)
-    for row, line in enumerate(lines):
-        draw.text((4, 3 + row * (size + 3)), line, fill=TEXT, font=font)
+    for row, (line, colour) in enumerate(zip(lines, colours or [TEXT] * len(lines))):
+        draw.text((4, 3 + row * (size + 3)), line, fill=tuple(colour), font=font)
     return np.asarray(block)
 
 

@@ -65,6 +65,17 @@ function nodeName(l, v) {
 
 // ---- columns ------------------------------------------------------------------------------
 
+// Row order. By score: live nodes, highest first; then the dead. By stability: the nodes
+// scoring at least meta.min_score, lowest instability first (none: after them); then the
+// other live nodes by score; then the dead. Ties: the lower index first.
+function group(l, v) {
+  const layer = state.layers[l], summary = layer.summary;
+  if (layer.dead.has(v)) return 3;
+  if (state.sort === "score") return 0;
+  if (summary.score[v] < state.meta.min_score) return 2;
+  return summary.instability[v] === null ? 1 : 0;
+}
+
 function order(l) {
   const layer = state.layers[l], info = state.meta.layers[l];
   let nodes = [];
@@ -73,11 +84,10 @@ function order(l) {
     for (let k = 0; k < info.per_filter; k++) nodes.push(state.filter * info.per_filter + k);
   }
   const score = layer.summary.score, unstable = layer.summary.instability;
-  if (state.sort === "score") nodes.sort((a, b) => score[b] - score[a] || a - b);
-  else {
-    const key = (v) => (unstable[v] === null ? Infinity : unstable[v]);
-    nodes.sort((a, b) => key(a) - key(b) || a - b);
-  }
+  const rank = new Map(nodes.map((v) => [v, group(l, v)]));
+  const within = (a, b) => (state.sort === "stability" && rank.get(a) === 0
+    ? unstable[a] - unstable[b] : score[b] - score[a]);
+  nodes.sort((a, b) => rank.get(a) - rank.get(b) || within(a, b) || a - b);
   layer.order = nodes;
   layer.row = new Map(nodes.map((v, i) => [v, i]));
 }
@@ -93,13 +103,13 @@ function buildColumns() {
       el("h2", {}, info.tap),
       el("div", { class: "info" },
         `${info.filters} filters × ${info.per_filter} = ${info.nodes} nodes · ` +
-        `${info.map_size}² map`),
+        `${info.map_size}² map · `, el("span", { class: "dead-count" }, `${info.dead} dead`)),
       el("div", { class: "heading" }, el("span", { class: "rank" }, "#"),
         el("span", { class: "name" }, "filter·node"), el("span", { class: "num score" }, "score"),
         el("span", { class: "num unstable" }, state.meta.instability ? "instab." : "")),
       list);
     host.append(column);
-    state.layers[l] = { list, spacer, summary: null, order: [], row: new Map() };
+    state.layers[l] = { list, spacer, summary: null, dead: new Set(), order: [], row: new Map() };
     spacer.textContent = "loading…";
   });
 }
@@ -124,17 +134,22 @@ function drawRows(l) {
   for (let i = first; i < last; i++) {
     const v = layer.order[i];
     const chosen = state.selected && state.selected.l === l && state.selected.v === v;
+    const kind = ["", "", " weak", " dead"][group(l, v)];
     const row = el("div", {
-      class: chosen ? "row selected" : "row", "data-node": v, style: `top:${i * ROW}px`,
-      title: `${state.meta.layers[l].tap} ${nodeName(l, v)}: score ${fmt(score[v], 2)}` +
-        (unstable ? `, instability ${fmt(unstable[v], 4)}` : ""),
+      class: `row${kind}${chosen ? " selected" : ""}`, "data-node": v, style: `top:${i * ROW}px`,
+      title: `${state.meta.layers[l].tap} ${nodeName(l, v)}: ` + (layer.dead.has(v)
+        ? "dead (score 0 in every image)"
+        : `score ${fmt(score[v], 2)}` + (unstable ? `, instability ${fmt(unstable[v], 4)}` : "") +
+          (kind === " weak" ? `; scores below ${state.meta.min_score}: not ranked by stability`
+            : "")),
       onclick: () => select(l, v, false),
     },
       el("span", { class: "rank" }, `${i + 1}`),
       el("span", { class: "name" }, nodeName(l, v)),
-      el("span", { class: "num", style: `background:linear-gradient(to left,#d6e4f4 ` +
-        `${(100 * score[v] / best).toFixed(1)}%,transparent 0)` }, fmt(score[v], 2)),
-      el("span", { class: "num" }, unstable ? fmt(unstable[v], 3) : ""));
+      ...(layer.dead.has(v) ? [el("span", { class: "tag" }, "dead")] : [
+        el("span", { class: "num", style: `background:linear-gradient(to left,#d6e4f4 ` +
+          `${(100 * score[v] / best).toFixed(1)}%,transparent 0)` }, fmt(score[v], 2)),
+        el("span", { class: "num" }, unstable ? fmt(unstable[v], 3) : "")]));
     rows.push(row);
   }
   layer.spacer.replaceChildren(...rows);
@@ -171,7 +186,27 @@ function setFilter(value) {
   state.filter = value;
   const input = document.getElementById("filter");
   if (value === null && input.value !== "") input.value = "";
+  showFilterError(null);
   state.layers.forEach((_, l) => refreshColumn(l));
+}
+
+// The filter box takes a whole number from 0 to the largest filter index; anything else
+// is refused with a message and shows every node.
+function readFilter(text) {
+  const most = Math.max(...state.meta.layers.map((info) => info.filters)) - 1;
+  const value = text.trim();
+  if (value === "") return { value: null };
+  if (!/^\d+$/.test(value) || Number(value) > most) {
+    return { error: `filter: a whole number from 0 to ${most}` };
+  }
+  return { value: Number(value) };
+}
+
+function showFilterError(message) {
+  const input = document.getElementById("filter");
+  input.classList.toggle("invalid", message !== null);
+  input.setAttribute("aria-invalid", message !== null ? "true" : "false");
+  document.getElementById("filter-error").textContent = message || "";
 }
 
 // ---- one node -----------------------------------------------------------------------------
@@ -186,7 +221,8 @@ async function select(l, v, scroll = true) {
   try {
     const chunk = await load(`layer${l}-${Math.floor(v / info.chunk)}`);
     if (!state.selected || state.selected.l !== l || state.selected.v !== v) return;
-    detail.replaceChildren(...describe(l, v, chunk.nodes[v - chunk.start]));
+    const d = chunk.nodes[v - chunk.start];
+    detail.replaceChildren(...(d.dead ? describeDead(l, v, d) : describe(l, v, d)));
   } catch (error) {
     detail.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
   }
@@ -200,24 +236,52 @@ function link(l, v, offset) {
   return a;
 }
 
-function describe(l, v, d) {
-  const meta = state.meta, info = meta.layers[l], layer = state.layers[l];
-  const k = info.per_filter, summary = layer.summary;
+function numbers(l, v, d) {
+  const info = state.meta.layers[l], k = info.per_filter;
   const px = (cell) => info.center + cell * info.stride;
-  const rows = [
+  return [
     ["layer", `${info.tap} (graph layer ${l})`],
     ["filter · node", `${Math.floor(v / k)} · ${v % k}   (flat index ${v})`],
     ["prior position", `cell (${fmt(d.coord[0], 1)}, ${fmt(d.coord[1], 1)}) = ` +
       `(${px(d.coord[0]).toFixed(0)}, ${px(d.coord[1]).toFixed(0)}) px, graph frame`],
     ["deformation", `${fmt(d.deform, 2)} cells`],
+  ];
+}
+
+function table(rows) {
+  return el("table", { class: "numbers" },
+    ...rows.map(([name, value]) => el("tr", {}, el("td", {}, name), el("td", {}, value))));
+}
+
+function heading(l, v, dead) {
+  const info = state.meta.layers[l], k = info.per_filter;
+  return el("h3", {}, `${info.tap} · filter ${Math.floor(v / k)} · node ${v % k}`,
+    ...(dead ? [" ", el("span", { class: "tag" }, "dead")] : []));
+}
+
+function describeDead(l, v, d) {
+  return [
+    heading(l, v, true),
+    table(numbers(l, v, d).concat([["score", "0 in every image"]])),
+    el("p", { class: "note" }, "A dead node: the EM never found it (score 0 in every image), " +
+      "so it has no positions, patches, heat maps or instability, and the parents the EM " +
+      "gave it carry no evidence. Dead nodes are listed last and left out of other nodes' " +
+      "children."),
+  ];
+}
+
+function describe(l, v, d) {
+  const meta = state.meta, info = meta.layers[l], layer = state.layers[l];
+  const summary = layer.summary;
+  const rows = numbers(l, v, d).concat([
     ["score", `${fmt(summary.score[v], 3)} (mean of top-${meta.top_images} images), ` +
       `${fmt(summary.mean[v], 3)} (all images)`],
-  ];
+  ]);
   if (summary.instability) {
-    rows.push(["instability", `${fmt(summary.instability[v], 4)} of the image diagonal`]);
+    rows.push(["instability", `${fmt(summary.instability[v], 4)} of the image diagonal` +
+      (summary.score[v] < meta.min_score
+        ? ` (score below ${meta.min_score}: not ranked by stability)` : "")]);
   }
-  const table = el("table", { class: "numbers" },
-    ...rows.map(([name, value]) => el("tr", {}, el("td", {}, name), el("td", {}, value))));
 
   const patches = el("div", { class: "patches" }, ...d.top.map(([n, h, w, score]) => {
     const canvas = el("canvas", { width: PATCH_PX, height: PATCH_PX });
@@ -243,23 +307,26 @@ function describe(l, v, d) {
       ...(d.children_total > d.children.length
         ? [el("span", { class: "note" }, `and ${d.children_total - d.children.length} more`)] : []))
     : el("p", { class: "note" },
-      l > 0 ? "no node below takes this one as a parent" : "bottom layer");
+      l > 0 ? "no live node below takes this one as a parent" : "bottom layer");
 
   return [
-    el("h3", {}, `${info.tap} · filter ${Math.floor(v / k)} · node ${v % k}`),
-    table,
+    heading(l, v, false),
+    table(rows),
     el("h4", {}, `Patches in its ${d.top.length} best images`),
     el("div", { class: "patches-wrap" }, patches),
     el("p", { class: "note" }, `${info.patch_side}-px squares around the node's position in ` +
-      "each image (mirrored detections mapped back), best first, with the image and the node's " +
-      "score there; grey: outside the image."),
-    el("h4", {}, "Heat maps"),
+      `its ${meta.patch_images} best images (fewer where it scores 0 in the rest; mirrored ` +
+      "detections mapped back), best first, with the image and the node's score there; grey: " +
+      "outside the image."),
+    el("h4", {}, `Heat maps in its ${d.heat.length} best images`),
     heats,
     el("p", { class: "note" }, "The filter's rectified response inside the node's search window, " +
       "Gaussian-weighted (its deformation scale) around its position (ring); one colour scale " +
       "per node. Dashed: the patch."),
     el("h4", {}, `Parents (${d.parents.length})`), parents,
     el("h4", {}, `Children (${d.children_total})`), children,
+    ...(l > 0 ? [el("p", { class: "note" }, "Live children only: dead nodes are left out.")]
+      : []),
     el("p", { class: "note" }, "Offsets: the other node's mean position minus this node's, " +
       "(dh, dw) px in the graph's frame."),
   ];
@@ -335,21 +402,36 @@ async function start() {
     el("p", { class: "hint" }, "Click a node to see what it looks at."),
     el("p", { class: "note center" }, "Columns: the graph's layers, bottom to top. score: the " +
       `mean of a node's ${meta.top_images} best image scores (a layer's scores are normalised ` +
-      "to mean 1)." +
+      "to mean 1). Dead nodes score 0 in every image: they are marked and listed last." +
       (meta.instability ? " instab.: its location instability, the spread of its distance " +
         "to the object's landmarks over those images, divided by the image diagonal (lower: " +
-        "more stable)." : " No landmarks were given, so no instability.")));
-  document.getElementById("sort-stability").disabled = !meta.instability;
+        `more stable); sorting by stability ranks the nodes scoring at least ` +
+        `${meta.min_score} (the layer's mean score), then the weaker ones by score.`
+        : " No landmarks were given, so no instability.")));
+  const stability = document.getElementById("sort-stability");
+  stability.disabled = !meta.instability;
+  stability.title = `location instability, lowest first, of the nodes scoring at least ` +
+    `${meta.min_score}; then the other live nodes by score; dead nodes last`;
+  document.getElementById("threshold").textContent = meta.instability
+    ? `stability ranks score ≥ ${meta.min_score}` : "";
   document.getElementById("sort-score").onclick = () => setSort("score");
-  document.getElementById("sort-stability").onclick = () => setSort("stability");
-  document.getElementById("filter").oninput = (event) => {
-    const value = event.target.value === "" ? null : Number.parseInt(event.target.value, 10);
-    setFilter(Number.isNaN(value) ? null : value);
+  stability.onclick = () => setSort("stability");
+  const input = document.getElementById("filter");
+  input.max = Math.max(...meta.layers.map((info) => info.filters)) - 1;
+  input.oninput = () => {
+    // a number input reports "" for text it cannot parse: that is refused too
+    const read = readFilter(input.validity.badInput ? "?" : input.value);
+    if (read.error) {
+      state.filter = null;
+      state.layers.forEach((_, l) => refreshColumn(l));
+      showFilterError(read.error);
+    } else setFilter(read.value);
   };
   buildColumns();
   markSorted();
   await Promise.all(meta.layers.map(async (_, l) => {
     const summary = state.layers[l].summary = await load(`layer${l}`);
+    state.layers[l].dead = new Set(summary.dead);
     state.layers[l].maxScore = summary.score.reduce((a, x) => (x > a ? x : a), 1e-9);
     refreshColumn(l);
   }));
