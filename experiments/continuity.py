@@ -50,7 +50,7 @@ from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, negatives, sample, sample_mixed
 from egjax.features import extract_features, negative_statistics
 from egjax.models import ModelMeta, preprocess
-from egjax.progress import Progress
+from egjax.progress import Step
 
 VARIANTS = ("plain", "triplet")
 TRIPLET_TAPS = ("relu4_3", "relu5_3")
@@ -222,8 +222,8 @@ def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
                      jax.random.key(args.seed + 1))
     scores = {}
     explain = explainers(model, params, graph, sd, args.batch_size)
-    with Progress(len(explain) * len(partners), unit="measurements", desc="continuity",
-                  quiet=args.quiet) as bar:
+    with Step(len(explain) * len(partners), "continuity", "measurements",
+              quiet=args.quiet) as bar:
         for name, explainer in explain.items():
             scores[name] = {}
             for kind, partner in partners.items():

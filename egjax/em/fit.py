@@ -7,6 +7,7 @@ compiles once per shape.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, NamedTuple
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from egjax.em import windows
 from egjax.em import sharding
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
-from egjax.progress import Progress
+from egjax.progress import Step, duration
 
 COMPAT = ("fixed", "original")
 
@@ -305,15 +306,17 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
 
     `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
     are checked before any layer is fitted. A progress bar counts the fitted layers
-    (`quiet=True`: none).
+    (`quiet=True`: none); a line on stderr gives the time of each (`egjax.progress`).
     """
     _check_graph_inputs(maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None
-    with Progress(len(cfg.layers), unit="layers", desc="fit", quiet=quiet) as bar:
+    times = []
+    with Step(len(cfg.layers), "fit", "layers", quiet=quiet) as bar:
         for index in reversed(range(len(cfg.layers))):
-            bar.desc = f"fit {cfg.layers[index].tap or f'layer {index}'}"
-            bar.update(0)
+            name = cfg.layers[index].tap or f"layer {index}"
+            bar.describe(desc=f"fit {name}")
+            started = time.perf_counter()
             try:
                 call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
                                   None if flipped_maps is None else flipped_maps[index], parent,
@@ -324,5 +327,7 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
             parent = layer_fit(jax.block_until_ready(call.function(*call.args)),
                                cfg.layers[index])
             fits[index] = parent
+            times.append(f"{name} {duration(time.perf_counter() - started)}")
+            bar.describe(note=", ".join(times))
             bar.update(1)
     return ExplanatoryGraph(layers=tuple(fits), config=cfg)
