@@ -1,5 +1,6 @@
 # The two commands: `make demo` (the main job) and `make test` (the suite).
-# Both create .venv at the repository root if it is missing and install what they need.
+# Both create .venv at the repository root if it is missing and install what they need:
+# the demo only the core and the `demo` extra (no TensorFlow), the tests everything.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,11 +11,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed-demo: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-test
 
 # The explorer's browser test drives a system Chromium (no browser download): install Debian's
 # package when none is found and apt-get is at hand; otherwise that test skips and says why.
@@ -29,5 +34,5 @@ browser:
 test: install browser
 	$(PY) -m pytest -q
 
-demo: install
+demo: $(VENV)/.installed-demo
 	$(PY) experiments/vgg16_voc.py --overwrite

@@ -1,9 +1,25 @@
-"""argparse value types shared by the experiment scripts: each refuses a bad value with the
-range it allows."""
+"""What the experiment scripts share on the command line: argparse value types (each refuses
+a bad value with the range it allows), the run-folder flags and their checks, and `run`,
+which ends a script on Ctrl-C with one line.
+
+    parser = argparse.ArgumentParser()
+    cli.add_run_arguments(parser, name="bird", runs_folder="runs")
+    args = parser.parse_args()
+    args.out = cli.run_folder(parser, args)       # checked before any work
+    ...
+    if __name__ == "__main__":
+        sys.exit(cli.run(main))
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import pathlib
+import sys
+from collections.abc import Callable
+
+from egjax import runs
 
 
 def positive_int(text: str) -> int:
@@ -32,3 +48,52 @@ def image_size(text: str) -> int:
     if not 64 <= value <= 1024:
         raise argparse.ArgumentTypeError(f"must be an int in [64, 1024] px, got {text}")
     return value
+
+
+def run_name(text: str) -> str:
+    """A run name: one plain folder name under `--runs`."""
+    try:
+        return runs.check_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, name: str | None,
+                      runs_folder) -> None:
+    """`--name`, `--runs`, `--overwrite` and `--quiet`, as every script that writes
+    `runs/<name>/` takes them (`name` None: the script picks a default)."""
+    parser.add_argument("--name", type=run_name, default=name,
+                        help="run folder name under --runs (one plain folder name)"
+                        + (f"; default {name}" if name else ""))
+    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path(runs_folder),
+                        help=f"folder of run folders (default {runs_folder})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace runs/<name>/ (only that folder) if it exists")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (the one-line summary of each step remains)")
+
+
+def run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> pathlib.Path:
+    """`args.runs / args.name`, checked before any work (`runs.prepare`); a bad name, a runs
+    folder that cannot be written or an existing run without `--overwrite` exit with one
+    line on stderr and status 2."""
+    try:
+        return runs.prepare(args.runs, args.name, overwrite=args.overwrite)
+    except FileExistsError:
+        message = (f"{args.runs / args.name} exists; pass --overwrite to replace it, or "
+                   f"another --name")
+    except (ValueError, OSError) as error:
+        message = str(error)
+    parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+
+def run(main: Callable[[], int | None]) -> int:
+    """Calls a script's `main()` and returns its exit status; Ctrl-C ends it with one line
+    and status 130 instead of a traceback (run folders and checkpoints are written
+    atomically, so nothing half-written is left)."""
+    try:
+        return main() or 0
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{os.path.basename(sys.argv[0])}: interrupted (Ctrl-C); "
+                         f"nothing half-written was kept\n")
+        return 130

@@ -2,18 +2,19 @@
 
 Defaults are the paper's (Zhang et al., AAAI 2018) as the original learner sets them in
 `code/getNetParameters.m`. Every field is validated on construction; a bad value raises
-ValueError naming the field and its allowed range.
+ValueError naming the layer (its tap), the field and its allowed range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 
-def _check(name: str, ok: bool, allowed: str, value) -> None:
+def _check(name: str, ok: bool, allowed: str, value, where: str = "") -> None:
     if not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        raise ValueError(f"{where}{name} must be {allowed}, got {value!r}")
 
 
 def _is_int(value) -> bool:
@@ -50,32 +51,34 @@ class LayerConfig:
     tap: str | None = None
 
     def __post_init__(self):
-        _check("map_size", _is_int(self.map_size) and self.map_size >= 2,
-               "an int >= 2", self.map_size)
-        _check("stride", self.stride > 0, "> 0", self.stride)
-        _check("center", math.isfinite(self.center), "finite", self.center)
-        _check("density", 0 < self.density <= 1, "in (0, 1]", self.density)
-        _check("position_candidates",
-               _is_int(self.position_candidates) and self.position_candidates >= 2,
-               "an int >= 2", self.position_candidates)
-        _check("search_max_range", 0 < self.search_max_range <= 2,
-               "in (0, 2]", self.search_max_range)
-        _check("deform_ratio", self.deform_ratio > 0, "> 0", self.deform_ratio)
-        _check("init_delta", self.init_delta > 0, "> 0", self.init_delta)
-        _check("max_delta", self.max_delta is None or self.max_delta > 0, "None or > 0",
-               self.max_delta)
+        where = f"layer {self.tap}: " if isinstance(self.tap, str) else ""
+        check = functools.partial(_check, where=where)
+        check("map_size", _is_int(self.map_size) and self.map_size >= 2,
+              "an int >= 2", self.map_size)
+        check("stride", self.stride > 0, "> 0", self.stride)
+        check("center", math.isfinite(self.center), "finite", self.center)
+        check("density", 0 < self.density <= 1, "in (0, 1]", self.density)
+        check("position_candidates",
+              _is_int(self.position_candidates) and self.position_candidates >= 2,
+              "an int >= 2", self.position_candidates)
+        check("search_max_range", 0 < self.search_max_range <= 2,
+              "in (0, 2]", self.search_max_range)
+        check("deform_ratio", self.deform_ratio > 0, "> 0", self.deform_ratio)
+        check("init_delta", self.init_delta > 0, "> 0", self.init_delta)
+        check("max_delta", self.max_delta is None or self.max_delta > 0, "None or > 0",
+              self.max_delta)
         max_delta = self.max_deform / self.map_size
-        _check("min_delta", self.min_delta is None or 0 < self.min_delta <= max_delta,
-               f"None or in (0, max_delta={max_delta:g}]", self.min_delta)
-        _check("map_delta", self.map_delta > 0, "> 0", self.map_delta)
-        _check("tau_rate", self.tau_rate >= 0, ">= 0", self.tau_rate)
-        _check("top_n", _is_int(self.top_n) and self.top_n >= 1, "an int >= 1", self.top_n)
-        _check("top_m", _is_int(self.top_m) and self.top_m >= self.top_n,
-               f"an int >= top_n ({self.top_n})", self.top_m)
-        _check("iterations", _is_int(self.iterations) and self.iterations >= 1,
-               "an int >= 1", self.iterations)
-        _check("eta", self.eta > 0, "> 0", self.eta)
-        _check("tap", self.tap is None or isinstance(self.tap, str), "a str or None", self.tap)
+        check("min_delta", self.min_delta is None or 0 < self.min_delta <= max_delta,
+              f"None or in (0, max_delta={max_delta:g}]", self.min_delta)
+        check("map_delta", self.map_delta > 0, "> 0", self.map_delta)
+        check("tau_rate", self.tau_rate >= 0, ">= 0", self.tau_rate)
+        check("top_n", _is_int(self.top_n) and self.top_n >= 1, "an int >= 1", self.top_n)
+        check("top_m", _is_int(self.top_m) and self.top_m >= self.top_n,
+              f"an int >= top_n ({self.top_n})", self.top_m)
+        check("iterations", _is_int(self.iterations) and self.iterations >= 1,
+              "an int >= 1", self.iterations)
+        check("eta", self.eta > 0, "> 0", self.eta)
+        check("tap", self.tap is None or isinstance(self.tap, str), "a str or None", self.tap)
 
     @property
     def nodes_per_filter(self) -> int:
@@ -133,11 +136,18 @@ class GraphConfig:
     def vgg16(cls, **overrides) -> "GraphConfig":
         """The paper's VGG-16 graph: conv4_2, conv4_3, conv5_2, conv5_3 of a 224-px input.
 
-        `overrides` (e.g. `iterations=5`) apply to every layer.
+        `overrides` (any `LayerConfig` field, e.g. `iterations=5` or `density=0.1`) apply to
+        every layer and are validated as any setting (ValueError naming the layer).
         """
+        fields = [f.name for f in dataclasses.fields(LayerConfig)]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown LayerConfig settings {unknown}; the settings are "
+                             f"{', '.join(fields)}")
         spec = [("conv4_2", 28, 8, 3.5, 0.05), ("conv4_3", 28, 8, 3.5, 0.05),
                 ("conv5_2", 14, 16, 7.5, 0.1), ("conv5_3", 14, 16, 7.5, 0.1)]
         layers = tuple(
-            LayerConfig(map_size=s, stride=st, center=ce, density=d, tap=tap, **overrides)
+            LayerConfig(**{"map_size": s, "stride": st, "center": ce, "density": d, "tap": tap,
+                           **overrides})
             for tap, s, st, ce, d in spec)
         return cls(layers=layers, image_size=224)

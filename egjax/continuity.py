@@ -342,6 +342,10 @@ def triplet_consistency(embed: Callable, images, labels, key: jax.Array, *,
         for tap, measure in measured.items():
             if tap not in features:
                 raise ValueError(f"embed returned no {tap!r}; it returned {sorted(features)}")
+            if not bool(jnp.all(jnp.isfinite(features[tap]))):
+                raise ValueError(f"embed returned NaN or Inf at {tap!r} for triplets "
+                                 f"{start}..{min(start + size, num_triplets) - 1}; triplet "
+                                 f"consistency needs finite features (are the images finite?)")
             states[tap] = _triplet_step(states.get(tap, triplet_init()), features[tap], valid,
                                         measure)
     return {tap: triplet_result(state, confidence) for tap, state in states.items()}
@@ -380,7 +384,8 @@ def continuity_ratios(explanations_a: jax.Array, explanations_b: jax.Array,
 
     explanations `[N, ...]`, inputs `[N, ...]`. `p = explanation_ord` is 1 as in the paper
     (2 compares with spectral norms). Identical inputs give 0 if their explanations agree
-    and inf otherwise.
+    and inf otherwise; a pair with a NaN or infinity in its inputs or explanations gives NaN
+    (`explanation_continuity` refuses such pairs).
     """
     if explanation_ord not in (1, 2):
         raise ValueError(f"explanation_ord must be 1 or 2, got {explanation_ord!r}")
@@ -392,8 +397,9 @@ def continuity_ratios(explanations_a: jax.Array, explanations_b: jax.Array,
     change = jnp.linalg.norm((explanations_a - explanations_b).reshape(n, -1),
                              ord=explanation_ord, axis=1)
     step = jnp.linalg.norm((inputs_a - inputs_b).reshape(n, -1), axis=1)
-    return jnp.where(step > 0, change / jnp.where(step > 0, step, 1.0),
-                     jnp.where(change > 0, jnp.inf, 0.0))
+    ratio = jnp.where(step > 0, change / jnp.where(step > 0, step, 1.0),
+                      jnp.where(change > 0, jnp.inf, 0.0))
+    return jnp.where(jnp.isfinite(change) & jnp.isfinite(step), ratio, jnp.nan)
 
 
 def continuity_init() -> ContinuityStats:
@@ -432,11 +438,14 @@ def explanation_continuity(explainer: Callable, images_a, images_b, *per_image_a
     Calls `explainer(images, *args)` on both sides, where `args` are `per_image_args`
     (arrays `[N, ...]`, e.g. targets) sliced alike, so both images of a pair are explained
     for the same target. Returns the result and the raw ratios `[N]`. Batches are padded
-    to `batch_size` (or `N` if smaller), so the explainer sees one shape.
+    to `batch_size` (or `N` if smaller), so the explainer sees one shape. Images or
+    explanations with a NaN or an infinity are refused (ValueError naming the first pair).
     """
     if jnp.shape(images_a) != jnp.shape(images_b) or jnp.ndim(images_a) < 2:
         raise ValueError(f"images_a and images_b must be aligned [N, ...] batches, got "
                          f"{jnp.shape(images_a)} and {jnp.shape(images_b)}")
+    for name, images in (("images_a", images_a), ("images_b", images_b)):
+        _check_finite(name, images, "continuity needs finite inputs")
     n = len(images_a)
     for arg in per_image_args:
         if len(arg) != n:
@@ -453,6 +462,9 @@ def explanation_continuity(explainer: Callable, images_a, images_b, *per_image_a
         if jnp.shape(explanations_a)[:1] != (len(index),):
             raise ValueError(f"explainer must return [{len(index)}, ...] for {len(index)} "
                              f"images, got {jnp.shape(explanations_a)}")
+        for name, explanations in (("images_a", explanations_a), ("images_b", explanations_b)):
+            _check_finite(f"the explainer's output for {name}", explanations[:n - start],
+                          "its continuity is undefined", first=start)
         state, batch = _continuity_step(state, explanations_a, explanations_b, a, b, valid,
                                         explanation_ord)
         ratios.append(np.asarray(batch)[np.asarray(valid)])
@@ -526,6 +538,14 @@ def _padded(items: np.ndarray, start: int, size: int) -> tuple[np.ndarray, jax.A
     chunk = items[start:start + size]
     padding = np.repeat(chunk[:1], size - len(chunk), axis=0)
     return np.concatenate([chunk, padding]), jnp.asarray(np.arange(size) < len(chunk))
+
+
+def _check_finite(name: str, values, consequence: str, first: int = 0) -> None:
+    """ValueError naming the first pair of `values [N, ...]` with a NaN or an infinity."""
+    finite = np.isfinite(np.asarray(values)).reshape(len(values), -1).all(axis=1)
+    if not finite.all():
+        raise ValueError(f"{name} holds NaN or Inf (first at pair {first + np.argmin(finite)});"
+                         f" {consequence}")
 
 
 def _check_batch_size(batch_size):

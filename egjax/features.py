@@ -24,7 +24,7 @@ import numpy as np
 from egjax.maps import QuantizedMaps, divide, host_empty, quantize
 from egjax.models.meta import ModelMeta, preprocess
 from egjax.models.vgg import WINOGRAD, param_shapes, winograd_kernels
-from egjax.progress import Progress
+from egjax.progress import Step
 
 
 class NegativeStats(NamedTuple):
@@ -217,7 +217,7 @@ def iter_features(model, params, meta: ModelMeta, images, taps: Sequence[str], *
     variables = _variables(model, params)
     total = images.shape[0] if _is_array(images) else None
     start = 0
-    with Progress(total, unit="images", desc="features", quiet=quiet) as bar:
+    with Step(total, "features", "images", quiet=quiet) as bar:
         for batch in _batches(images, batch_size):
             if start == 0 and sd is not None and not _is_array(images):
                 sd = _check_sd(sd, _map_shapes(model, tuple(batch.shape[1:3]), taps))
@@ -277,7 +277,7 @@ def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[s
     variables = _variables(model, params)
     count, mean, m2 = 0, {}, {}
     total = images.shape[0] if _is_array(images) else None
-    with Progress(total, unit="images", desc="negative statistics", quiet=quiet) as bar:
+    with Step(total, "negative statistics", "images", quiet=quiet) as bar:
         for batch in _batches(images, batch_size):
             n = batch.shape[0]
             moments = function(variables, _padded(batch, batch_size), jnp.int32(n))

@@ -11,6 +11,7 @@ from egjax import checkpoint
 from egjax.config import GraphConfig, LayerConfig
 
 FORMAT = "egjax.ExplanatoryGraph/1"
+KIND = "explanatory graph"
 FIELDS = ("coord", "deform", "parents", "score", "pos", "flip", "alt_score", "alt_pos")
 
 
@@ -50,17 +51,19 @@ class ExplanatoryGraph:
     config: GraphConfig = dataclasses.field(metadata=dict(static=True))
 
     def save(self, path, *, overwrite: bool = False):
-        """Write the graph to the directory `path` (orbax; atomic). Returns the path."""
+        """Write the graph to the directory `path` (orbax; atomic; with the checksum of every
+        array and of the settings, see `egjax.checkpoint`). Returns the path."""
         # orbax stores no zero-size arrays: the top layer's empty parents are implied.
         arrays = [{f: np.asarray(getattr(layer, f)) for f in FIELDS
                    if np.size(getattr(layer, f))} for layer in self.layers]
         meta = {"format": FORMAT, "config": _config_to_json(self.config)}
-        return checkpoint.save(path, arrays, meta, overwrite=overwrite)
+        return checkpoint.save(path, arrays, meta, kind=KIND, overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "ExplanatoryGraph":
-        """Read a graph written by `save`; refuses a corrupt or inconsistent checkpoint."""
-        arrays, meta = checkpoint.load(path)
+        """Read a graph written by `save`; refuses a corrupt or inconsistent checkpoint (a
+        file that fails its checksum is named by its array, `<layer>.<field>`)."""
+        arrays, meta = checkpoint.load(path, kind=KIND)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not an explanatory graph checkpoint "
                              f"(format {meta.get('format') if isinstance(meta, dict) else None!r},"

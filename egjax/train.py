@@ -35,7 +35,7 @@ from flax.training.train_state import TrainState
 
 from egjax import continuity
 from egjax.models import ModelMeta, preprocess
-from egjax.progress import Progress
+from egjax.progress import Step
 
 ExtraLoss = Callable[[dict, jax.Array], jax.Array]
 
@@ -121,7 +121,7 @@ def fit(state: TrainState, batches: Iterable, meta: ModelMeta, steps: int, *,
     extra_taps = tuple(extra_taps)
     history, pending = [], None
     batches = iter(batches)
-    with Progress(steps, unit="steps", desc=desc, quiet=quiet) as bar:
+    with Step(steps, desc, "steps", quiet=quiet) as bar:
         for _ in range(steps):
             try:
                 images, labels = next(batches)
@@ -131,9 +131,9 @@ def fit(state: TrainState, batches: Iterable, meta: ModelMeta, steps: int, *,
             state, metrics = train_step(state, _prepare(images, meta), jnp.asarray(labels),
                                         extra_loss=extra_loss, extra_taps=extra_taps)
             if pending is not None:  # read the previous step while this one runs
-                history.append(_record(pending, history, bar, desc))
+                history.append(_record(pending, history, bar))
             pending = metrics
-        history.append(_record(pending, history, bar, desc))
+        history.append(_record(pending, history, bar))
     return state, history
 
 
@@ -146,13 +146,14 @@ def _preprocess_jit(images, meta):
     return preprocess(images, meta)
 
 
-def _record(metrics: dict, history: list, bar: Progress, desc: str) -> dict:
-    """The step's metrics as floats; updates the bar with the mean of the last 20 steps."""
+def _record(metrics: dict, history: list, bar: Step) -> dict:
+    """The step's metrics as floats; shows the mean of the last 20 steps on the bar (and in
+    its summary line)."""
     record = {name: float(value) for name, value in metrics.items()}
     recent = [*history[-19:], record]
     loss = sum(r["loss"] for r in recent) / len(recent)
     accuracy = sum(r["accuracy"] for r in recent) / len(recent)
-    bar.desc = f"{desc} loss {loss:.3f} acc {accuracy:.2f}"
+    bar.describe(note=f"loss {loss:.3f}, accuracy {accuracy:.2f} (last {len(recent)} steps)")
     bar.update(1)
     return record
 
@@ -164,7 +165,7 @@ def predict(model, params: dict, images, meta: ModelMeta, *, batch_size: int = 6
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     images = np.asarray(images)
     out = []
-    with Progress(len(images), unit="images", desc="predict", quiet=quiet) as bar:
+    with Step(len(images), "predict", "images", quiet=quiet) as bar:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             out.append(np.asarray(_predict_jit(model, params, _prepare(chunk, meta))))

@@ -45,12 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import egjax
-from egjax import continuity, contrastive, graph_explainer, runs, saliency, train
+from egjax import cli, continuity, contrastive, graph_explainer, runs, saliency, train
 from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, negatives, sample, sample_mixed
 from egjax.features import extract_features, negative_statistics
 from egjax.models import ModelMeta, preprocess
-from egjax.progress import Progress
+from egjax.progress import Step
 
 VARIANTS = ("plain", "triplet")
 TRIPLET_TAPS = ("relu4_3", "relu5_3")
@@ -62,9 +62,7 @@ EXPLAINERS = ("gradient", "gradient_x_input", "cam", "grad_cam", "graph_nodes",
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--name", default="continuity", help="run directory runs/<name>")
-    parser.add_argument("--runs", type=pathlib.Path, default=pathlib.Path("runs"))
-    parser.add_argument("--overwrite", action="store_true", help="replace runs/<name>")
+    cli.add_run_arguments(parser, name="continuity", runs_folder="runs")
     parser.add_argument("--width", type=positive_float, default=0.25,
                         help="channel multiplier of VGG-16")
     parser.add_argument("--size", type=image_size, default=112, help="image side (px)")
@@ -97,7 +95,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="EM iterations of the graph")
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="images per batch of the measurements")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.triplet_start >= args.steps:
         parser.error(f"--triplet-start must be below --steps ({args.steps}), got "
@@ -116,8 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.size % 16:
         parser.error(f"--size must be a multiple of 16 (relu5_3 cells then cover the image "
                      f"exactly), got {args.size}")
-    if (args.runs / args.name).exists() and not args.overwrite:
-        parser.error(f"{args.runs / args.name} exists; pass --overwrite or another --name")
+    args.out = cli.run_folder(parser, args)
     return args
 
 
@@ -226,8 +222,8 @@ def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
                      jax.random.key(args.seed + 1))
     scores = {}
     explain = explainers(model, params, graph, sd, args.batch_size)
-    with Progress(len(explain) * len(partners), unit="measurements", desc="continuity",
-                  quiet=args.quiet) as bar:
+    with Step(len(explain) * len(partners), "continuity", "measurements",
+              quiet=args.quiet) as bar:
         for name, explainer in explain.items():
             scores[name] = {}
             for kind, partner in partners.items():
@@ -329,16 +325,16 @@ def main(argv=None) -> int:
                     "load_average_1min": [round(load_before[0], 2),
                                           round(os.getloadavg()[0], 2)]},
     }
-    with runs.run_directory(args.runs / args.name, overwrite=args.overwrite) as out:
+    with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "continuity.json", record)
         plot(results, out / "continuity.png")
     print(table(results))
     print(f"\nexplanation continuity: lower is more continuous; {args.pairs} pairs per kind "
           f"(shift {args.shift:g} px, noise sd {args.noise:g}, same-class nearest neighbour)")
-    print(f"total {total / 60:.1f} min; wrote {args.runs / args.name}/continuity.json, "
+    print(f"total {total / 60:.1f} min; wrote {args.out}/continuity.json, "
           f"continuity.png")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from egjax import runs, train
+from egjax import checkpoint, cli, runs, train
 from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, sample_mixed
 from egjax.models import ModelMeta, load_checkpoint, save_checkpoint
@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "classes) instead of He-normal ones, e.g. to train a saved net further")
     parser.add_argument("--heldout", type=positive_int, default=1000, help="held-out images")
     parser.add_argument("--heldout-seed", type=non_negative_int, default=1_000_000)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (the one-line summary of each step remains)")
     args = parser.parse_args(argv)
     if len(set(args.categories)) != len(args.categories):
         parser.error(f"--categories repeats a name: {' '.join(args.categories)}")
@@ -70,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.out is None:
         name = args.categories[0] if len(args.categories) == 1 else "all"
         args.out = os.path.join("checkpoints", f"synthetic_{name}")
+    try:      # before training: --out must be writable, and replace a checkpoint if anything
+        runs.check_writable(checkpoint.check_target(args.out, overwrite=True).parent)
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: --out {args.out}: {error}\n")
     return args
 
 
@@ -158,4 +163,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

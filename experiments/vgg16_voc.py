@@ -23,7 +23,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
 import jax  # noqa: E402
 
 import egjax  # noqa: E402
-from egjax import evaluate, runs  # noqa: E402
+from egjax import cli, evaluate, runs  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
 from egjax.models import load_checkpoint  # noqa: E402
@@ -54,10 +54,7 @@ def parse(argv):
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default=None, help="run name (default: the category)")
-    parser.add_argument("--runs", type=pathlib.Path, default=ROOT / "runs")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_run_arguments(parser, name=None, runs_folder=ROOT / "runs")
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         parser.error(f"--dataset must be one of {DATASETS}, got {args.dataset!r}")
@@ -78,8 +75,7 @@ def parse(argv):
     except (OSError, ValueError) as error:
         parser.error(f"cannot read the network checkpoint {args.checkpoint}: {error}")
     args.name = args.name or args.category
-    if (args.runs / args.name).exists() and not args.overwrite:
-        parser.error(f"{args.runs / args.name} exists; pass --overwrite or another --name")
+    args.out = cli.run_folder(parser, args)
     return args
 
 
@@ -111,7 +107,7 @@ def main(argv=None) -> int:
                    negatives=args.negatives, iterations=args.iterations, compat=args.compat,
                    checkpoint=str(args.checkpoint), seed=args.seed,
                    fit_seconds=fit_seconds, total_seconds=time.perf_counter() - started)
-    with runs.run_directory(args.runs / args.name, overwrite=args.overwrite) as out:
+    with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         graph.save(out / "graph")
         runs.write_json(out / "metrics.json", metrics)
         figures.instability_chart(metrics, out / "instability.png")
@@ -123,11 +119,11 @@ def main(argv=None) -> int:
     for row in metrics["layers"]:
         print(f"{row['tap']:10s} {row['nodes']:8.4f} {row['filters']:8.4f} {row['ratio']:6.2f}")
     print(f"{'mean':10s} {metrics['nodes']:8.4f} {metrics['filters']:8.4f} {metrics['ratio']:6.2f}")
-    print(f"\nfit {fit_seconds:.0f} s; wrote {args.runs / args.name}/ (graph/, metrics.json, "
+    print(f"\nfit {fit_seconds:.0f} s; wrote {args.out}/ (graph/, metrics.json, "
           f"instability.png, detections.png, {', '.join(written)}: open explorer/index.html "
           f"in a browser)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -287,16 +287,17 @@ def test_checkpoint_with_wrong_shapes_or_missing_layer_is_refused(tmp_path, narr
     wider = ModelMeta(**{**meta.to_dict(), "width": 0.25})
     with pytest.raises(ValueError, match="conv1_1"):
         save_checkpoint(tmp_path / "a", params, wider)
-    checkpoint.save(tmp_path / "a", params, wider.to_dict())  # written by other means
+    # written by other means
+    checkpoint.save(tmp_path / "a", params, wider.to_dict(), kind="network")
     with pytest.raises(ValueError, match="conv1_1"):
         load_checkpoint(tmp_path / "a")
     partial = {k: v for k, v in params.items() if k != "conv3_2"}
     with pytest.raises(ValueError, match="conv3_2"):
         save_checkpoint(tmp_path / "b", partial, meta)
-    checkpoint.save(tmp_path / "b", partial, meta.to_dict())
+    checkpoint.save(tmp_path / "b", partial, meta.to_dict(), kind="network")
     with pytest.raises(ValueError, match="conv3_2"):
         load_checkpoint(tmp_path / "b")
-    checkpoint.save(tmp_path / "c", params, {"format": "something else"})
+    checkpoint.save(tmp_path / "c", params, {"format": "something else"}, kind="network")
     with pytest.raises(ValueError, match="model meta"):
         load_checkpoint(tmp_path / "c")
     with pytest.raises(FileNotFoundError):

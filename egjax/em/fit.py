@@ -7,6 +7,7 @@ compiles once per shape.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, NamedTuple
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from egjax.em import windows
 from egjax.em import sharding
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
-from egjax.progress import Progress
+from egjax.progress import Step, duration
 
 COMPAT = ("fixed", "original")
 
@@ -68,10 +69,11 @@ def _map_shape(maps):
 def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
     shape = _map_shape(maps)
     if len(shape) != 4:
-        raise ValueError(f"{name} must have rank 4 [N, S, S, C], got shape {shape}")
+        raise ValueError(f"{name} must have rank 4 [N, S, S, C] (channels last), got shape "
+                         f"{shape}")
     if shape[1] != cfg.map_size or shape[2] != cfg.map_size:
-        raise ValueError(f"{name} maps are {shape[1]}x{shape[2]} but the layer's map_size is "
-                         f"{cfg.map_size}")
+        raise ValueError(f"{name} must be [N, S, S, C] (channels last) with S = the layer's "
+                         f"map_size {cfg.map_size}, got shape {shape}")
     if shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 images, got {shape[0]}")
     if isinstance(maps, QuantizedMaps):
@@ -92,6 +94,22 @@ def _all_finite(x, chunk: int = 64) -> bool:
                for i in range(0, np.shape(x)[0], chunk))
 
 
+def _check_evidence(name: str, maps, flipped_maps) -> None:
+    """ValueError unless some map value is positive: with no evidence every node score is 0
+    and their normalisation to mean 1 is 0/0."""
+    if not any(_has_positive(m) for m in (maps, flipped_maps) if m is not None):
+        raise ValueError(f"{name} hold no positive value (no evidence), so every node score "
+                         f"would be 0 and its normalisation 0/0 (NaN); pass the layer's "
+                         f"normalised activations (`features.normalize`)")
+
+
+def _has_positive(maps, chunk: int = 64) -> bool:
+    if isinstance(maps, QuantizedMaps):   # the largest decoded value is minimum + range
+        return bool(np.any(np.asarray(maps.minimum) + np.asarray(maps.range) > 0))
+    return any(bool((np.asarray(maps[i:i + chunk]) > 0).any())
+               for i in range(0, np.shape(maps)[0], chunk))
+
+
 def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
@@ -104,6 +122,8 @@ def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
             raise ValueError(f"flipped_maps has {flipped_shape[-1]} channels but maps has {c}")
         if flipped_shape[0] != n:
             raise ValueError(f"flipped_maps has {flipped_shape[0]} images but maps has {n}")
+    _check_evidence("maps" if flipped_maps is None else "maps and flipped_maps", maps,
+                    flipped_maps)
     if parent is not None:
         if not isinstance(parent, LayerFit):
             raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
@@ -132,13 +152,16 @@ def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
     """Check that enough candidate parents survive; return the number of candidate slots."""
     survived = int(_survivor_count(parent.score, parent.pos, cfg, parent.config, original,
                                    parent.score.shape[1]))
+    here, above = cfg.tap or "this layer", parent.config.tap or "the layer above"
+    cuts = (f"{survived} of the {parent.score.shape[0]} nodes of {above} survive as candidate "
+            f"parents of {here} (the variance cut drops the half that move least over the "
+            f"images, the edge cut those near the border)")
     if original and cfg.top_m > survived:
-        raise ValueError(f"top_m={cfg.top_m} exceeds the {survived} candidate parents that "
-                         f"survive the variance and edge cuts (the original learner would "
-                         f"crash here); lower top_m or use compat='fixed'")
+        raise ValueError(f"{cuts}, fewer than top_m={cfg.top_m} (the original learner would "
+                         f"crash here): lower top_m of {here} or use compat='fixed'")
     if survived < cfg.top_n:
-        raise ValueError(f"only {survived} candidate parents survive the variance and edge "
-                         f"cuts, fewer than top_n={cfg.top_n}")
+        raise ValueError(f"only {cuts}, fewer than top_n={cfg.top_n}: lower top_n of {here}, "
+                         f"or give {above} more nodes (a higher density, or more filters)")
     return parents_lib.candidate_slots(parent.score.shape[0], cfg.top_m)
 
 
@@ -283,20 +306,28 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
 
     `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
     are checked before any layer is fitted. A progress bar counts the fitted layers
-    (`quiet=True`: none).
+    (`quiet=True`: none); a line on stderr gives the time of each (`egjax.progress`).
     """
     _check_graph_inputs(maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None
-    with Progress(len(cfg.layers), unit="layers", desc="fit", quiet=quiet) as bar:
+    times = []
+    with Step(len(cfg.layers), "fit", "layers", quiet=quiet) as bar:
         for index in reversed(range(len(cfg.layers))):
-            bar.desc = f"fit {cfg.layers[index].tap or f'layer {index}'}"
-            bar.update(0)
-            call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
-                              None if flipped_maps is None else flipped_maps[index], parent,
-                              None if init is None else init[index], compat, chunk, devices)
+            name = cfg.layers[index].tap or f"layer {index}"
+            bar.describe(desc=f"fit {name}")
+            started = time.perf_counter()
+            try:
+                call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
+                                  None if flipped_maps is None else flipped_maps[index], parent,
+                                  None if init is None else init[index], compat, chunk, devices)
+            except ValueError as error:
+                raise ValueError(f"layer {index} ({cfg.layers[index].tap or 'untapped'}): "
+                                 f"{error}") from None
             parent = layer_fit(jax.block_until_ready(call.function(*call.args)),
                                cfg.layers[index])
             fits[index] = parent
+            times.append(f"{name} {duration(time.perf_counter() - started)}")
+            bar.describe(note=", ".join(times))
             bar.update(1)
     return ExplanatoryGraph(layers=tuple(fits), config=cfg)

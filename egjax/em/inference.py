@@ -23,7 +23,7 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import windows
-from egjax.em.fit import _all_finite, _as_device, _map_shape, compute_dtype
+from egjax.em.fit import _all_finite, _as_device, _check_evidence, _map_shape, compute_dtype
 from egjax.em.reduce import image_mean
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
@@ -73,6 +73,7 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
                                                       fitted) != num:
         raise ValueError("flipped_maps must hold as many images as maps")
+    _check_evidence("maps", maps, flipped_maps)
     if (upper is None) != (above is None):
         raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
                          "(its inference); the top layer neither")
@@ -149,6 +150,8 @@ def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
         for name, seq in (("maps", maps), ("flipped_maps", flipped_maps)):
             if seq is not None:
                 counts.add(_check_layer_maps(f"layer {index} {name}", seq[index], fitted))
+        _check_evidence(f"layer {index} maps", maps[index],
+                        None if flipped_maps is None else flipped_maps[index])
         if index + 1 < num_layers:
             _check_parents_are_candidates(index, fitted, graph.layers[index + 1])
     if len(counts) > 1:
@@ -163,8 +166,9 @@ def _check_layer_maps(where: str, maps, fitted: LayerFit) -> int:
     if len(shape) != 4 or shape[0] < 1:
         raise ValueError(f"{where} must be [N, S, S, C] with N >= 1, got shape {shape}")
     if shape[1:] != (cfg.map_size, cfg.map_size, filters):
-        raise ValueError(f"{where} are {shape[1:]} but the graph layer was fitted on "
-                         f"{(cfg.map_size, cfg.map_size, filters)} maps")
+        raise ValueError(f"{where} must be [N, S, S, C] (channels last) = [N, {cfg.map_size}, "
+                         f"{cfg.map_size}, {filters}] as the graph layer was fitted on, got "
+                         f"shape {shape}")
     arrays = (maps.minimum, maps.range) if isinstance(maps, QuantizedMaps) else (maps,)
     if not all(_all_finite(a) for a in arrays):
         raise ValueError(f"{where} contains NaN or Inf")

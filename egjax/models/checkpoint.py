@@ -1,6 +1,8 @@
-"""VGG-16 params + `ModelMeta` as one checkpoint directory (`egjax.checkpoint`: orbax, atomic).
+"""VGG-16 params + `ModelMeta` as one checkpoint directory (`egjax.checkpoint`: orbax,
+atomic, every file checksummed).
 
-Reading checks every layer against the model the meta describes.
+Writing refuses non-finite parameters; reading verifies the checksums and checks every layer
+against the model the meta describes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import jax.numpy as jnp
 from egjax import checkpoint
 from egjax.models.meta import ModelMeta
 from egjax.models.vgg import VGG16, check_params
+from egjax.models.weights import check_finite
+
+KIND = "network"
 
 
 def save_checkpoint(path: str | os.PathLike, params: dict, meta: ModelMeta) -> Path:
@@ -22,17 +27,19 @@ def save_checkpoint(path: str | os.PathLike, params: dict, meta: ModelMeta) -> P
     An existing checkpoint at `path` is replaced once the new one is complete.
     """
     check_params(params, meta.model(), "params to save")
+    check_finite(params, "params to save")
     return checkpoint.save(path, jax.tree.map(jnp.asarray, params), meta.to_dict(),
-                           overwrite=True)
+                           kind=KIND, overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[VGG16, dict, ModelMeta]:
     """(model, params, meta) from a directory written by `save_checkpoint`.
 
-    ValueError naming the layer if a layer is missing, unexpected or has the wrong shape.
+    ValueError naming the array if a file fails its checksum, and the layer if a layer is
+    missing, unexpected or has the wrong shape; an explanatory graph is named as such.
     """
     path = Path(path).absolute()
-    params, fields = checkpoint.load(path)
+    params, fields = checkpoint.load(path, kind=KIND)
     if not isinstance(fields, dict):
         raise ValueError(f"{path} is not an egjax model checkpoint (its meta is not a dict)")
     meta = ModelMeta.from_dict(fields)

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from egjax.progress import Progress
+from egjax.progress import Step
 
 DEFAULT_CACHE = "~/.cache/egjax"
 
@@ -100,7 +100,7 @@ def _download(entry: Published, path: Path, *, quiet: bool) -> str:
             length = response.headers.get("Content-Length")
             size = None if length is None else int(length)
             total = None if size is None else round(size / 2**20)
-            with Progress(total, unit="MiB", desc=f"download {entry.filename}", quiet=quiet) as bar:
+            with Step(total, f"download {entry.filename}", "MiB", quiet=quiet) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk) / 2**20)

@@ -9,8 +9,9 @@ Layouts (the file's -> ours):
   classifier.0's input flattened from pool5 in CHW order is reordered to HWC.
 * timm `vgg16.tv_in1k` (.safetensors): the torchvision weights with the head as convs:
   `pre_logits.fc1` [4096, 512, 7, 7] (OIHW), `pre_logits.fc2` [4096, 4096, 1, 1], `head.fc`.
-Width, head and classes are read off the file; every tensor must find its place and every
-layer must be present with its shape, else ValueError naming the layer.
+Width, head and classes are read off the file; every tensor must find its place, every
+layer must be present with its shape and every weight must be finite, else ValueError naming
+the layer.
 """
 
 from __future__ import annotations
@@ -148,6 +149,20 @@ def _infer_model(params: dict, path: str) -> VGG16:
     return VGG16(width=width, head="fc" if has_head else None, num_classes=num_classes)
 
 
+def check_finite(params: dict, origin: str) -> None:
+    """ValueError naming every layer of `params` (`{layer: {role: array}}`) that holds a NaN
+    or an infinity; `origin` (a path, a checkpoint) starts the message."""
+    bad = []
+    for layer, weights in params.items():
+        for role, value in weights.items():
+            count = np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value)))
+            if count:
+                bad.append(f"layer {layer!r} {role} holds {count} of {np.size(value)}")
+    if bad:
+        raise ValueError(f"{origin}: non-finite weights (NaN or Inf): {'; '.join(bad)}; the "
+                         f"weights are corrupt")
+
+
 def load_vgg16(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                quiet: bool = False) -> tuple[VGG16, dict, ModelMeta]:
     """(model, params, meta) from a published name ("keras", "keras-notop", "torchvision",
@@ -164,6 +179,7 @@ def load_vgg16(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     params, preprocessing = read_weights(path)
     model = _infer_model(params, name)
     check_params(params, model, name)
+    check_finite(params, name)
     params = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), params)
     meta = ModelMeta(source=name, width=model.width, head=model.head,
                      num_classes=model.num_classes, preprocessing=preprocessing)
