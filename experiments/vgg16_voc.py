@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         graph.save(out / "graph")
         runs.write_json(out / "metrics.json", metrics)
         figures.instability_chart(metrics, out / "instability.png")
-        figures.detections(batch.images, graph, out / "detections.png")
+        figures.detections(batch.images, graph, out / "detections.png",
+                           landmarks=batch.landmarks, visible=batch.visible)
         written = pictures.write(out, graph, batch.images, maps, batch.landmarks, batch.visible,
                                  title=args.name)
     print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location instability"
