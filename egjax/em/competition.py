@@ -1,4 +1,5 @@
-"""Competition between the nodes of one filter (`getOtherProb.cpp` of the original).
+"""Competition between the nodes of one filter (`getOtherProb.cpp` of the original;
+docs/algorithm.md, "E-step" and "Ties").
 
 For a candidate position `t` of node v, every node u of the same filter (v included) whose
 candidate box (first to last candidate, inclusive) contains `t` adds its spatial prior at its

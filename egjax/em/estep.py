@@ -1,9 +1,10 @@
 """E-step of one graph layer in one image: spatial prior, evidence, competition, statistics.
 
 Implements the per-image body of `learn_explanatoryGraph.m` (its parfor loop) with
-`doE.m`, `getProb_local_mex.cpp` and `getOtherProb.cpp`. Written for one image; `vmap`
-gives the batch. Candidates are flat, w-major: `j = iw * P + ih`. Node arrays are laid out
-`[..., K, C]` (filters last) so that the work vectorises across the filters.
+`doE.m`, `getProb_local_mex.cpp` and `getOtherProb.cpp` (docs/algorithm.md, "E-step").
+Written for one image; `vmap` gives the batch. Candidates are flat, w-major:
+`j = iw * P + ih`. Node arrays are laid out `[..., K, C]` (filters last) so that the work
+vectorises across the filters.
 """
 
 from __future__ import annotations
