@@ -417,13 +417,14 @@ def records(state: State, layer: Layer, cands: Candidates | None) -> Records:
     return Records(state.score / norm, state.pos, state.flip, alt_score / norm, alt_pos, alt)
 
 
-def fit(layer: Layer, coord: np.ndarray, deform: np.ndarray) -> tuple[list[State], Records]:
+def fit(layer: Layer, coord: np.ndarray, deform: np.ndarray):
     """The whole EM of one layer from `coord [C,K,2]`, `deform [C,K]`: the state after each
-    iteration, and the records."""
+    iteration, what each iteration computed, and the records."""
     cands = None if layer.parent is None else parent_candidates(layer.parent, layer.cfg)
     state = init(coord, deform, layer.maps.shape[0], layer.cfg)
-    states = []
+    states, steps = [], []
     for t in range(1, layer.cfg.iterations + 1):
-        state, _ = iteration(state, t, layer, cands)
+        state, step = iteration(state, t, layer, cands)
         states.append(state)
-    return states, records(state, layer, cands)
+        steps.append(step)
+    return states, steps, records(state, layer, cands)
