@@ -69,10 +69,14 @@ def random_parent(rng, cfg, child, flips, num=IMAGES, channels=FILTERS):
     return ref.Parent(cfg, score, pos, deform, flip)
 
 
-def make_layer(seed, lower, mirrored):
+def make_layer(seed, lower, mirrored, dead=False):
+    """A layer's inputs and start; `dead`: the last filter never fires (its nodes see no
+    evidence: `0 / 0` in the M-step)."""
     rng = np.random.default_rng(seed)
     cfg = LOW if lower else TOP
     maps = random_maps(rng, cfg)
+    if dead:
+        maps[..., -1] = -1.0
     flipped = random_maps(rng, cfg) if mirrored else None
     parent = random_parent(rng, TOP, cfg, mirrored) if lower else None
     return ref.Layer(cfg, maps, flipped, parent), random_start(rng, cfg)
@@ -216,7 +220,7 @@ def assert_pieces(kstate: layer_lib.LayerState, layer: ref.Layer, setup, data,
 
 # ------------------------------------------------------------------- whole iterations
 
-CASES = [pytest.param(0, False, False, id="top"),
+CASES = [pytest.param(0, False, False, id="top-dead-filter"),
          pytest.param(1, False, True, id="top-mirrored"),
          pytest.param(3, True, True, id="lower-mirrored")]     # lower: the public fit below
 
@@ -238,7 +242,7 @@ def test_every_iteration_and_quantity_matches_the_reference(x64, seed, lower, mi
     """Each iteration from the kernel's previous state: node parameters, parents, records
     and orientations; then the records. In iteration 2 of a lower layer with mirrored maps
     (parents, priors, orientations all at work) every intermediate quantity."""
-    layer, (coord, deform) = make_layer(seed, lower, mirrored)
+    layer, (coord, deform) = make_layer(seed, lower, mirrored, dead=not (lower or mirrored))
     cfg = layer.cfg
     setup, data, kstate = kernel_start(layer, coord, deform)
     cands = None

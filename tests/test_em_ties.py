@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import reference_fixed as ref
+from test_em_fixed_reference import kernel_iteration, kernel_start, make_layer
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
@@ -144,3 +145,13 @@ def test_candidate_order_and_cuts_break_ties_by_index():
     want = ref.parent_candidates(ref.Parent(upper, score, pos, np.ones(8), np.zeros(4, bool)),
                                  child)
     np.testing.assert_array_equal(want.index, [4, 5])
+
+
+def test_equal_orientations_keep_the_maps_as_given(x64):
+    """Mirrored maps equal to the plain ones: every image keeps its maps as given."""
+    layer, (coord, deform) = make_layer(1, False, True)
+    layer = layer._replace(mirrored=layer.maps.copy())
+    setup, data, state = kernel_start(layer, coord, deform)
+    for t in (1, 2):
+        state = kernel_iteration(state, jnp.float64(t), data, setup)
+        np.testing.assert_array_equal(np.asarray(state.flip), False)
