@@ -7,8 +7,8 @@ comments are those of docs/algorithm.md. Nodes are indexed `[c, k]` (filter, nod
 filter); records are `[C, K, N, ...]`; cells are 0-based (h, w).
 
 It is slow (pure Python in the inner loops): tests use a few filters and a dozen images.
-`exact=True` compares candidate positions in exact rational arithmetic (the tie rules of
-"Ties" in their exact form), for inputs on the integer lattice.
+`offsets(h, cfg, exact=True)` gives the offsets as Fractions; `competing` given such exact
+positions decides the ties of "Ties" in exact arithmetic.
 """
 
 from __future__ import annotations
@@ -131,8 +131,7 @@ class EStep(NamedTuple):
     best: np.ndarray
 
 
-def e_step(x: np.ndarray, coord, deform, sigma, mu, lam, cfg: LayerConfig,
-           exact: bool = False) -> EStep:
+def e_step(x: np.ndarray, coord, deform, sigma, mu, lam, cfg: LayerConfig) -> EStep:
     """"E-step" in one image with maps `x [S, S, C]`; `coord [C,K,2]`, `deform [C,K]`,
     `sigma [C,K]`, `mu [C,K,2]`, `lam [C,K]` the parent prior in this image."""
     c_num, k_num = deform.shape
@@ -143,7 +142,6 @@ def e_step(x: np.ndarray, coord, deform, sigma, mu, lam, cfg: LayerConfig,
     prior = np.zeros((c_num, k_num, j_num))
     ev = np.zeros((c_num, k_num, j_num))
     cand_pos = np.zeros((c_num, k_num, j_num, 2))
-    positions = [[None] * k_num for _ in range(c_num)]
     for c in range(c_num):
         for k in range(k_num):
             h = half_range(deform[c, k], cfg)
@@ -153,13 +151,7 @@ def e_step(x: np.ndarray, coord, deform, sigma, mu, lam, cfg: LayerConfig,
                                   * normal(d[iw], sigma[c, k]))
                 cand_pos[c, k, j] = center[c, k, 0] + d[ih], center[c, k, 1] + d[iw]
             ev[c, k] = evidence(x[:, :, c], center[c, k], h, cfg)
-            if exact:
-                m = [Fraction(float(v)) for v in center[c, k]]
-                e = offsets(h, cfg, exact=True)
-            else:
-                m, e = center[c, k], d
-            positions[c][k] = [(m[0] + e[ih], m[1] + e[iw]) for _, ih, iw in cands]
-    rivals = competing(positions, prior)
+    rivals = competing([[list(map(tuple, node)) for node in filt] for filt in cand_pos], prior)
     tau = cfg.tau_rate * np.mean([[prior[c, k].sum() for k in range(k_num)]
                                   for c in range(c_num)])
     resp = np.zeros(prior.shape)
@@ -318,21 +310,21 @@ def priors(state: State, layer: Layer, cands: Candidates | None, active: bool):
     return [parent_prior(state.parents, cands, n, ratio) for n in range(num_images)]
 
 
-def oriented(layer: Layer, state_params, prior, n: int, flip, t: int, exact: bool = False):
+def oriented(layer: Layer, state_params, prior, n: int, flip, t: int):
     """"Orientation": the E-step of image n in its orientation and whether it is mirrored;
     `flip` the given orientation (lower layers) or None: choose it (top layer)."""
     coord, deform = state_params
     mu, sigma, lam = prior
-    plain = e_step(layer.maps[n], coord, deform, sigma, mu, lam, layer.cfg, exact)
+    plain = e_step(layer.maps[n], coord, deform, sigma, mu, lam, layer.cfg)
     if layer.mirrored is None:
         return plain, False
     if flip is None:
-        other = e_step(layer.mirrored[n], coord, deform, sigma, mu, lam, layer.cfg, exact)
+        other = e_step(layer.mirrored[n], coord, deform, sigma, mu, lam, layer.cfg)
         detect = lambda e: float(np.sum(e.best))                          # noqa: E731
         flipped = t >= 2 and detect(plain) < detect(other)
         return (other if flipped else plain), flipped
     if flip:
-        return e_step(layer.mirrored[n], coord, deform, sigma, mu, lam, layer.cfg, exact), True
+        return e_step(layer.mirrored[n], coord, deform, sigma, mu, lam, layer.cfg), True
     return plain, False
 
 
@@ -348,8 +340,8 @@ class Iteration(NamedTuple):
     step: float
 
 
-def iteration(state: State, t: int, layer: Layer, cands: Candidates | None = None,
-              exact: bool = False) -> tuple[State, Iteration]:
+def iteration(state: State, t: int, layer: Layer,
+              cands: Candidates | None = None) -> tuple[State, Iteration]:
     """"One iteration" t (1-based): parent selection (t >= 2, lower layers), the E-step of
     every image in its orientation, the M-step."""
     cfg = layer.cfg
@@ -364,7 +356,7 @@ def iteration(state: State, t: int, layer: Layer, cands: Candidates | None = Non
     e_steps, flips = [], []
     for n in range(layer.maps.shape[0]):
         flip = None if top else bool(layer.parent.flip[n])
-        e, flipped = oriented(layer, params, prior[n], n, flip, t, exact)
+        e, flipped = oriented(layer, params, prior[n], n, flip, t)
         e_steps.append(e)
         flips.append(flipped)
     sums = {name: sum(getattr(e, name) for e in e_steps)

@@ -4,7 +4,6 @@ every difference") shown on purpose, in its documented direction."""
 
 import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
