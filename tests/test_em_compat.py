@@ -180,13 +180,19 @@ def test_3_original_uses_parent_cells_as_child_cells(x64):
     deviation = rng.normal(0, 1, (slots, n, 2))
     deform = rng.uniform(0.5, 2, slots)
     parents = np.stack([rng.permutation(slots)[:top_n] for _ in range(k * c)])   # [V, T]
-    out = {}
-    for setup in (fixed_setup, original_setup):
-        weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), slots,
-                                            setup.scale_to_child, setup.original)
-        shift, scale = parents_lib.shift_and_scale(weights, jnp.asarray(deviation),
-                                                   setup.scale_to_child, setup.original)
-        out[setup.original] = np.asarray(shift), np.asarray(weights.sigma), np.asarray(scale)
+
+    @functools.partial(jax.jit, static_argnums=(0,))
+    def prior(setup, parents, deform, deviation):
+        weights = parents_lib.prior_weights(parents, deform, slots, setup.scale_to_child,
+                                            setup.original)
+        shift, scale = parents_lib.shift_and_scale(weights, deviation, setup.scale_to_child,
+                                                   setup.original)
+        return shift, weights.sigma, scale
+
+    out = {setup.original: jax.tree.map(np.asarray, prior(setup, jnp.asarray(parents),
+                                                          jnp.asarray(deform),
+                                                          jnp.asarray(deviation)))
+           for setup in (fixed_setup, original_setup)}
     (mu_f, sigma_f, lam_f), (mu_o, sigma_o, lam_o) = out[False], out[True]
     np.testing.assert_allclose(mu_f, 2 * mu_o, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(sigma_f, 2 * sigma_o, rtol=1e-12)
