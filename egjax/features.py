@@ -1,6 +1,6 @@
 """Feature maps at tap layers: jitted batched extraction, negative statistics, normalisation,
 horizontal flips and the uint8 cache, as the original prepares them (`getRoughCNN.m`,
-`roughCNN_compress.m`; ALGORITHM.md, "Feature preprocessing").
+`roughCNN_compress.m`; docs/algorithm.md, "Feature preprocessing").
 
 Images come as uint8 RGB `[N, H, W, 3]`: an array or anything sliceable with a `.shape` (a
 memmap, an h5py dataset), or for `iter_features` / `negative_statistics` also an iterable of
@@ -43,7 +43,7 @@ class Features(NamedTuple):
 
 
 def normalize(maps: jax.Array, sd: jax.Array) -> jax.Array:
-    """x / sd, with -1 wherever the raw x <= 0 (ALGORITHM.md, preprocessing step 2).
+    """x / sd, with -1 wherever the raw x <= 0 (docs/algorithm.md, "Feature preprocessing", step 2).
 
     maps [..., S, S, C], sd [S, S, C]. An element whose sd is 0 (it never varied over the
     negatives) also becomes -1: it carries no evidence (the E-step uses max(x, 0)) instead of

@@ -95,7 +95,7 @@ def cam(model, params, images, targets, *, tap: str = LAST_CONV, head: Mapping |
     if head is None:
         if not (isinstance(params, Mapping) and "logits" in params):
             raise ValueError("cam needs the Dense head on the pooled tap: pass head= or "
-                             "keep it at params['head']")
+                             "keep it at params['logits']")
         head = params["logits"]
     if "kernel" not in head:
         raise ValueError("head must hold the Dense 'kernel' [channels, num_classes]")

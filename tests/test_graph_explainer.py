@@ -32,13 +32,13 @@ def setup():
                                 batch_size=6, quiet=True)
     graph = egjax.fit_graph([features.maps["relu5_3"]], egjax.GraphConfig((LAYER,), SIZE),
                             key=jax.random.key(0), flipped_maps=[features.flipped["relu5_3"]])
-    return model, params, graph, sd, preprocess(images, meta)
+    return model, params, graph, sd, preprocess(images, meta), features
 
 
 def test_a_mirrored_image_gets_the_same_scores_and_mirrored_positions(setup):
     """The mirrored image's plain and mirrored maps are the image's mirrored and plain maps,
     so inference picks the same maps; positions map back to mirrored pixels."""
-    model, params, graph, sd, inputs = setup
+    model, params, graph, sd, inputs, _ = setup
     scores = graph_explainer.node_scores(model, params, graph, sd)
     positions = graph_explainer.node_positions(model, params, graph, sd)
     mirrored = inputs[:, :, ::-1]
@@ -50,8 +50,29 @@ def test_a_mirrored_image_gets_the_same_scores_and_mirrored_positions(setup):
     assert pos.shape == (6, graph.layers[0].score.shape[0], 2)
 
 
+def test_scores_and_positions_are_those_of_the_graph_inferred_on_normalised_maps(setup):
+    """Against `infer_graph` on the maps `extract_features` normalises with the same sd:
+    each image's node scores over their mean, and the inferred cells in pixels,
+    `center + cell * stride`, mirrored back (`w -> SIZE - 1 - w`) where the mirrored image
+    was used."""
+    model, params, graph, sd, inputs, features = setup
+    (inferred,) = egjax.infer_graph(graph, [features.maps["relu5_3"]],
+                                    [features.flipped["relu5_3"]])
+    score = np.asarray(inferred.score).T                                   # [N, V]
+    got = np.asarray(graph_explainer.node_scores(model, params, graph, sd)(inputs))
+    np.testing.assert_allclose(got, score / score.mean(axis=1, keepdims=True), rtol=1e-4,
+                               atol=1e-4)    # float32 convolutions computed another way
+    flip = np.asarray(inferred.flip)
+    assert flip.any() and not flip.all()                 # both orientations are checked
+    pos = np.asarray(inferred.pos).transpose(1, 0, 2)                      # [N, V, 2] cells
+    px = LAYER.center + pos * LAYER.stride
+    px[flip, :, 1] = SIZE - 1 - px[flip, :, 1]
+    got = np.asarray(graph_explainer.node_positions(model, params, graph, sd)(inputs))
+    np.testing.assert_allclose(got, px, atol=1e-3)
+
+
 def test_bad_settings_are_refused(setup):
-    model, params, graph, sd, _ = setup
+    model, params, graph, sd, _, _ = setup
     with pytest.raises(ValueError, match="sd lacks"):
         graph_explainer.node_scores(model, params, graph, {})
     with pytest.raises(ValueError, match="layer must index"):

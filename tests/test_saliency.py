@@ -234,7 +234,7 @@ def test_bad_input_raises_before_work(cnn, linear):
         saliency.cam(model, params, images, targets, tap="relu1_1",
                      head={"kernel": jnp.zeros((5, 3))})
     linear_model, linear_params = linear
-    with pytest.raises(ValueError, match="params\\['head'\\]"):
+    with pytest.raises(ValueError, match="params\\['logits'\\]"):
         saliency.cam(linear_model, linear_params, _images(0, 2), targets)
     plain = GapCNN(NUM_CLASSES, perturbable=False)
     with pytest.raises(ValueError, match=r"self\.perturb"):

@@ -17,8 +17,8 @@ def _scenes(category, n, seed):
     return [sampling._draw(sampling._rng(seed, category, i), category, SIZE) for i in range(n)]
 
 
-def _render(image: scene.Scene) -> np.ndarray:
-    canvas = np.empty((3, SIZE, SIZE), np.float32)
+def _render(image: scene.Scene, size: int = SIZE) -> np.ndarray:
+    canvas = np.empty((3, size, size), np.float32)
     scene.render(image, canvas)
     return np.clip(canvas + 0.5, 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
@@ -198,6 +198,36 @@ def test_sample_mixed_labels():
         assert len(image.landmarks) == (len(synthetic.PARTS[category]) if category else 0)
         np.testing.assert_array_equal(images[i], expected[:, ::-1] if flip else expected)
     assert set(synthetic.sample_mixed(32, seed=9, negatives_frac=0.0)[1]) == {1, 2, 3}
+
+
+def test_mixed_batches_are_fresh_balanced_labelled_and_seeded():
+    """Batch k is `sample_mixed(seed=first_seed + k)`; the same seed gives the same stream;
+    labels are balanced over the classes (1/3 each here: 24 of 72 expected, sd 4); label k
+    is an image of `categories[k - 1]`, rendered from the scene of that category."""
+    categories = ("vehicle", "bird")             # not CATEGORIES' order
+    stream = synthetic.mixed_batches(categories, 24, 64, first_seed=5)
+    batches = [next(stream) for _ in range(3)]
+    again = synthetic.mixed_batches(categories, 24, 64, first_seed=5)
+    for k, (images, labels) in enumerate(batches):
+        assert images.shape == (24, 64, 64, 3) and images.dtype == np.uint8
+        assert labels.shape == (24,) and labels.dtype == np.int32
+        same_images, same_labels = next(again)
+        np.testing.assert_array_equal(images, same_images)
+        np.testing.assert_array_equal(labels, same_labels)
+        expected = synthetic.sample_mixed(24, seed=5 + k, categories=categories, image_size=64)
+        np.testing.assert_array_equal(labels, expected[1])
+    assert not np.array_equal(batches[0][0], batches[1][0])
+    counts = np.bincount(np.concatenate([labels for _, labels in batches]), minlength=3)
+    assert counts.sum() == 72 and np.all((counts >= 10) & (counts <= 38)), counts
+    images, labels = batches[1]
+    for i in range(8):
+        rng = sampling._rng(6, "mixed", i)
+        rng.random()
+        category = categories[labels[i] - 1] if labels[i] else None
+        image, flip = sampling._draw(rng, category, 64)
+        assert len(image.landmarks) == (len(synthetic.PARTS[category]) if category else 0)
+        expected = _render(image, 64)
+        np.testing.assert_array_equal(images[i], expected[:, ::-1] if flip else expected)
 
 
 def test_landmarks_scale_with_image_size():

@@ -1,4 +1,5 @@
-"""Competition between the nodes of one filter (`getOtherProb.cpp` of the original).
+"""Competition between the nodes of one filter (`getOtherProb.cpp` of the original;
+docs/algorithm.md, "E-step" and "Ties").
 
 For a candidate position `t` of node v, every node u of the same filter (v included) whose
 candidate box (first to last candidate, inclusive) contains `t` adds its spatial prior at its
@@ -29,8 +30,9 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
     the lower index on a tie. `exact` compares squared distances to neighbouring candidates,
     as the original does, so that exact ties go the same way (the original compares the sums
     over both axes, which can round away a one-ulp difference along one axis; that has not
-    decided any of the reference runs); else the target's coordinate on u's grid is compared
-    with the midpoints.
+    decided any of the reference runs); else the target is compared with the midpoints of
+    u's grid as `2 (P - 1) (t - first) > (2i + 1) span`, which is exact for positions on the
+    integer lattice of `lattice_positions`, so that exact ties go to the lower index.
     """
     num = grid.shape[1]
     t = target[None]                                  # [1, B, P, C]
@@ -40,10 +42,9 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
         steps = [(t - g[:, :, i + 1:i + 2]) ** 2 < (t - g[:, :, i:i + 1]) ** 2
                  for i in range(num - 1)]
     else:
+        along = 2 * (num - 1) * (t - first)
         span = last - first
-        scale = jnp.where(span > 0, (num - 1) / jnp.where(span > 0, span, 1), 0)
-        coordinate = (t - first) * scale
-        steps = [coordinate > i + 0.5 for i in range(num - 1)]
+        steps = [along > (2 * i + 1) * span for i in range(num - 1)]
     factor = jnp.broadcast_to(prior[:, None, 0:1], (g.shape[0],) + t.shape[1:])
     for i, closer in enumerate(steps):
         factor = jnp.where(closer, prior[:, None, i + 1:i + 2], factor)

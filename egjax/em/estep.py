@@ -1,9 +1,10 @@
 """E-step of one graph layer in one image: spatial prior, evidence, competition, statistics.
 
 Implements the per-image body of `learn_explanatoryGraph.m` (its parfor loop) with
-`doE.m`, `getProb_local_mex.cpp` and `getOtherProb.cpp`. Written for one image; `vmap`
-gives the batch. Candidates are flat, w-major: `j = iw * P + ih`. Node arrays are laid out
-`[..., K, C]` (filters last) so that the work vectorises across the filters.
+`doE.m`, `getProb_local_mex.cpp` and `getOtherProb.cpp` (docs/algorithm.md, "E-step").
+Written for one image; `vmap` gives the batch. Candidates are flat, w-major:
+`j = iw * P + ih`. Node arrays are laid out `[..., K, C]` (filters last) so that the work
+vectorises across the filters.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
 
 
 def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
-    """Candidate positions `[2, P, K, C]` as the competition compares them: in the original's
+    """Candidate positions `[2, P, K, C]` as the original's competition compares them: in its
     1-based frame, `(centre + 1) + offset`.
 
     Only their order matters, but candidates of different nodes often tie exactly (integer
@@ -123,6 +124,19 @@ def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndar
     """
     one_based = (center + 1)[:, None] + offsets[None]
     return jax.lax.optimization_barrier(one_based)
+
+
+def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) -> jnp.ndarray:
+    """Candidate positions `[2, P, K, C]` times P, `P * centre + h (2i + 1 - P)`, as the
+    fixed path's competition compares them (docs/algorithm.md, "Ties").
+
+    The offsets `h (2i + 1 - P) / P` are multiples of 1/P, so for integer centres (every
+    node in the first iteration) these are integers: box edges and midpoints between
+    candidates compare exactly, and ties go by the stated rule, not by rounding.
+    """
+    steps = (2 * jnp.arange(num) + 1 - num).astype(center.dtype)
+    offsets = half_range.astype(center.dtype)[None] * steps[:, None, None]
+    return jax.lax.optimization_barrier(num * center[:, None] + offsets[None])
 
 
 def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
@@ -137,7 +151,7 @@ def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
     which sends the whole fit elsewhere.
     """
     if nodes.exact_offsets is None:
-        positions = competition_positions(inference.center, nodes.offsets)
+        positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
         return competition(positions, nodes.prior_axis, inference.scale, exact=False)
     with jax.enable_x64(True):
         positions = competition_positions(inference.center.astype(jnp.float64),

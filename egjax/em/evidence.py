@@ -1,6 +1,7 @@
 """Evidence of each node at each of its candidate positions in one image.
 
-Implements the evidence term of `getProb_local_mex.cpp` (which calls it `prior`):
+Implements the evidence term of `getProb_local_mex.cpp` (which calls it `prior`;
+docs/algorithm.md, "E-step"):
 `F = sum_{q in window} g(|p - q|) * max(x_q, 0)` over the window of cells around the node's
 rounded centre, `g(r) = exp(-r^2 / (2 s^2)) / (sqrt(2 pi) s)` for `r < 3 s` and the
 constant `g(3 s)` beyond; cells outside the map count 0. The weights depend on a node only

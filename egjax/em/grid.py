@@ -1,6 +1,7 @@
 """The candidate grid of a node: search half-range and the P x P candidate offsets.
 
-Implements `getBasicSettings.m` of the original learner. Candidates are ordered w-major
+Implements `getBasicSettings.m` of the original learner (docs/algorithm.md, "Settings and
+node state"). Candidates are ordered w-major
 (flat index `iw * P + ih`), as the original enumerates them.
 """
 

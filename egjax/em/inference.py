@@ -1,6 +1,7 @@
 """Inference of a fitted explanatory graph on new images: node scores and positions.
 
-The E-step of `learn_explanatoryGraph.m` with the node parameters held fixed (Zhang et al.,
+The E-step of `learn_explanatoryGraph.m` with the node parameters held fixed
+(docs/algorithm.md, "Inference on new images"; Zhang et al.,
 AAAI 2018, eq. 3-4: each node's spatial prior pi and evidence F over its candidate
 positions; its score `S = sum_cand pi F` and position the candidate maximising `pi F`).
 Top layer first: it decides each image's orientation as the fit does (compat "fixed"); each

@@ -1,8 +1,8 @@
 """One graph layer's EM: `init -> state`, `iteration(state, t) -> state`, and the records.
 
 Implements the per-layer loop of `learn_explanatoryGraph.m` with its `updateModel` (M-step),
-`doFlipConfigureation.m` (flips) and `getCurDistribution.m` (parents). Every function is
-pure; `fit.py` runs the loop inside one jit.
+`doFlipConfigureation.m` (flips) and `getCurDistribution.m` (parents); docs/algorithm.md,
+"One layer's fit" to "Records". Every function is pure; `fit.py` runs the loop inside one jit.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Parents of a lower-layer node: candidates, selection and the prior they induce.
 
-Implements `getCurDistribution.m` of the original learner. Candidate parents are fixed for a
+Implements `getCurDistribution.m` of the original learner (docs/algorithm.md, "Candidate
+parents", "Parent selection", "Parent prior"). Candidate parents are fixed for a
 layer (they depend only on the fitted layer above); parents are re-selected at the start of
 every iteration >= 2 from the child's previous positions; the parents' deviations from their
 mean positions shift and scale each child's spatial prior in every image.
