@@ -1,19 +1,27 @@
 """Multi-shot part localisation: a part found from a few annotated objects by graph nodes,
 and the baselines it is compared with (Zhang et al., AAAI 2018, "multi-shot part
-localization"; the voting as the authors' `produceMap.m` in partGraphForCNN; DATA.md).
+localization"; the voting after the authors' `produceMap.m` in partGraphForCNN, as DATA.md
+reads it).
 
 A part model is a set of patterns (graph nodes; raw filters for the baseline), each with the
 mean offset from where it is found to the part centre. `fit_part` picks them from the
 annotated objects (the shots): the patterns that fire on every shot showing the part and keep
 the most consistent offset to it. `predict` lets each picked pattern vote for the part centre
 at its position plus its offset, a Gaussian of `sigma` px weighted by its score; the votes are
-summed on an image-sized map whose argmax is the prediction.
+summed on an image-sized map whose argmax is the prediction. The defaults (all layers, 100
+patterns, `min_score` 1) were chosen on synthetic validation objects; the vote's 70 px at 224
+is the protocol's, and validation found 16-70 px alike.
 
 Orientation: patterns are found, and offsets measured, in the frame in which the graph takes
 each image (`LayerInference.flip`: its top layer tries the image and its mirror and keeps the
 one its nodes explain better; the lower layers follow). Shot landmarks are mirrored into that
 frame, and a prediction made in a mirrored image is mapped back (`w -> image_size - 1 - w`).
-Pixels are 0-based (h, w).
+The filter baseline reads its maps in the same frames, so that the two differ only in their
+patterns. Pixels are 0-based (h, w).
+
+A `PartModel` is its own checkpoint (`save`, `load`: orbax via `egjax.checkpoint`), kept
+beside its graph's (`runs/<name>/parts/<part>/` next to `runs/<name>/graph/`), not inside
+it: the graph's directory belongs to the graph's checkpoint code.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ class Patterns(NamedTuple):
     flip: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PartModel:
     """A part as `J` voting patterns: pattern `index[j]` of graph layer `layer[j]` (a node
     `c*K + k`, or a filter `c`) votes at its position plus `offset[j]` (h, w px, in its frame)
@@ -165,11 +173,12 @@ def fit_part(graph, shot_inference, shot_landmarks, shot_visible, *, nodes: int 
              sigma: float | None = None) -> PartModel:
     """A part model from S annotated shots, with graph nodes as its patterns.
 
-    `shot_inference`: `egjax.infer_graph(graph, maps, flipped_maps)` of the shot images;
-    `shot_landmarks [S, 2]` the part centre (h, w px, in the image), `shot_visible [S]`
-    whether the shot shows it (shots that do not are ignored). Keeps the `nodes` nodes of
-    `layers` (graph layer indices; None: all) that fire on every shot showing the part
-    (score >= `min_score`) and whose offset to it varies least over those shots (RMS
+    `shot_inference`: `egjax.infer_graph(graph, maps, flipped_maps)` of the shot images
+    (or those images' columns of a larger inference: scores are then relative to that
+    inference's mean, 1); `shot_landmarks [S, 2]` the part centre (h, w px, in the image),
+    `shot_visible [S]` whether the shot shows it (shots that do not are ignored). Keeps the
+    `nodes` nodes of `layers` (graph layer indices; None: all) that fire on every shot showing
+    the part (score >= `min_score`) and whose offset to it varies least over those shots (RMS
     distance to their mean offset; ties to the higher lowest score). `sigma`: the votes' px
     (None: `default_sigma`).
     """
@@ -224,7 +233,7 @@ def _rank(score, px, target, visible, min_score):
     lowest score first): (order `[V]`, mean offsets `[V, 2]`, whether each fires on every
     visible shot `[V]`, those that do not ranked last)."""
     count = jnp.sum(visible)
-    offset = jnp.where(visible[:, None], target, 0)[None] - px          # [V, S, 2]
+    offset = target[None] - px                                          # [V, S, 2]
     mean = jnp.sum(jnp.where(visible[:, None], offset, 0), 1) / count
     squares = jnp.sum((offset - mean[:, None]) ** 2, -1)
     spread = jnp.sqrt(jnp.sum(jnp.where(visible, squares, 0), 1) / count)

@@ -17,17 +17,20 @@ part and localises the part in the held-out objects with four methods on the sam
            the GAP head of the synthetic networks);
 * prior:   the mean part centre of the shots, no image at all.
 
-Prints a table of the normalised distance (lower is better; mean over repeats and its 95%
-t-interval) and writes `runs/<name>/`: `localization.json`, `localization.png` (true and
-predicted centres on example held-out images), `parts/<part>/` (the graph's part model of
-the first repeat, `egjax.localize.PartModel.load`) and `graph/` (when fitted here).
-`--split validation` measures on validation objects instead of the test objects: the
-defaults were chosen that way, never on test objects.
+The graph and filters share the voting settings (`--nodes`, `--layers`, `--min-score`,
+`--sigma`) and each image's orientation (the graph's). Prints a table of the normalised
+distance (lower is better; mean over the repeats and its 95% t-interval) and writes
+`runs/<name>/`: `localization.json`, `localization.png` (true and predicted centres on
+example held-out images), `parts/<part>/` (the graph's part model of the first repeat,
+`egjax.localize.PartModel.load`) and `graph/` (when fitted here). `--split validation`
+measures on validation objects instead of the test objects: the defaults were chosen that
+way, never on test objects.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pathlib
 import sys
@@ -155,10 +158,13 @@ def parse(argv) -> argparse.Namespace:
         unknown = [p for p in args.part if p not in known]
         if unknown:
             parser.error(f"--part {unknown} unknown; {args.category} parts: {', '.join(known)}")
-    if args.images < args.shots + 1:
-        parser.error(f"--images must exceed --shots ({args.shots}), got {args.images}")
+    if args.images < max(2, args.shots):
+        parser.error(f"--images must be at least 2 and --shots ({args.shots}), got "
+                     f"{args.images}")
     if args.negatives < 2:
         parser.error("--negatives must be at least 2")
+    if not math.isfinite(args.min_score):
+        parser.error(f"--min-score must be finite, got {args.min_score}")
     args.checkpoint = args.checkpoint or default_checkpoint(args.category)
     try:
         args.network = load_checkpoint(args.checkpoint)
@@ -174,6 +180,12 @@ def parse(argv) -> argparse.Namespace:
         args.loaded_graph = None
         config = egjax.GraphConfig.vgg16(iterations=args.iterations)
     taps = [layer.tap for layer in config.layers]
+    channels = {layer.name: layer.features for layer in args.network[0].layers}
+    if args.loaded_graph is not None and [channels.get(t) for t in taps] != [
+            np.shape(fit.deform)[0] for fit in args.loaded_graph.layers]:
+        parser.error(f"the graph {args.graph} was not fitted on this network's maps "
+                     f"({args.checkpoint}): its layers {taps} have "
+                     f"{[np.shape(f.deform)[0] for f in args.loaded_graph.layers]} filters")
     if args.layers is not None:
         unknown = [t for t in args.layers if t not in taps]
         if unknown or len(set(args.layers)) != len(args.layers):
@@ -190,8 +202,8 @@ def parse(argv) -> argparse.Namespace:
 class Prepared(NamedTuple):
     """What the methods read, for the training (shot) objects and the held-out ones."""
 
-    nodes: tuple[list, list]          # localize.Patterns per layer: train, held out
-    filters: tuple[list, list]
+    graph: tuple[list, list]          # localize.Patterns per layer (nodes): train, held out
+    filters: tuple[list, list]        # the same, raw filters
     pooled: tuple[np.ndarray, np.ndarray, np.ndarray]   # train, train mirrored, held out
 
 
@@ -247,7 +259,7 @@ def localize_part(args, data: Prepared, train: Objects, held_out: Objects, part:
                     sigma=args.sigma)
     predicted, models = {}, {}
     for method in ("graph", "filters"):
-        shot_patterns, test_patterns = getattr(data, "nodes" if method == "graph" else method)
+        shot_patterns, test_patterns = getattr(data, method)
         models[method] = localize.fit_patterns(shots_of(shot_patterns, shots), landmarks,
                                                visible, size, **settings)
         predicted[method] = localize.predict_patterns(models[method], test_patterns)
@@ -259,7 +271,12 @@ def localize_part(args, data: Prepared, train: Objects, held_out: Objects, part:
 
 
 def interval(values) -> tuple[float, float, float]:
-    """Mean and 95% t-interval of the mean over repeats (None bounds for one repeat)."""
+    """Mean and 95% t-interval of the mean over repeats (None bounds for one repeat).
+
+    The table compares means over shot sets, so the interval is the mean's (Student t, n - 1
+    degrees of freedom), not the spread of single shot sets (percentiles of 10 repeats would
+    be their minimum and maximum). It covers the choice of shots only: the graph and the
+    held-out objects are the same in every repeat."""
     values = np.asarray(values, np.float64)
     mean = float(values.mean())
     if len(values) < 2:

@@ -36,8 +36,9 @@ def planted(flip, seed=0):
     inference[TOP].pos[PLANTED] = cells
     inference[TOP].score[PLANTED] = 3.0
     top = toy_graph.TOP
-    in_frame = top.center + cells * top.stride + OFFSET            # integer pixels
-    return inference, localize.to_frame(in_frame, flip, SIZE)
+    centre = top.center + cells * top.stride + OFFSET             # integer pixels, in the frame
+    centre[flip, 1] = SIZE - 1 - centre[flip, 1]                 # mirrored back into the image
+    return inference, centre
 
 
 def test_a_planted_node_at_a_fixed_offset_predicts_the_part_exactly():
@@ -60,7 +61,9 @@ def test_a_prediction_in_a_mirrored_image_is_mapped_back():
     images, truth = planted(flip, seed=4)
     predicted = localize.predict(part, graph, images)
     np.testing.assert_array_equal(predicted, truth)
-    assert not np.array_equal(predicted[flip], localize.to_frame(truth, flip, SIZE)[flip])
+    unmirrored = truth.copy()
+    unmirrored[:, 1] = SIZE - 1 - truth[:, 1]
+    assert not np.array_equal(predicted[flip], unmirrored[flip])
 
 
 def test_a_shot_not_showing_the_part_is_ignored():
@@ -114,7 +117,8 @@ def test_the_filter_baseline_votes_with_each_filters_argmax_cell():
     top = cfg.layers[TOP]
     np.testing.assert_array_equal(patterns[TOP].px[1], top.center + cells * top.stride)
     np.testing.assert_array_equal(patterns[TOP].score[1], 5.0)
-    truth = localize.to_frame(top.center + cells * top.stride + OFFSET, flip, SIZE)
+    truth = top.center + cells * top.stride + OFFSET
+    truth[flip, 1] = SIZE - 1 - truth[flip, 1]
     part = localize.fit_patterns(patterns, truth, np.ones(5, bool), SIZE, nodes=1, min_score=2)
     assert (part.layer[0], part.index[0]) == (TOP, 1)
     np.testing.assert_array_equal(localize.predict_patterns(part, patterns), truth)
@@ -225,7 +229,8 @@ def checkpoint(tmp_path_factory):
 
 @pytest.mark.parametrize("argv, message", [
     (["--part", "wing"], "--part ['wing'] unknown"),
-    (["--images", "3"], "--images must exceed --shots"),
+    (["--images", "2"], "--images must be at least 2 and --shots (3)"),
+    (["--min-score", "nan"], "--min-score must be finite"),
     (["--layers", "conv9_9"], "--layers must be distinct graph taps"),
     (["--graph", "/nonexistent"], "cannot read the graph"),
 ])
