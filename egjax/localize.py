@@ -255,10 +255,13 @@ def predict(part: PartModel, graph, inference) -> np.ndarray:
 
 def predict_patterns(part: PartModel, patterns: Sequence[Patterns]) -> np.ndarray:
     """`predict` on any patterns (`node_patterns`, `filter_patterns`) of the images."""
-    for layer, index in zip(part.layer, part.index):
-        if layer >= len(patterns) or index >= patterns[layer].score.shape[0]:
-            raise ValueError(f"the part model votes with pattern {index} of layer {layer}, "
-                             f"which these {len(patterns)} layers of patterns do not have")
+    sizes = np.array([p.score.shape[0] for p in patterns] + [0])
+    missing = sizes[np.minimum(part.layer, len(patterns))] <= part.index
+    if missing.any():
+        j = np.argmax(missing)
+        raise ValueError(f"the part model votes with pattern {part.index[j]} of layer "
+                         f"{part.layer[j]}, which these {len(patterns)} layers of patterns "
+                         f"do not have")
     used = np.unique(part.layer)
     frame = _common_frame([patterns[l] for l in used])
     score = np.empty((len(part.index), frame.shape[0]), np.float32)
@@ -276,8 +279,9 @@ def predict_patterns(part: PartModel, patterns: Sequence[Patterns]) -> np.ndarra
 def vote(score: jax.Array, px: jax.Array, offset: jax.Array, sigma: jax.Array,
          image_size: int) -> jax.Array:
     """The argmax `[N, 2]` (h, w px) of each image's vote map: pattern j (`score [J, N]`,
-    `px [J, N, 2]`) adds `score * exp(-|x - (px + offset[j])|^2 / (2 sigma^2))` at each pixel
-    x of the `image_size`-px map (the first maximum in row-major order wins)."""
+    `px [J, N, 2]`) adds `w * exp(-|x - (px + offset[j])|^2 / (2 sigma^2))` at each pixel x
+    of the `image_size`-px map, `w = max(score, 0) + 1e-6` (the floor: where no pattern
+    fires, the votes count alike). The first maximum in row-major order wins."""
     grid = jnp.arange(image_size, dtype=jnp.float32)
     centre = jnp.swapaxes(px + offset[:, None], 0, 1)                  # [N, J, 2]
 
@@ -285,7 +289,7 @@ def vote(score: jax.Array, px: jax.Array, offset: jax.Array, sigma: jax.Array,
         weight, at = args                                               # [J], [J, 2]
         rows = jnp.exp(-(grid - at[:, 0:1]) ** 2 / (2 * sigma ** 2))   # [J, H]
         cols = jnp.exp(-(grid - at[:, 1:2]) ** 2 / (2 * sigma ** 2))   # [J, W]
-        votes = jnp.dot((rows * jnp.maximum(weight, 0)[:, None]).T, cols,
+        votes = jnp.dot((rows * (jnp.maximum(weight, 0) + 1e-6)[:, None]).T, cols,
                         precision=jax.lax.Precision.HIGHEST)           # separable Gaussian
         best = jnp.argmax(votes)
         return jnp.stack([best // image_size, best % image_size]).astype(jnp.float32)

@@ -101,6 +101,10 @@ def test_votes_are_weighted_by_score():
     px = np.array([[[20.0, 20.0]], [[70.0, 70.0]]], np.float32)
     found = localize.vote(score, px, np.zeros((2, 2), np.float32), np.float32(5.0), SIZE)
     np.testing.assert_array_equal(found, [[70.0, 70.0]])
+    offset = np.array([[3.0, 0.0], [-1.0, 2.0]], np.float32)     # votes at (23, 20), (69, 72)
+    silent = np.array([[0.0], [0.0]], np.float32)                 # no pattern fires: alike
+    found = localize.vote(silent, px, offset, np.float32(5.0), SIZE)
+    np.testing.assert_array_equal(found, [[23.0, 20.0]])
 
 
 def test_the_filter_baseline_votes_with_each_filters_argmax_cell():
