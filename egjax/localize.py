@@ -38,7 +38,7 @@ import numpy as np
 from egjax import checkpoint, evaluate, geometry
 from egjax.config import GraphConfig
 
-FORMAT = "egjax.PartModel/1"
+KIND = "part model"
 SIGMA_AT_224 = 70.0   # px: the vote's Gaussian on a 224-px image (DATA.md)
 NODES = 100           # patterns per part (chosen on synthetic validation objects)
 MIN_SCORE = 1.0       # a pattern fires on a shot where its score is >= this
@@ -89,18 +89,17 @@ class PartModel:
         object.__setattr__(self, "image_size", int(self.image_size))
 
     def save(self, path, *, overwrite: bool = False):
-        """Write to the directory `path` (orbax, atomic; `egjax.checkpoint`). Returns it."""
+        """Write to the directory `path` (orbax, atomic, checksummed; `egjax.checkpoint`).
+        Returns it."""
         arrays = {"layer": self.layer, "index": self.index, "offset": self.offset}
-        meta = {"format": FORMAT, "sigma": self.sigma, "image_size": self.image_size}
-        return checkpoint.save(path, arrays, meta, overwrite=overwrite)
+        meta = {"sigma": self.sigma, "image_size": self.image_size}
+        return checkpoint.save(path, arrays, meta, kind=KIND, overwrite=overwrite)
 
     @classmethod
     def load(cls, path) -> "PartModel":
-        """Read a part model written by `save`; refuses anything else."""
-        arrays, meta = checkpoint.load(path)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a part model checkpoint (expected format "
-                             f"{FORMAT!r})")
+        """Read a part model written by `save`; refuses another kind of checkpoint or a file
+        that fails its checksum."""
+        arrays, meta = checkpoint.load(path, kind=KIND)
         try:
             return cls(layer=arrays["layer"], index=arrays["index"], offset=arrays["offset"],
                        sigma=meta["sigma"], image_size=meta["image_size"])

@@ -48,12 +48,12 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import egjax  # noqa: E402
-from egjax import localize, runs  # noqa: E402
+from egjax import cli, localize, runs  # noqa: E402
 from egjax.cli import non_negative_int, positive_float, positive_int  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
 from egjax.models import load_checkpoint  # noqa: E402
-from egjax.progress import Progress  # noqa: E402
+from egjax.progress import Step  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "pascal_part", "cub200")
@@ -142,10 +142,7 @@ def parse(argv) -> argparse.Namespace:
                         help="a pattern fires on a shot where its score is at least this")
     parser.add_argument("--sigma", type=positive_float, default=None,
                         help="the votes' Gaussian, px (default: 70 px at 224, scaled)")
-    parser.add_argument("--runs", type=pathlib.Path, default=ROOT / "runs")
-    parser.add_argument("--name", default=None, help="run name (default: localize_<category>)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    cli.add_run_arguments(parser, name=None, runs_folder=ROOT / "runs")
     args = parser.parse_args(argv)
     args.category = args.category or DEFAULT_CATEGORY[args.dataset]
     if args.dataset == "synthetic" and args.category not in synthetic.CATEGORIES:
@@ -194,8 +191,7 @@ def parse(argv) -> argparse.Namespace:
     else:
         args.layer_indices = None
     args.name = args.name or f"localize_{args.category}"
-    if (args.runs / args.name).exists() and not args.overwrite:
-        parser.error(f"{args.runs / args.name} exists; pass --overwrite or another --name")
+    args.out = cli.run_folder(parser, args)
     return args
 
 
@@ -374,8 +370,7 @@ def main(argv=None) -> int:
     parts = [train.parts.index(p) for p in names]
     distances = {p: {m: [] for m in METHODS} for p in names}
     examples, models = {}, {}
-    with Progress(len(parts) * args.repeats, unit="shot sets", desc="localisation",
-                  quiet=args.quiet) as bar:
+    with Step(len(parts) * args.repeats, "localisation", "shot sets", quiet=args.quiet) as bar:
         for part, name in zip(parts, names):
             showing = np.flatnonzero(train.visible[:, part])
             if len(showing) < args.shots:
@@ -404,7 +399,7 @@ def main(argv=None) -> int:
               "graph": str(args.graph) if args.graph else "graph/", "seed": args.seed,
               "seconds": {"graph_fit": fit_seconds,
                           "total": time.perf_counter() - started}}
-    with runs.run_directory(args.runs / args.name, overwrite=args.overwrite) as out:
+    with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         if args.graph is None:
             graph.save(out / "graph")
         (out / "parts").mkdir()
@@ -420,4 +415,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))
