@@ -240,14 +240,15 @@ def test_landmarks_scale_with_image_size():
 
 
 def test_throughput():
-    """>= 200 images/s at 224 px on the 2-core CPU (measured; median in the report); the
-    floor here is lower to tolerate other jobs on the shared machine."""
+    """>= 200 images/s at 224 px on the 2-core CPU (221-266/s on a quiet one). Timed in CPU seconds of this process, so that other jobs on a shared machine do
+    not count against the generator (CI once measured 120/s wall-clock on a loaded machine);
+    the floor is lower than the target for slower CPUs."""
     synthetic.sample("quadruped", 8, seed=0)
     rates = []
     for seed in range(3):
-        start = time.perf_counter()
+        start = time.process_time()
         synthetic.sample("quadruped", 64, seed=seed + 1)
-        rates.append(64 / (time.perf_counter() - start))
+        rates.append(64 / (time.process_time() - start))
     assert max(rates) >= 150, rates
 
 
