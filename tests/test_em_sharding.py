@@ -52,3 +52,51 @@ def test_eight_devices_fit_like_one(compat):
         assert one["flip"] == eight["flip"]
         same = [set(a) == set(b) for a, b in zip(one["parents"], eight["parents"])]
         assert np.mean(same) >= 0.95
+
+
+PADDED = textwrap.dedent("""
+    import json, os, sys
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    sys.path.insert(0, os.environ["TESTS"])
+    from test_em_fit import GRAPH, blob_maps
+    import egjax
+    from egjax.em import fit as fit_lib
+    maps = [blob_maps(100, GRAPH.layers[0].map_size, 4, 0),
+            blob_maps(100, GRAPH.layers[1].map_size, 4, 1)]
+    flipped = [np.ascontiguousarray(m[:, :, ::-1]) for m in maps]
+    out = {}
+    for compat in ("original",):
+        given, given_flipped = maps, flipped
+        call = fit_lib.layer_call(given[1], GRAPH.layers[1], jax.random.key(0), given_flipped[1],
+                                  None, None, compat, 8)
+        data = call.args[2]
+        out[compat + "_devices"] = sorted({s.device.id for s in data.addressable_shards})
+        out[compat + "_shards"] = sorted({s.data.shape[0] for s in data.addressable_shards})
+        for name, devices in (("one", jax.devices()[:1]), ("eight", None)):
+            graph = egjax.fit_graph(given, GRAPH, key=jax.random.key(0), flipped_maps=given_flipped,
+                                    devices=devices, compat=compat, quiet=True)
+            out[compat + name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
+                                   ("coord", "deform", "parents", "score", "pos", "flip")}
+                                  for l in graph.layers]
+    print(json.dumps(out))
+""")
+
+
+def test_hundred_images_use_all_eight_devices():
+    """100 images on 8 devices: 13 per device, the last 4 slots masked padding; the graph
+    equals the one-device fit bit for bit (compat="original", float64)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               TESTS=os.path.dirname(__file__))
+    run = subprocess.run([sys.executable, "-c", PADDED], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    for compat in ("original",):
+        assert out[compat + "_devices"] == list(range(8))
+        assert out[compat + "_shards"] == [13]
+        for one, eight in zip(out[compat + "one"], out[compat + "eight"]):
+            assert len(eight["flip"]) == 100
+            for field in ("coord", "deform", "score", "pos", "parents", "flip"):
+                np.testing.assert_array_equal(eight[field], one[field], err_msg=field)

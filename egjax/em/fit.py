@@ -172,7 +172,7 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     if parent is not None:
         cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1),
                                        setup.slots, setup.cfg, setup.parent, setup.original,
-                                       setup.num_images, setup.axis_name)
+                                       setup.num_images, setup.images)
         flip = parent.flip
     data = layer_lib.LayerData(windows.as_maps(maps, dtype),
                                None if flipped is None else windows.as_maps(flipped, dtype),
@@ -203,11 +203,13 @@ class LayerCall(NamedTuple):
 def compiled_fit(setup: layer_lib.Setup, mesh, quantized: bool, flips: bool,
                  parent: LayerConfig | None) -> Callable:
     """The jitted layer fit for one setting (cached: it compiles once per input shape),
-    sharded over the images along `mesh` (None: one device)."""
+    sharded over the images along `mesh` as `setup.images` lays them out (None: one
+    device)."""
     body = functools.partial(fit_body, setup=setup)
     if mesh is None:
         return jax.jit(body)
-    return sharding.sharded(body, mesh, quantized, flips, parent, layer_lib.Records)
+    return sharding.sharded(body, mesh, setup.images, quantized, flips, parent,
+                            layer_lib.Records)
 
 
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
@@ -221,7 +223,10 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     `init dict(coord=[C,K,2], deform=[C,K])` in 0-based cells, else drawn with `key`;
     `compat="original"` reproduces the released learner's quirks. `chunk` images share
     one batch of parent priors (memory ~ chunk). The images are sharded over `devices`
-    (default: all visible), as many as divide N evenly.
+    (default: all devices of all processes; N padded with masked images to a multiple of
+    their count). Under several processes (`egjax.distributed`), `maps` and `flipped_maps`
+    hold this process's share of the images (`egjax.em.sharding`) and the records come
+    back for all images, in image order.
     """
     _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
     call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices)
@@ -238,17 +243,32 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     slots = _candidate_slots(parent, cfg, original) if parent is not None else 0
     if init is None:
         init = random_init(key, cfg, c, dtype)
-    mesh = sharding.image_mesh(devices, n)
+    coord = np.transpose(np.asarray(init["coord"], dtype), (2, 1, 0))
+    deform = np.asarray(init["deform"], dtype).T
+    mesh = sharding.image_mesh(devices)
+    images = None if mesh is None else sharding.image_layout(mesh, n)
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
-                            flips=flipped_maps is not None, original=original, num_images=n,
-                            slots=slots, axis_name=None if mesh is None else sharding.AXIS,
-                            chunk=chunk)
+                            flips=flipped_maps is not None, original=original,
+                            num_images=n if images is None else images.num_images,
+                            slots=slots, images=images, chunk=chunk)
     function = compiled_fit(setup, mesh, isinstance(maps, QuantizedMaps),
                             flipped_maps is not None, setup.parent)
-    args = (jnp.transpose(jnp.asarray(init["coord"], dtype), (2, 1, 0)),
-            jnp.asarray(init["deform"], dtype).T,
-            _as_device(maps, dtype), _as_device(flipped_maps, dtype), parent)
+    if mesh is None:
+        args = (jnp.asarray(coord), jnp.asarray(deform), _as_device(maps, dtype),
+                _as_device(flipped_maps, dtype), parent)
+    else:
+        args = (sharding.replicated(coord, mesh), sharding.replicated(deform, mesh),
+                _as_sharded(maps, mesh, images, dtype),
+                _as_sharded(flipped_maps, mesh, images, dtype), parent)
     return LayerCall(function, args)
+
+
+def _as_sharded(maps, mesh, images, dtype):
+    """`_as_device`, but split over the images along `mesh` (`sharding.put_images`)."""
+    if maps is None:
+        return None
+    return sharding.put_images(maps, mesh, images,
+                               None if isinstance(maps, QuantizedMaps) else dtype)
 
 
 _public_nodes = jax.jit(layer_lib.public_nodes)

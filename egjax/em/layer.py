@@ -22,7 +22,7 @@ from egjax.em.evidence import kernel_table
 from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
-from egjax.em.reduce import all_images, image_mean
+from egjax.em.reduce import Images, all_images, image_mean, real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Setup:
     `parent` is the config of the layer above (None for the top layer); `flips` whether
     mirrored maps are given; `original` reproduces the released learner's quirks;
     `num_images` counts the images on all devices; `slots` the candidate parents (M);
-    `axis_name` names the mesh axis the images are sharded over (None on one device);
+    `images` how they are sharded over devices (`reduce.Images`; None on one device);
     `chunk` images per batch of parent priors (one matrix product); the E-step itself runs
     image by image.
     """
@@ -43,7 +43,7 @@ class Setup:
     original: bool
     num_images: int
     slots: int = 0
-    axis_name: str | None = None
+    images: Images | None = None
     chunk: int = 8
 
     @property
@@ -214,7 +214,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
             lambda: parents_lib.select(
                 state.pos.reshape(n, 2, k * c), state.best.reshape(n, k * c), data.candidates,
                 cfg.top_n, cfg, setup.parent, setup.original, setup.num_images,
-                setup.axis_name).astype(jnp.int32),
+                setup.images).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
         weights = parents_lib.prior_weights(jnp.maximum(parents, 0), data.candidates.deform,
@@ -248,6 +248,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
                                       shift, scale)
         if setup.original:   # kept per image, added in image order below
             return (), (recorded, summed)
+        if "real" in inputs:   # padding images (several devices) count for nothing
+            valid = valid & inputs["real"]
         return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
 
     inputs = {"maps": data.maps}
@@ -257,18 +259,20 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         inputs["flip"] = data.flip
     if not top:
         inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
+    if setup.images is not None and not setup.original:
+        inputs["real"] = real(jnp.ones(n, bool), 0, setup.images)
     # The new records overwrite the previous ones, which the parent selection has read.
     into = (state.pos, state.best, state.score, state.flip)
     if setup.original:   # the original adds the images' statistics one after another
         zeros = jnp.zeros_like(state.score)
         per_image = Sums(zeros, jnp.zeros_like(state.pos), zeros, zeros)
         _, (records, per_image) = scan_chunks(one_chunk, inputs, setup.chunk, (into, per_image))
-        sums = jax.tree.map(lambda x: in_order_sum(all_images(x, 0, setup.axis_name)),
+        sums = jax.tree.map(lambda x: in_order_sum(all_images(x, 0, setup.images)),
                             per_image)
     else:
         sums, records = scan_chunks(one_chunk, inputs, setup.chunk, into)
-        if setup.axis_name is not None:
-            sums = jax.lax.psum(sums, setup.axis_name)
+        if setup.images is not None:
+            sums = jax.lax.psum(sums, setup.images.axis)
     pos, best, score, flip = records
     coord, deform = m_step(state, sums, sigma, t, setup)
     return state._replace(coord=coord, deform=deform, pos=pos, best=best, score=score,
@@ -320,11 +324,11 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     """
     _, k, c = state.coord.shape
     if setup.original:   # mean(mean(totalProb, 2), 1): over images, then nodes (c * K + k)
-        per_node = in_order_mean(all_images(state.score, 0, setup.axis_name))
+        per_node = in_order_mean(all_images(state.score, 0, setup.images))
         norm = in_order_mean(per_node.T.reshape(-1))
     else:
         norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images,
-                          setup.axis_name)
+                          setup.images)
 
     def normalise(score):
         return divide(score, norm) if setup.original else score / norm

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em.glibc_exp import exp_as_original
 from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
-from egjax.em.reduce import all_images, image_mean, image_sum, image_var
+from egjax.em.reduce import Images, all_images, image_mean, image_sum, image_var, real
 
 LOW_VARIANCE_FRACTION = 0.5
 EDGE_FRACTION = 0.1
@@ -44,7 +44,7 @@ def candidate_slots(upper_nodes: int, top_m: int) -> int:
 
 
 def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: LayerConfig,
-              original: bool, num_images: int, axis_name: str | None
+              original: bool, num_images: int, images: Images | None
               ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Upper nodes in descending order of total score, and which of them survive the cuts.
 
@@ -56,13 +56,13 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
     `score [U, N]`, `pos [U, N, 2]` -> `(order [U] int, kept [U] bool in that order)`.
     """
     num = score.shape[0]
-    order = jnp.argsort(-image_sum(score, 1, axis_name), stable=True)
-    variance = jnp.sum(image_var(pos, 1, num_images, axis_name), axis=-1)
+    order = jnp.argsort(-image_sum(score, 1, images), stable=True)
+    variance = jnp.sum(image_var(pos, 1, num_images, images), axis=-1)
     if original and variance.dtype == jnp.float32:
         variance = _tie_float32_noise(variance)
     lowest = jnp.argsort(variance, stable=True)[: math.ceil(num * LOW_VARIANCE_FRACTION)]
     dropped = jnp.zeros(num, bool).at[lowest].set(True)
-    mean = image_mean(pos, 1, num_images, axis_name)
+    mean = image_mean(pos, 1, num_images, images)
     if original:
         size = child.map_size
         margin = jnp.min(size / 2 - jnp.abs(size / 2 - (mean + 1)), axis=-1)
@@ -87,20 +87,20 @@ def _tie_float32_noise(x: jnp.ndarray) -> jnp.ndarray:
 
 def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots: int,
                child: LayerConfig, parent: LayerConfig, original: bool, num_images: int,
-               axis_name: str | None) -> Candidates:
+               images: Images | None) -> Candidates:
     """The first `slots` surviving upper nodes in descending order of total score.
 
     `score [U, N]`, `pos [U, N, 2]`, `deform [U]` of the fitted upper layer.
     """
-    order, kept = survivors(score, pos, child, parent, original, num_images, axis_name)
+    order, kept = survivors(score, pos, child, parent, original, num_images, images)
     first_kept = jnp.argsort(~kept, stable=True)[:slots]
     index = order[first_kept]
     if original:   # as the original: 1-based positions, their mean added image by image
         chosen = pos[index] + 1
-        mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, axis_name), 0, 1))
+        mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, images), 0, 1))
     else:
         chosen = pos[index]
-        mean = image_mean(chosen, 1, num_images, axis_name)
+        mean = image_mean(chosen, 1, num_images, images)
     deviation = chosen - mean[:, None]
     return Candidates(index, kept[first_kept], deviation, deform[index])
 
@@ -115,7 +115,7 @@ def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) ->
 
 def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, top_n: int,
            child: LayerConfig, parent: LayerConfig, original: bool, num_images: int,
-           axis_name: str | None, block: int = 256) -> jnp.ndarray:
+           images: Images | None, block: int = 256) -> jnp.ndarray:
     """Parents `[V, top_n]` (indices into the candidate slots) of every child node.
 
     `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
@@ -127,13 +127,14 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     original does (`_select_in_order`).
     """
     if original:
-        deviation = all_images(cands.deviation, 1, axis_name)
-        return _select_in_order(all_images(child_pos, 0, axis_name),
-                                all_images(child_best, 0, axis_name), deviation, cands.valid,
+        deviation = all_images(cands.deviation, 1, images)
+        return _select_in_order(all_images(child_pos, 0, images),
+                                all_images(child_best, 0, images), deviation, cands.valid,
                                 top_n, child, parent, block)
     num_nodes = child_pos.shape[-1]
     block = min(block, num_nodes)
-    child_mean = image_mean(child_pos, 0, num_images, axis_name)            # [2, V]
+    child_best = real(child_best, 0, images)
+    child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
     b = pixel_deviation(cands.deviation, parent, original)                  # [M, N, 2]
     weight = cands.valid.astype(b.dtype)
     count = jnp.sum(weight)
@@ -142,9 +143,9 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
     # mean_u |a - b_u|^2 = |a - mean_u b_u|^2 + mean_u |b_u|^2 - |mean_u b_u|^2, summed over
     # images and axes in one pass over the positions.
     a = pixel_deviation(child_pos - child_mean, child, original)            # [N, 2, V]
-    mean_sq = (image_mean((a - b_mean[..., None]) ** 2, (0, 1), num_images, axis_name)
+    mean_sq = (image_mean((a - b_mean[..., None]) ** 2, (0, 1), num_images, images)
                + image_mean(b_sq_mean - jnp.sum(b_mean * b_mean, -1), 0, num_images,
-                            axis_name))                                      # [V]
+                            images))                                      # [V]
     rate = -1 / (2 * mean_sq)
     b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
@@ -162,14 +163,14 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
             return total + wn[:, None] * jnp.exp((dh * dh + dw * dw) * blk_rate), None
 
         zeros = jnp.zeros((block, b.shape[0]), b.dtype)
-        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)   # 0 in padding
         total = jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
         return jax.lax.dynamic_update_slice_in_dim(affinity, total, start, 0)
 
     affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
                                  jnp.zeros((num_nodes, b.shape[0]), b.dtype))
-    if axis_name is not None:
-        affinity = jax.lax.psum(affinity, axis_name)
+    if images is not None:
+        affinity = jax.lax.psum(affinity, images.axis)
     affinity = jnp.where(cands.valid, affinity, -jnp.inf)
     return jax.lax.top_k(affinity, top_n)[1]
 

@@ -1,34 +1,89 @@
-"""Reductions over images that also run image-sharded across devices.
+"""Reductions over images that also run image-sharded across devices and processes.
 
-Inside `shard_map` each device holds a slice of the images; `axis_name` names the mesh axis
-they are split over, and the sums are completed with `psum`. With `axis_name=None` they are
-plain sums on one device.
+Inside `shard_map` each device holds a slice of the images, described by `Images`: the mesh
+axis they are split over and where each image sits. The slices are padded to equal length
+with masked images, which take no part in any sum; the sums are completed with `psum`. With
+`images=None` they are plain sums on one device.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
-def image_sum(x: jnp.ndarray, axis: int, axis_name: str | None) -> jnp.ndarray:
-    """Sum over the image axis `axis`, across all devices holding images."""
-    total = jnp.sum(x, axis=axis)
-    return total if axis_name is None else jax.lax.psum(total, axis_name)
+class Images(NamedTuple):
+    """How `num_images` images lie along the sharded image axis `axis` (`egjax.em.sharding`).
+
+    Each of `processes` processes holds a contiguous block of `block` slots: process p's
+    images are p, p + P, p + 2P, ... (its share, `egjax.data.iter_objects(shard=(p, P))`),
+    in that order, then padding (masked) slots. One process: image i in slot i.
+    """
+
+    axis: str
+    num_images: int
+    processes: int = 1
+    block: int = 0
+
+    @property
+    def slots(self) -> int:
+        """Length of the sharded image axis, padding included."""
+        return self.processes * self.block
+
+    def share(self, process: int) -> int:
+        """Images held by `process`."""
+        return len(range(process, self.num_images, self.processes))
+
+    def slot_of_image(self) -> np.ndarray:
+        """`[num_images]` the slot of each image."""
+        i = np.arange(self.num_images)
+        return (i % self.processes) * self.block + i // self.processes
+
+    def image_at_slot(self) -> np.ndarray:
+        """`[slots]` the image in each slot, `num_images` for padding."""
+        out = np.full(self.slots, self.num_images)
+        out[self.slot_of_image()] = np.arange(self.num_images)
+        return out
 
 
-def image_mean(x: jnp.ndarray, axis: int, num_images: int, axis_name: str | None) -> jnp.ndarray:
+def real(x: jnp.ndarray, axis: int, images: Images | None) -> jnp.ndarray:
+    """`x` with this device's padding images (along `axis`) set to 0."""
+    if images is None:
+        return x
+    local = x.shape[axis]
+    slot = jax.lax.axis_index(images.axis) * local + jnp.arange(local)
+    at = jnp.asarray(images.image_at_slot())[slot]
+    valid = (at < images.num_images).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+    return jnp.where(valid, x, jnp.zeros_like(x))
+
+
+def image_sum(x: jnp.ndarray, axis, images: Images | None) -> jnp.ndarray:
+    """Sum over the image axis `axis` (or a tuple of axes, images first), across all devices
+    holding images, padding excluded."""
+    if images is None:
+        return jnp.sum(x, axis=axis)
+    first = axis[0] if isinstance(axis, tuple) else axis
+    return jax.lax.psum(jnp.sum(real(x, first, images), axis=axis), images.axis)
+
+
+def image_mean(x: jnp.ndarray, axis, num_images: int, images: Images | None) -> jnp.ndarray:
     """Mean over all `num_images` images, across devices."""
-    return image_sum(x, axis, axis_name) / num_images
+    return image_sum(x, axis, images) / num_images
 
 
-def image_var(x: jnp.ndarray, axis: int, num_images: int, axis_name: str | None) -> jnp.ndarray:
+def image_var(x: jnp.ndarray, axis: int, num_images: int, images: Images | None) -> jnp.ndarray:
     """Unbiased variance (N - 1) over all images, two-pass, across devices."""
-    mean = jnp.expand_dims(image_mean(x, axis, num_images, axis_name), axis)
-    return image_sum((x - mean) ** 2, axis, axis_name) / (num_images - 1)
+    mean = jnp.expand_dims(image_mean(x, axis, num_images, images), axis)
+    return image_sum((x - mean) ** 2, axis, images) / (num_images - 1)
 
 
-def all_images(x: jnp.ndarray, axis: int, axis_name: str | None) -> jnp.ndarray:
-    """`x` with the images of every device along `axis`, in image order (for sums that
-    must be added one image after another)."""
-    return x if axis_name is None else jax.lax.all_gather(x, axis_name, axis=axis, tiled=True)
+def all_images(x: jnp.ndarray, axis: int, images: Images | None) -> jnp.ndarray:
+    """`x` with the images of every device along `axis`, in image order, padding dropped
+    (for sums that must be added one image after another)."""
+    if images is None:
+        return x
+    gathered = jax.lax.all_gather(x, images.axis, axis=axis, tiled=True)
+    return jnp.take(gathered, jnp.asarray(images.slot_of_image()), axis=axis)

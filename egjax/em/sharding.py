@@ -1,10 +1,17 @@
-"""Images sharded across devices: the layer fit inside `shard_map`, statistics `psum`-ed.
+"""Images sharded across devices and processes: the layer fit inside `shard_map`,
+statistics `psum`-ed.
 
-Each device holds an equal slice of the images (and of every per-image record); node
-parameters are replicated. The reductions over images in the EM (`reduce.py`, the
-sufficient statistics, parent affinities) complete themselves across the mesh axis, so the
-body is the single-device code with `Setup.axis_name` set. Runs multi-host unchanged after
-`jax.distributed.initialize()`.
+Every device holds an equal slice of the images (and of every per-image record); node
+parameters are replicated. N need not divide by the device count: the slices are padded
+with masked images (`reduce.Images`), which take no part in any sum, so every device works.
+The reductions over images in the EM (`reduce.py`) complete themselves across the mesh
+axis, so the body is the single-device code with `Setup.images` set.
+
+Under `jax.distributed` (several processes), each process passes its own share of the
+images, p, p + P, p + 2P, ... (`egjax.data.iter_objects(shard=(p, P))`); they go straight
+from its host memory to its own devices. Records come back in image order, sharded over
+the images where N divides by the device count (a `jax.Array` cannot be split unevenly),
+else replicated on the devices; no host gathers them.
 """
 
 from __future__ import annotations
@@ -12,33 +19,94 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from egjax.em.reduce import Images
 from egjax.graph import LayerFit
 from egjax.maps import QuantizedMaps
 
 AXIS = "images"
 
 
-def image_mesh(devices: Sequence | None, num_images: int) -> Mesh | None:
-    """A 1-D mesh over the most devices (of `devices`, default all) that divide the images
-    evenly; None when that is one device."""
-    devices = list(jax.devices() if devices is None else devices)
-    count = max(d for d in range(1, len(devices) + 1) if num_images % d == 0)
-    if count == 1:
+def image_mesh(devices: Sequence | None) -> Mesh | None:
+    """A 1-D mesh over `devices` (default: all devices of all processes), grouped by
+    process; None when that is one device."""
+    devices = sorted(jax.devices() if devices is None else devices,
+                     key=lambda d: (d.process_index, d.id))
+    if len(devices) == 1:
         return None
-    return Mesh(np.asarray(devices[:count]), (AXIS,), axis_types=(AxisType.Auto,))
+    per_process = {d.process_index for d in devices}
+    if len(devices) % len(per_process) or any(
+            sum(d.process_index == p for d in devices) != len(devices) // len(per_process)
+            for p in per_process):
+        raise ValueError("every process must bring the same number of devices")
+    return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
+
+
+def total_images(local: int) -> int:
+    """The images of all processes, from this process's `local` count."""
+    if jax.process_count() == 1:
+        return local
+    return int(np.sum(multihost_utils.process_allgather(np.int64(local))))
+
+
+def image_layout(mesh: Mesh, local: int) -> Images:
+    """Where the images lie on `mesh`, given this process's `local` count (its share)."""
+    processes = jax.process_count()
+    num = total_images(local)
+    images = Images(AXIS, num, processes, 0)
+    if local != images.share(jax.process_index()):
+        raise ValueError(f"process {jax.process_index()} of {processes} holds {local} of the "
+                         f"{num} images; its share is every {processes}-th image from image "
+                         f"{jax.process_index()}, {images.share(jax.process_index())} images "
+                         f"(egjax.data.iter_objects(shard=(process_index, process_count)))")
+    devices = mesh.devices.size // processes
+    per_device = -(-max(images.share(p) for p in range(processes)) // devices)
+    return images._replace(block=devices * per_device)
+
+
+def put_images(x, mesh: Mesh, images: Images, dtype=None) -> jax.Array:
+    """This process's images `x [n, ...]` (host or device array) as the sharded global array
+    `[slots, ...]`, shard by shard straight onto each device (never whole on one); padding
+    slots repeat the share's first image (finite values; they are masked)."""
+    if isinstance(x, QuantizedMaps):
+        return QuantizedMaps(*(put_images(part, mesh, images) for part in x))
+    n = np.shape(x)[0]
+    first = jax.process_index() * images.block
+    dtype = dtype or x.dtype
+
+    def shard(index):
+        start, stop = index[0].indices(images.slots)[:2]
+        start, stop = start - first, stop - first
+        part = np.asarray(x[start:min(stop, n)], dtype)
+        if stop > n:
+            pad = np.broadcast_to(np.asarray(x[:1], dtype), (stop - max(start, n),) + part.shape[1:])
+            part = np.concatenate([part, pad])
+        return part
+
+    return jax.make_array_from_callback((images.slots,) + tuple(np.shape(x)[1:]),
+                                        NamedSharding(mesh, P(AXIS)), shard)
+
+
+def replicated(x, mesh: Mesh) -> jax.Array:
+    """`x` (the same on every process) on every device of `mesh`."""
+    return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
 
 
 def _maps_spec(quantized: bool):
     return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
 
 
-def sharded(body, mesh: Mesh, quantized: bool, flips: bool, parent, records_type):
+def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, parent,
+            records_type):
     """`body(coord, deform, maps, flipped, parent)` as one jitted `shard_map` over `mesh`:
-    maps and per-image records split along the images, node parameters replicated.
-    `parent` is the LayerConfig of the layer above (None for the top layer)."""
+    maps (`put_images`) and per-image records split along the images, node parameters
+    replicated. `parent` is the LayerConfig of the layer above (None for the top layer);
+    the parent's records are taken in image order and put in `images`' slots, and the
+    records returned in image order."""
     per_image = P(None, AXIS)
     out_specs = (P(), P(), P(), records_type(*[P(AXIS)] * len(records_type._fields)))
     parent_spec = None if parent is None else LayerFit(
@@ -46,5 +114,25 @@ def sharded(body, mesh: Mesh, quantized: bool, flips: bool, parent, records_type
         alt_score=per_image, alt_pos=per_image, config=parent)
     in_specs = (P(), P(), _maps_spec(quantized), _maps_spec(quantized) if flips else None,
                 parent_spec)
-    return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                 check_vma=False))
+    fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                        check_vma=False)
+    at_slot = jnp.asarray(images.image_at_slot())
+    slot_of = jnp.asarray(images.slot_of_image())
+    even = images.num_images % mesh.devices.size == 0
+    record = NamedSharding(mesh, P(AXIS) if even else P())
+    out_shardings = (NamedSharding(mesh, P()),) * 3 + (
+        records_type(*[record] * len(records_type._fields)),)
+
+    def run(coord, deform, maps, flipped, upper):
+        if upper is not None:   # image order -> slots (padding 0)
+            def to_slots(x, axis):
+                return jnp.take(x, at_slot, axis=axis, mode="fill", fill_value=0)
+            upper = LayerFit(coord=upper.coord, deform=upper.deform, parents=upper.parents,
+                             score=to_slots(upper.score, 1), pos=to_slots(upper.pos, 1),
+                             flip=to_slots(upper.flip, 0), alt_score=to_slots(upper.alt_score, 1),
+                             alt_pos=to_slots(upper.alt_pos, 1), config=upper.config)
+        coord, deform, parents, rec = fit(coord, deform, maps, flipped, upper)
+        rec = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0), rec)   # slots -> images
+        return coord, deform, parents, rec
+
+    return jax.jit(run, out_shardings=out_shardings)
