@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from egjax.maps import QuantizedMaps, divide, host_empty, quantize
 from egjax.models.meta import ModelMeta, preprocess
@@ -271,6 +272,8 @@ def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[s
     Streams: each batch's mean and centred sum of squares are computed on the device (float32)
     and merged on the host in float64 (Chan et al.'s parallel update), so nothing N-sized is
     held and a constant element gets sd exactly 0 (`getRoughCNN.m`, `getAvgResponse`).
+    Under several processes (`egjax.distributed`) each passes its share of the negatives
+    and all get the statistics of all of them (merged in process order).
     """
     taps = _check_setup(model, images, taps, batch_size)
     function = _moment_function(model, meta, taps)
@@ -293,7 +296,36 @@ def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[s
                 m2[tap] = m2[tap] + batch_m2 + delta**2 * (count * n / merged)
             count += n
             bar.update(n)
+    if jax.process_count() > 1:
+        count, mean, m2 = _merge_processes(count, mean, m2, taps)
     if count == 0:
         raise ValueError("negative_statistics got no images")
     return {t: NegativeStats(mean[t].astype(np.float32), np.sqrt(m2[t] / count).astype(np.float32),
                              count) for t in taps}
+
+
+def _merge_processes(count: int, mean: dict, m2: dict, taps) -> tuple[int, dict, dict]:
+    """Every process's `(count, mean, m2)` merged in process order (Chan et al.), float64
+    exchanged bit for bit (as uint32 pairs: jax arrays may hold no float64)."""
+    def gather(x):
+        bits = np.ascontiguousarray(x, np.float64).view(np.uint32)
+        return np.asarray(multihost_utils.process_allgather(bits)).view(np.float64)
+
+    counts = np.asarray(multihost_utils.process_allgather(np.int32(count)))
+    if not counts.all():
+        raise ValueError(f"negative_statistics: process(es) {np.flatnonzero(counts == 0).tolist()} "
+                         f"got no images; give every process a share of the negatives")
+    total, merged_mean, merged_m2 = 0, {}, {}
+    for tap in taps:
+        means, m2s = gather(mean[tap]), gather(m2[tap])
+        total = 0
+        for n, part_mean, part_m2 in zip(counts, means, m2s):
+            if total == 0:
+                merged_mean[tap], merged_m2[tap] = part_mean, part_m2
+            else:
+                delta = part_mean - merged_mean[tap]
+                merged = total + n
+                merged_mean[tap] = merged_mean[tap] + delta * (n / merged)
+                merged_m2[tap] = merged_m2[tap] + part_m2 + delta**2 * (total * n / merged)
+            total += int(n)
+    return total, merged_mean, merged_m2

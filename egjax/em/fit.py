@@ -124,14 +124,8 @@ def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
             raise ValueError(f"flipped_maps has {flipped_shape[0]} images but maps has {n}")
     _check_evidence("maps" if flipped_maps is None else "maps and flipped_maps", maps,
                     flipped_maps)
-    if parent is not None:
-        if not isinstance(parent, LayerFit):
-            raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
-        if parent.score.shape[1] != n:
-            raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
-        if flipped_maps is None and bool(jnp.any(parent.flip)):
-            raise ValueError("the layer above used mirrored maps for some images; pass "
-                             "flipped_maps too")
+    if parent is not None and not isinstance(parent, LayerFit):
+        raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
     if init is not None:
         k = cfg.nodes_per_filter
         coord, deform = np.shape(init.get("coord")), np.shape(init.get("deform"))
@@ -228,7 +222,15 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     hold this process's share of the images (`egjax.em.sharding`) and the records come
     back for all images, in image order.
     """
-    _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat)
+    sharding.check_together(_check_layer_inputs, maps, cfg, flipped_maps, parent, init,
+                            compat)
+    if parent is not None:   # on records that may span processes: after the local checks
+        n = sharding.total_images(_map_shape(maps)[0])
+        if parent.score.shape[1] != n:
+            raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
+        if flipped_maps is None and bool(jnp.any(parent.flip)):
+            raise ValueError("the layer above used mirrored maps for some images; pass "
+                             "flipped_maps too")
     call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices)
     # Done before returning: the call may read the caller's maps in place (`_device_array`).
     return layer_fit(jax.block_until_ready(call.function(*call.args)), cfg)
@@ -328,7 +330,7 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
     are checked before any layer is fitted. A progress bar counts the fitted layers
     (`quiet=True`: none); a line on stderr gives the time of each (`egjax.progress`).
     """
-    _check_graph_inputs(maps, cfg, flipped_maps, init, compat)
+    sharding.check_together(_check_graph_inputs, maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None
     times = []

@@ -23,9 +23,10 @@ import numpy as np
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em import windows
-from egjax.em.fit import _all_finite, _as_device, _check_evidence, _map_shape, compute_dtype
-from egjax.em.reduce import image_mean
+from egjax.em import sharding, windows
+from egjax.em.fit import (_all_finite, _as_device, _as_sharded, _check_evidence, _map_shape,
+                          compute_dtype)
+from egjax.em.reduce import image_mean, image_sum
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
 
@@ -41,49 +42,49 @@ class LayerInference(NamedTuple):
 
 
 def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence | None = None,
-                *, chunk: int = 8) -> list[LayerInference]:
+                *, chunk: int = 8, devices=None) -> list[LayerInference]:
     """Node scores and positions of every layer (bottom to top) of `graph` in new images.
 
     `maps` per layer `[N, S, S, C]` normalised maps (or `QuantizedMaps`) made as those the
     graph was fitted on (same network, tap and negative statistics; `features.normalize`);
     `flipped_maps` those of the mirrored images (None: every image as given). `chunk`
-    images share one batch of parent priors.
+    images share one batch of parent priors. The images are sharded over `devices` as
+    `fit_graph` shards them (default: all devices of all processes; under several
+    processes `maps` holds this process's share).
     """
-    _check_inputs(graph, maps, flipped_maps)
+    sharding.check_together(_check_inputs, graph, maps, flipped_maps)
+    for index in range(len(graph.layers) - 1):   # on records that may span processes
+        _check_parents_are_candidates(index, graph.layers[index], graph.layers[index + 1])
     out: list[LayerInference] = [None] * len(graph.layers)
     above, upper = None, None
     for index in reversed(range(len(graph.layers))):
         out[index] = infer_layer(graph.layers[index], maps[index],
                                  None if flipped_maps is None else flipped_maps[index],
-                                 upper=upper, above=above, chunk=chunk)
+                                 upper=upper, above=above, chunk=chunk, devices=devices)
         upper, above = graph.layers[index], out[index]
     return out
 
 
 def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | None = None,
-                above: LayerInference | None = None, chunk: int = 8) -> LayerInference:
+                above: LayerInference | None = None, chunk: int = 8,
+                devices=None) -> LayerInference:
     """One graph layer in new images (`maps`, `flipped_maps` of this layer, as `infer_graph`).
 
     Top layer: `upper` and `above` None; the orientation is chosen per image. Lower layer:
     `upper` the fitted layer above and `above` its inference in these images, whose
     positions place the parents and whose orientations this layer follows.
     """
-    if not (isinstance(chunk, int) and chunk >= 1):
-        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
-    num = _check_layer_maps("maps", maps, fitted)
-    if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
-                                                      fitted) != num:
-        raise ValueError("flipped_maps must hold as many images as maps")
-    _check_evidence("maps", maps, flipped_maps)
-    if (upper is None) != (above is None):
-        raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
-                         "(its inference); the top layer neither")
+    sharding.check_together(_check_layer_call, fitted, maps, flipped_maps, upper, above, chunk)
+    mesh = sharding.image_mesh(devices)
+    local = _map_shape(maps)[0]
+    images = None if mesh is None else sharding.image_layout(mesh, local)
+    num = local if images is None else images.num_images
     if upper is not None:
         expected = (upper.score.shape[0], num, 2)
         if np.shape(above.pos) != expected or np.shape(above.flip) != (num,):
             raise ValueError(f"above must hold the layer above in these {num} images: pos "
                              f"{expected}, got {np.shape(above.pos)}")
-        if flipped_maps is None and bool(np.any(above.flip)):
+        if flipped_maps is None and bool(jnp.any(above.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
     dtype = compute_dtype()
@@ -91,20 +92,25 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
                                                                 fitted.config.top_m)
     setup = layer_lib.Setup(cfg=fitted.config, parent=None if upper is None else upper.config,
                             flips=flipped_maps is not None, original=False,
-                            num_images=num, slots=slots, chunk=chunk)
+                            num_images=num, slots=slots, images=images, chunk=chunk)
+    if mesh is None:
+        maps, flipped_maps = _as_device(maps, dtype), _as_device(flipped_maps, dtype)
+    else:
+        maps = _as_sharded(maps, mesh, images, dtype)
+        flipped_maps = _as_sharded(flipped_maps, mesh, images, dtype)
     score, pos, flip = _infer_layer(fitted, upper, None if above is None else above.pos,
-                                    None if above is None else above.flip,
-                                    _as_device(maps, dtype), _as_device(flipped_maps, dtype),
-                                    setup)
+                                    None if above is None else above.flip, maps, flipped_maps,
+                                    setup, mesh)
     # Done before returning: the call may read the caller's maps in place (`_as_device`).
     return LayerInference(*jax.block_until_ready((score, pos, flip)))
 
 
-@functools.partial(jax.jit, static_argnames="setup")
+@functools.partial(jax.jit, static_argnames=("setup", "mesh"))
 def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps, flipped,
-                 setup: layer_lib.Setup):
+                 setup: layer_lib.Setup, mesh=None):
     """One layer: `(score [V, N], pos [V, N, 2], flip [N])`; `upper_pos [U, N, 2]` the layer
-    above's positions in these images (None for the top layer), `flip` its orientations."""
+    above's positions in these images (None for the top layer), `flip` its orientations.
+    The images sharded along `mesh` as `setup.images` lays them out (None: one device)."""
     cfg = setup.cfg
     dtype = fitted.coord.dtype
     c, k = fitted.deform.shape
@@ -125,11 +131,38 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         mean = image_mean(upper.pos[cands.index], 1, upper.num_images, None)
         deviation = jnp.swapaxes(upper_pos[cands.index] - mean[:, None], 0, 1)   # [N, M, 2]
     node_q = layer_lib.nodes(coord, deform, sigma, setup)
-    score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
-                                                  weights, active, cfg.iterations, setup)
-    norm = jnp.mean(score)
+
+    def per_image(plain, mirrored, flip, deviation, node_q, weights, active):
+        score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
+                                                      weights, active, cfg.iterations, setup)
+        norm = image_sum(jnp.sum(score, axis=(1, 2)), 0, setup.images) / (
+            setup.num_images * score.shape[1] * score.shape[2])
+        return score, pos, new_flip, norm
+
+    images = setup.images
+    if mesh is None:
+        score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
+                                                      weights, active, cfg.iterations, setup)
+        norm = jnp.mean(score)
+    else:   # image order -> the sharded slots and back (`sharding.sharded`)
+        at_slot, slot_of = images.image_at_slot(), images.slot_of_image()
+        flip, deviation = jax.tree.map(
+            lambda x: jnp.take(x, at_slot, axis=0, mode="fill", fill_value=0), (flip, deviation))
+        split, whole = jax.sharding.PartitionSpec(sharding.AXIS), jax.sharding.PartitionSpec()
+        args = (plain, mirrored, flip, deviation, node_q, weights, active)
+        in_specs = tuple(None if x is None else spec
+                         for x, spec in zip(args, (split,) * 4 + (whole,) * 3))
+        score, pos, new_flip, norm = jax.shard_map(
+            per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
+            check_vma=False)(*args)
+        score, pos, new_flip = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0),
+                                            (score, pos, new_flip))
     flip = new_flip if upper is None else flip
-    return layer_lib.public_nodes(score / norm), layer_lib.public_nodes(pos), flip
+    out = layer_lib.public_nodes(score / norm), layer_lib.public_nodes(pos), flip
+    if mesh is not None:
+        out = jax.lax.with_sharding_constraint(
+            out, tuple(sharding.record_sharding(mesh, images, axis) for axis in (1, 1, 0)))
+    return out
 
 
 def _candidate_slot_of(parents: jax.Array, index: jax.Array, filters: int, k: int) -> jax.Array:
@@ -138,6 +171,19 @@ def _candidate_slot_of(parents: jax.Array, index: jax.Array, filters: int, k: in
     slot = jnp.argmax(parents[..., None] == index, axis=-1)
     slot = jnp.where(parents >= 0, slot, -1).astype(jnp.int32)
     return jnp.transpose(slot.reshape(filters, k, -1), (1, 0, 2)).reshape(filters * k, -1)
+
+
+def _check_layer_call(fitted: LayerFit, maps, flipped_maps, upper, above, chunk) -> None:
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
+    local = _check_layer_maps("maps", maps, fitted)
+    if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
+                                                      fitted) != local:
+        raise ValueError("flipped_maps must hold as many images as maps")
+    _check_evidence("maps", maps, flipped_maps)
+    if (upper is None) != (above is None):
+        raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
+                         "(its inference); the top layer neither")
 
 
 def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
@@ -153,8 +199,6 @@ def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
                 counts.add(_check_layer_maps(f"layer {index} {name}", seq[index], fitted))
         _check_evidence(f"layer {index} maps", maps[index],
                         None if flipped_maps is None else flipped_maps[index])
-        if index + 1 < num_layers:
-            _check_parents_are_candidates(index, fitted, graph.layers[index + 1])
     if len(counts) > 1:
         raise ValueError(f"every layer's maps must hold the same images, got counts "
                          f"{sorted(counts)}")
@@ -178,14 +222,20 @@ def _check_layer_maps(where: str, maps, fitted: LayerFit) -> int:
 
 def _check_parents_are_candidates(index: int, fitted: LayerFit, upper: LayerFit) -> None:
     """Every stored parent must be one of the candidates the fit chose from."""
-    parents = np.asarray(fitted.parents)
-    if fitted.config.iterations < 2 or not parents.size:
+    if fitted.config.iterations < 2 or not fitted.parents.size:
         return
     slots = parents_lib.candidate_slots(upper.score.shape[0], fitted.config.top_m)
-    cands = parents_lib.candidates(upper.score, upper.pos, upper.deform.reshape(-1), slots,
-                                   fitted.config, upper.config, False, upper.num_images, None)
-    allowed = np.asarray(cands.index)[np.asarray(cands.valid)]
-    if not np.isin(parents, allowed).all():
+    if not bool(_parents_are_candidates(fitted.parents, upper, fitted.config, slots)):
         raise ValueError(f"layer {index}: parents outside the candidate list of the layer "
                          f"above; the graph was not fitted with compat='fixed' on these "
                          f"layers")
+
+
+@functools.partial(jax.jit, static_argnames=("child", "slots"))
+def _parents_are_candidates(parents, upper: LayerFit, child: LayerConfig, slots: int):
+    """Whether every stored parent is a valid candidate (one replicated bool: no host reads
+    records that may span processes)."""
+    cands = parents_lib.candidates(upper.score, upper.pos, upper.deform.reshape(-1), slots,
+                                   child, upper.config, False, upper.num_images, None)
+    allowed = jnp.where(cands.valid, cands.index, -2)
+    return jnp.all(jnp.any(parents[..., None] == allowed, axis=-1))

@@ -53,6 +53,24 @@ def total_images(local: int) -> int:
     return int(np.sum(multihost_utils.process_allgather(np.int64(local))))
 
 
+def check_together(check, *args) -> None:
+    """`check(*args)` (input checks on this process's share, raising ValueError) on every
+    process: where it fails on any, it raises on all, instead of the others waiting for
+    that one in the first collective."""
+    error = None
+    try:
+        check(*args)
+    except ValueError as caught:
+        error = caught
+    if jax.process_count() > 1:
+        failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
+        if error is None and failed.any():
+            raise ValueError(f"the input of process(es) {np.flatnonzero(failed).tolist()} was "
+                             f"refused (their message says why)")
+    if error is not None:
+        raise error
+
+
 def image_layout(mesh: Mesh, local: int) -> Images:
     """Where the images lie on `mesh`, given this process's `local` count (its share)."""
     processes = jax.process_count()
@@ -96,6 +114,13 @@ def replicated(x, mesh: Mesh) -> jax.Array:
     return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
 
 
+def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
+    """How per-image records (images along `axis`) are kept: split over the images where N
+    divides by the device count, else replicated on the devices."""
+    even = images.num_images % mesh.devices.size == 0
+    return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
+
+
 def _maps_spec(quantized: bool):
     return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
 
@@ -118,10 +143,8 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
                         check_vma=False)
     at_slot = jnp.asarray(images.image_at_slot())
     slot_of = jnp.asarray(images.slot_of_image())
-    even = images.num_images % mesh.devices.size == 0
-    record = NamedSharding(mesh, P(AXIS) if even else P())
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
-        records_type(*[record] * len(records_type._fields)),)
+        records_type(*[record_sharding(mesh, images)] * len(records_type._fields)),)
 
     def run(coord, deform, maps, flipped, upper):
         if upper is not None:   # image order -> slots (padding 0)

@@ -1,0 +1,100 @@
+"""Several processes, one program (`jax.distributed`): start-up and who does what.
+
+Every process runs the same script. `initialize` joins them, from a cluster launcher's
+environment (SLURM `srun`, Open MPI `mpirun`: `jax.distributed.initialize`'s own
+detection) or from an explicit coordinator. Each process then loads and extracts its own
+share of the images (`shard()`, for `egjax.data.iter_objects(shard=...)`); `fit_graph` and
+`infer_graph` shard them over the devices of all processes and reduce the statistics
+across all of them; only the main process writes run folders. On CPU the collectives use
+gloo. A process that dies or stops answering makes the others stop within `timeout`
+seconds with a message from the coordination service, instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import jax
+
+CLUSTER_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def launched_by_cluster() -> bool:
+    """Whether a cluster launcher started several processes (SLURM `srun`, Open MPI)."""
+    return any(int(os.environ.get(name, "1") or 1) > 1 for name in CLUSTER_VARIABLES)
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, timeout: int = 60) -> None:
+    """Join the processes of this run (`jax.distributed.initialize`), before any other use
+    of JAX.
+
+    `coordinator` "HOST:PORT" of process 0, `num_processes` P, `process_id` this one's in
+    0..P-1: all three, or none for the cluster's own (SLURM, Open MPI). `timeout` seconds
+    for reaching the coordinator, and after which a silent process counts as dead.
+    """
+    given = {"coordinator": coordinator, "num_processes": num_processes,
+             "process_id": process_id}
+    if any(v is not None for v in given.values()) and any(v is None for v in given.values()):
+        missing = [name for name, v in given.items() if v is None]
+        raise ValueError(f"give coordinator, num_processes and process_id together, or none "
+                         f"(cluster auto-detection); missing {', '.join(missing)}")
+    if num_processes is not None and not (isinstance(num_processes, int) and num_processes >= 1):
+        raise ValueError(f"num_processes must be an int >= 1, got {num_processes!r}")
+    if process_id is not None and not (isinstance(process_id, int)
+                                       and 0 <= process_id < num_processes):
+        raise ValueError(f"process_id must be an int in [0, {num_processes - 1}], got "
+                         f"{process_id!r}")
+    if coordinator is not None and (":" not in coordinator
+                                    or not coordinator.rsplit(":", 1)[1].isdigit()):
+        raise ValueError(f"coordinator must be HOST:PORT, got {coordinator!r}")
+    if not (isinstance(timeout, int) and timeout >= 1):
+        raise ValueError(f"timeout must be an int >= 1 (seconds), got {timeout!r}")
+    if coordinator is not None and process_id != 0:
+        _wait_for(coordinator, timeout)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=timeout)
+    except Exception as error:   # jax raises several types (XlaRuntimeError, ValueError)
+        where = coordinator or "the cluster's coordinator"
+        raise RuntimeError(f"could not join the run's processes through {where} within "
+                           f"{timeout} s: {error}") from None
+
+
+def _wait_for(coordinator: str, timeout: int) -> None:
+    """Return once `coordinator` accepts connections; RuntimeError after `timeout` seconds
+    (jax would abort the process with a bare DEADLINE_EXCEEDED)."""
+    host, port = coordinator.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError as error:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cannot reach the coordinator {coordinator} within "
+                                   f"{timeout} s ({error}); is process 0 running, and is "
+                                   f"the address right?") from None
+            time.sleep(0.2)
+
+
+def shard() -> tuple[int, int]:
+    """This process's share of the images: `(process index, process count)`."""
+    return jax.process_index(), jax.process_count()
+
+
+def is_main() -> bool:
+    """Whether this is process 0, the one that writes run folders and prints results."""
+    return jax.process_index() == 0
+
+
+def describe() -> str:
+    """'8 cpu devices in 2 processes' (for a script's banner)."""
+    devices = jax.devices()
+    processes = jax.process_count()
+    return (f"{len(devices)} {devices[0].platform} device{'s' * (len(devices) > 1)} in "
+            f"{processes} process{'es' * (processes > 1)}")

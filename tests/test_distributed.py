@@ -1,0 +1,157 @@
+"""Two processes on localhost under `jax.distributed` (gloo), 2 CPU devices each, each
+holding every other image: `fit_graph`, `infer_graph`, feature extraction and the negative
+statistics give what one process gives on all images; a process that dies makes the other
+exit with a message."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+WORKER = textwrap.dedent("""
+    import json, os, sys
+    process, port = int(sys.argv[1]), sys.argv[2]
+    from egjax import distributed
+    distributed.initialize(f"localhost:{port}", 2, process, timeout=30)
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    sys.path.insert(0, os.environ["TESTS"])
+    from test_em_fit import GRAPH, blob_maps
+    from vgg_weight_files import random_params
+    import egjax
+    from egjax import features
+    from egjax.maps import quantize
+    from egjax.models import VGG16, ModelMeta
+
+    def everything(x):   # the whole of a global array, on every process (test only)
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    out = {"describe": distributed.describe(), "shard": list(distributed.shard())}
+    one = jax.local_devices()[:1]   # the one-device reference, run on process 0 alone
+    maps = [blob_maps(10, GRAPH.layers[0].map_size, 4, 0), blob_maps(10, GRAPH.layers[1].map_size, 4, 1)]
+    flipped = [np.ascontiguousarray(m[:, :, ::-1]) for m in maps]
+    share = lambda seq: [m[process::2] for m in seq]
+    fields = ("coord", "deform", "parents", "score", "pos", "flip", "alt_score", "alt_pos")
+
+    graph = egjax.fit_graph(share(maps), GRAPH, key=jax.random.key(0), flipped_maps=share(flipped),
+                            compat="original", quiet=True)
+    got = [{f: everything(getattr(l, f)) for f in fields} for l in graph.layers]
+    out["sharding"] = str(graph.layers[0].score.sharding)
+    if process == 0:
+        ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
+                              compat="original", devices=one, quiet=True)
+        out["original_equal"] = {f"{i} {f}": bool(np.array_equal(got[i][f], np.asarray(getattr(l, f))))
+                                 for i, l in enumerate(ref.layers) for f in fields}
+
+    quantized = [jax.tree.map(np.asarray, quantize(m)) for m in maps]
+    quantized_flipped = [jax.tree.map(np.asarray, quantize(m)) for m in flipped]
+    graph = egjax.fit_graph(share(quantized), GRAPH, key=jax.random.key(0),
+                            flipped_maps=share(quantized_flipped), quiet=True)
+    inferred = egjax.infer_graph(graph, share(quantized), share(quantized_flipped))
+    got = [{f: everything(getattr(l, f)) for f in ("pos", "score")} for l in graph.layers]
+    got_inferred = [{f: everything(getattr(l, f)) for f in ("pos", "score", "flip")} for l in inferred]
+    if process == 0:
+        ref = egjax.fit_graph(quantized, GRAPH, key=jax.random.key(0), flipped_maps=quantized_flipped,
+                              devices=one, quiet=True)
+        ref_inferred = egjax.infer_graph(ref, quantized, quantized_flipped, devices=one)
+        out["fixed_pos"] = [float(np.max(np.abs(g["pos"] - np.asarray(l.pos))))
+                            for g, l in zip(got, ref.layers)]
+        out["inferred_pos"] = [float(np.max(np.abs(g["pos"] - np.asarray(l.pos))))
+                               for g, l in zip(got_inferred, ref_inferred)]
+        out["inferred_score"] = [float(np.max(np.abs(g["score"] - np.asarray(l.score))))
+                                 for g, l in zip(got_inferred, ref_inferred)]
+        out["inferred_flip"] = [bool(np.array_equal(g["flip"], np.asarray(l.flip)))
+                                for g, l in zip(got_inferred, ref_inferred)]
+
+    model = VGG16(width=0.125, head=None)
+    meta = ModelMeta(source="test", width=0.125, head=None, preprocessing="caffe")
+    params = random_params(model, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (7, 48, 48, 3), dtype=np.uint8)
+    stats = features.negative_statistics(model, params, meta, images[process::2], ["conv5_3"],
+                                         batch_size=2, quiet=True)["conv5_3"]
+    mine = features.extract_features(model, params, meta, images[process::2], ["conv5_3"],
+                                     sd={"conv5_3": stats.sd}, batch_size=2, quiet=True)
+    mine = np.asarray(mine.maps["conv5_3"])
+    theirs = np.asarray(multihost_utils.process_allgather(np.resize(mine, (4,) + mine.shape[1:])))
+    if process == 0:
+        ref_stats = features.negative_statistics(model, params, meta, images, ["conv5_3"],
+                                                 batch_size=2, quiet=True)["conv5_3"]
+        out["stats_count"] = stats.count
+        out["stats_sd"] = float(np.max(np.abs(stats.sd - ref_stats.sd) / np.maximum(ref_stats.sd, 1e-6)))
+        ref_maps = features.extract_features(model, params, meta, images, ["conv5_3"],
+                                             sd={"conv5_3": stats.sd}, batch_size=2,
+                                             quiet=True).maps["conv5_3"]
+        out["features_equal"] = bool(np.array_equal(theirs[0][:4], ref_maps[0::2])
+                                     and np.array_equal(theirs[1][:3], ref_maps[1::2]))
+        print(json.dumps(out))
+""")
+
+DYING = textwrap.dedent("""
+    import os, signal, sys
+    process, port = int(sys.argv[1]), sys.argv[2]
+    from egjax import distributed
+    distributed.initialize(f"localhost:{port}", 2, process, timeout=5)
+    import numpy as np
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("started")
+    if process == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    for _ in range(1000):
+        multihost_utils.process_allgather(np.int32(1))
+    print("never here")
+""")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def start(script: str, devices: int) -> list[subprocess.Popen]:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               TESTS=os.path.dirname(__file__), JAX_PLATFORMS="cpu")
+    port = str(free_port())
+    return [subprocess.Popen([sys.executable, "-c", script, str(i), port], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+
+
+def test_two_processes_equal_one():
+    processes = start(WORKER, devices=2)
+    outputs = [p.communicate(timeout=900) for p in processes]
+    for p, (_, stderr) in zip(processes, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    out = json.loads(outputs[0][0].strip().splitlines()[-1])
+    assert out["describe"] == "4 cpu devices in 2 processes" and out["shard"] == [0, 2]
+    assert "images" not in out["sharding"]   # 10 images on 4 devices: kept replicated
+    assert all(out["original_equal"].values()), out["original_equal"]   # bit for bit
+    assert max(out["fixed_pos"]) < 1e-6, out["fixed_pos"]
+    assert max(out["inferred_pos"]) < 1e-6 and max(out["inferred_score"]) < 1e-6, out
+    assert all(out["inferred_flip"])
+    assert out["stats_count"] == 7 and out["stats_sd"] < 1e-5, out
+    assert out["features_equal"]
+
+
+def test_a_dead_process_stops_the_other():
+    processes = start(DYING, devices=1)
+    outputs = [p.communicate(timeout=120) for p in processes]
+    assert processes[1].returncode == -9
+    assert processes[0].returncode != 0
+    assert "never here" not in outputs[0][0]
+    assert "another task died" in outputs[0][1], outputs[0][1][-3000:]
+
+
+def test_no_coordinator_is_a_clear_error():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = subprocess.run([sys.executable, "-c", "from egjax import distributed; "
+                          f"distributed.initialize('localhost:{free_port()}', 2, 1, timeout=2)"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    assert "cannot reach the coordinator" in run.stderr.splitlines()[-1]
