@@ -19,7 +19,7 @@ import pathlib
 import sys
 from collections.abc import Callable
 
-from egjax import runs
+from egjax import distributed, runs
 
 
 def positive_int(text: str) -> int:
@@ -71,6 +71,40 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, name: str | None,
                         help="replace runs/<name>/ (only that folder) if it exists")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (the one-line summary of each step remains)")
+
+
+def coordinator_address(text: str) -> str:
+    """HOST:PORT of process 0."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"must be HOST:PORT (port 1..65535), got {text}")
+    return text
+
+
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id` (all three, or none: a cluster
+    launcher's own, e.g. SLURM `srun`, or one process), for `start_distributed`."""
+    group = parser.add_argument_group("several processes (jax.distributed)")
+    group.add_argument("--coordinator", type=coordinator_address, default=None,
+                       help="HOST:PORT of process 0 (default: from the cluster launcher, if any)")
+    group.add_argument("--num-processes", type=positive_int, default=None,
+                       help="processes in the run, each started with the same flags")
+    group.add_argument("--process-id", type=non_negative_int, default=None,
+                       help="this process, 0 .. num-processes - 1 (0 writes the run folder)")
+
+
+def start_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Join the run's processes (`egjax.distributed.initialize`) when the flags of
+    `add_distributed_arguments` are given or a cluster launcher started several processes;
+    else nothing (one process). Call it before any other use of JAX. Bad or incomplete
+    flags, or an unreachable coordinator, exit with one line and status 2."""
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(v is None for v in flags) and not distributed.launched_by_cluster():
+        return
+    try:
+        distributed.initialize(*flags)
+    except (ValueError, RuntimeError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> pathlib.Path:

@@ -17,6 +17,8 @@ import socket
 import time
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 CLUSTER_VARIABLES = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
@@ -98,3 +100,33 @@ def describe() -> str:
     processes = jax.process_count()
     return (f"{len(devices)} {devices[0].platform} device{'s' * (len(devices) > 1)} in "
             f"{processes} process{'es' * (processes > 1)}")
+
+
+def gather_shares(x):
+    """Every process's share (`shard()`) of a host array `x [n, ...]` (or a pytree of them,
+    e.g. `QuantizedMaps`) put together in image order, on every process."""
+    index, count = shard()
+    if count == 1:
+        return x
+    shares = np.asarray(multihost_utils.process_allgather(np.int64(jax.tree.leaves(x)[0].shape[0])))
+
+    def one(part):
+        part = np.asarray(part)
+        padded = np.zeros((int(shares.max()),) + part.shape[1:], part.dtype)
+        padded[:len(part)] = part
+        every = np.asarray(multihost_utils.process_allgather(padded))
+        whole = np.empty((int(shares.sum()),) + part.shape[1:], part.dtype)
+        for p in range(count):
+            whole[p::count] = every[p][:shares[p]]
+        return whole
+
+    return jax.tree.map(one, x)
+
+
+def gather_records(tree):
+    """A pytree of (possibly cross-process) arrays, e.g. an `ExplanatoryGraph`, whole on
+    every process's host (for evaluation and figures, which read every image)."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)),
+                        tree)

@@ -23,7 +23,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
 import jax  # noqa: E402
 
 import egjax  # noqa: E402
-from egjax import cli, evaluate, runs  # noqa: E402
+from egjax import cli, distributed, evaluate, runs  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
 from egjax.models import load_checkpoint  # noqa: E402
@@ -55,7 +55,9 @@ def parse(argv):
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
     cli.add_run_arguments(parser, name=None, runs_folder=ROOT / "runs")
+    cli.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
+    cli.start_distributed(parser, args)
     if args.dataset not in DATASETS:
         parser.error(f"--dataset must be one of {DATASETS}, got {args.dataset!r}")
     if args.dataset == "voc":
@@ -87,12 +89,14 @@ def main(argv=None) -> int:
     print(f"egjax {args.dataset} / {args.category}: N={args.images} images (+ mirrors), "
           f"{args.negatives} negatives; network {args.checkpoint.name} (VGG-16, width "
           f"{meta.width:g}); layers {', '.join(taps)}; {args.iterations} iterations, "
-          f"compat={args.compat}; device {jax.devices()[0].platform} x{len(jax.devices())}")
+          f"compat={args.compat}; {distributed.describe()}")
     started = time.perf_counter()
     batch = synthetic.sample(args.category, args.images, seed=args.seed, image_size=cfg.image_size)
     negatives = synthetic.negatives(args.negatives, seed=args.seed, image_size=cfg.image_size)
-    stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet)
-    features = extract_features(model, params, meta, batch.images, taps,
+    index, count = distributed.shard()   # this process's share of the images
+    stats = negative_statistics(model, params, meta, negatives[index::count], taps,
+                                quiet=args.quiet)
+    features = extract_features(model, params, meta, batch.images[index::count], taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)
     maps = [features.maps[t] for t in taps]
@@ -102,6 +106,9 @@ def main(argv=None) -> int:
                             compat=args.compat, quiet=args.quiet)
     jax.block_until_ready(graph.layers[0].pos)
     fit_seconds = time.perf_counter() - fitting
+    graph, maps = distributed.gather_records(graph), distributed.gather_shares(maps)
+    if not distributed.is_main():
+        return 0
     metrics = evaluate.compare(graph, maps, batch.landmarks, batch.visible)
     metrics.update(dataset=args.dataset, category=args.category, images=args.images,
                    negatives=args.negatives, iterations=args.iterations, compat=args.compat,

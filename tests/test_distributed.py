@@ -33,17 +33,18 @@ WORKER = textwrap.dedent("""
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     out = {"describe": distributed.describe(), "shard": list(distributed.shard())}
-    one = jax.local_devices()[:1]   # the one-device reference, run on process 0 alone
+    one = jax.local_devices()[:1]   # one-device references: the original fit on process 1,
+                                    # the rest on process 0
     maps = [blob_maps(10, GRAPH.layers[0].map_size, 4, 0), blob_maps(10, GRAPH.layers[1].map_size, 4, 1)]
     flipped = [np.ascontiguousarray(m[:, :, ::-1]) for m in maps]
-    share = lambda seq: [m[process::2] for m in seq]
+    share = lambda seq: [jax.tree.map(lambda x: x[process::2], m) for m in seq]
     fields = ("coord", "deform", "parents", "score", "pos", "flip", "alt_score", "alt_pos")
 
     graph = egjax.fit_graph(share(maps), GRAPH, key=jax.random.key(0), flipped_maps=share(flipped),
                             compat="original", quiet=True)
     got = [{f: everything(getattr(l, f)) for f in fields} for l in graph.layers]
     out["sharding"] = str(graph.layers[0].score.sharding)
-    if process == 0:
+    if process == 1:
         ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                               compat="original", devices=one, quiet=True)
         out["original_equal"] = {f"{i} {f}": bool(np.array_equal(got[i][f], np.asarray(getattr(l, f))))
@@ -89,7 +90,7 @@ WORKER = textwrap.dedent("""
                                              quiet=True).maps["conv5_3"]
         out["features_equal"] = bool(np.array_equal(theirs[0][:4], ref_maps[0::2])
                                      and np.array_equal(theirs[1][:3], ref_maps[1::2]))
-        print(json.dumps(out))
+    print(json.dumps(out))
 """)
 
 DYING = textwrap.dedent("""
@@ -128,7 +129,8 @@ def test_two_processes_equal_one():
     outputs = [p.communicate(timeout=900) for p in processes]
     for p, (_, stderr) in zip(processes, outputs):
         assert p.returncode == 0, stderr[-3000:]
-    out = json.loads(outputs[0][0].strip().splitlines()[-1])
+    out, other = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs)
+    out.update(original_equal=other["original_equal"])
     assert out["describe"] == "4 cpu devices in 2 processes" and out["shard"] == [0, 2]
     assert "images" not in out["sharding"]   # 10 images on 4 devices: kept replicated
     assert all(out["original_equal"].values()), out["original_equal"]   # bit for bit
