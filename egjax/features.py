@@ -266,14 +266,16 @@ def extract_features(model, params, meta: ModelMeta, images, taps: Sequence[str]
 
 
 def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[str], *,
-                        batch_size: int = 32, quiet: bool = False) -> dict[str, NegativeStats]:
+                        batch_size: int = 32, quiet: bool = False,
+                        across_processes: bool = True) -> dict[str, NegativeStats]:
     """Per-element mean and sd (`sqrt(E[x^2] - E[x]^2)`, over images) of the raw maps at `taps`.
 
     Streams: each batch's mean and centred sum of squares are computed on the device (float32)
     and merged on the host in float64 (Chan et al.'s parallel update), so nothing N-sized is
     held and a constant element gets sd exactly 0 (`getRoughCNN.m`, `getAvgResponse`).
     Under several processes (`egjax.distributed`) each passes its share of the negatives
-    and all get the statistics of all of them (merged in process order).
+    and all get the statistics of all of them (merged in process order), unless
+    `across_processes=False` (this process's images only).
     """
     taps = _check_setup(model, images, taps, batch_size)
     function = _moment_function(model, meta, taps)
@@ -296,7 +298,7 @@ def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[s
                 m2[tap] = m2[tap] + batch_m2 + delta**2 * (count * n / merged)
             count += n
             bar.update(n)
-    if jax.process_count() > 1:
+    if across_processes and jax.process_count() > 1:
         count, mean, m2 = _merge_processes(count, mean, m2, taps)
     if count == 0:
         raise ValueError("negative_statistics got no images")

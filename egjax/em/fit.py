@@ -222,10 +222,10 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     hold this process's share of the images (`egjax.em.sharding`) and the records come
     back for all images, in image order.
     """
-    sharding.check_together(_check_layer_inputs, maps, cfg, flipped_maps, parent, init,
-                            compat)
+    sharding.check_together(devices, _check_layer_inputs, maps, cfg, flipped_maps, parent,
+                            init, compat)
     if parent is not None:   # on records that may span processes: after the local checks
-        n = sharding.total_images(_map_shape(maps)[0])
+        n = sharding.total_images(_map_shape(maps)[0], devices)
         if parent.score.shape[1] != n:
             raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
         if flipped_maps is None and bool(jnp.any(parent.flip)):
@@ -330,7 +330,7 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
     are checked before any layer is fitted. A progress bar counts the fitted layers
     (`quiet=True`: none); a line on stderr gives the time of each (`egjax.progress`).
     """
-    sharding.check_together(_check_graph_inputs, maps, cfg, flipped_maps, init, compat)
+    sharding.check_together(devices, _check_graph_inputs, maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None
     times = []

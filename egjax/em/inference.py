@@ -52,7 +52,7 @@ def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence 
     `fit_graph` shards them (default: all devices of all processes; under several
     processes `maps` holds this process's share).
     """
-    sharding.check_together(_check_inputs, graph, maps, flipped_maps)
+    sharding.check_together(devices, _check_inputs, graph, maps, flipped_maps)
     for index in range(len(graph.layers) - 1):   # on records that may span processes
         _check_parents_are_candidates(index, graph.layers[index], graph.layers[index + 1])
     out: list[LayerInference] = [None] * len(graph.layers)
@@ -74,7 +74,7 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     `upper` the fitted layer above and `above` its inference in these images, whose
     positions place the parents and whose orientations this layer follows.
     """
-    sharding.check_together(_check_layer_call, fitted, maps, flipped_maps, upper, above, chunk)
+    sharding.check_together(devices, _check_layer_call, fitted, maps, flipped_maps, upper, above, chunk)
     mesh = sharding.image_mesh(devices)
     local = _map_shape(maps)[0]
     images = None if mesh is None else sharding.image_layout(mesh, local)

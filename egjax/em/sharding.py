@@ -33,36 +33,46 @@ AXIS = "images"
 
 def image_mesh(devices: Sequence | None) -> Mesh | None:
     """A 1-D mesh over `devices` (default: all devices of all processes), grouped by
-    process; None when that is one device."""
+    process; None when that is one device. Its devices belong to this process alone, or to
+    every process, each bringing as many."""
     devices = sorted(jax.devices() if devices is None else devices,
                      key=lambda d: (d.process_index, d.id))
     if len(devices) == 1:
         return None
-    per_process = {d.process_index for d in devices}
-    if len(devices) % len(per_process) or any(
-            sum(d.process_index == p for d in devices) != len(devices) // len(per_process)
-            for p in per_process):
-        raise ValueError("every process must bring the same number of devices")
+    processes = sorted({d.process_index for d in devices})
+    if len(processes) > 1 and (len(processes) != jax.process_count() or any(
+            sum(d.process_index == p for d in devices) != len(devices) // len(processes)
+            for p in processes)):
+        raise ValueError("devices must be this process's alone, or those of every process, "
+                         "each bringing as many")
     return Mesh(np.asarray(devices), (AXIS,), axis_types=(AxisType.Auto,))
 
 
-def total_images(local: int) -> int:
+def spans_processes(devices: Sequence | None) -> bool:
+    """Whether the images go to the devices of several processes (`devices`, default all):
+    then each process holds its share and the input checks and counts are exchanged."""
+    if devices is None:
+        return jax.process_count() > 1
+    return len({d.process_index for d in devices}) > 1
+
+
+def total_images(local: int, devices: Sequence | None = None) -> int:
     """The images of all processes, from this process's `local` count."""
-    if jax.process_count() == 1:
+    if not spans_processes(devices):
         return local
     return int(np.sum(multihost_utils.process_allgather(np.int64(local))))
 
 
-def check_together(check, *args) -> None:
-    """`check(*args)` (input checks on this process's share, raising ValueError) on every
-    process: where it fails on any, it raises on all, instead of the others waiting for
-    that one in the first collective."""
+def check_together(devices: Sequence | None, check, *args) -> None:
+    """`check(*args)` (input checks on this process's share, raising ValueError); where the
+    images span several processes (`devices`), on every process: where it fails on any, it
+    raises on all, instead of the others waiting for that one in the first collective."""
     error = None
     try:
         check(*args)
     except ValueError as caught:
         error = caught
-    if jax.process_count() > 1:
+    if spans_processes(devices):
         failed = np.asarray(multihost_utils.process_allgather(np.int32(error is not None)))
         if error is None and failed.any():
             raise ValueError(f"the input of process(es) {np.flatnonzero(failed).tolist()} was "
@@ -73,14 +83,15 @@ def check_together(check, *args) -> None:
 
 def image_layout(mesh: Mesh, local: int) -> Images:
     """Where the images lie on `mesh`, given this process's `local` count (its share)."""
-    processes = jax.process_count()
-    num = total_images(local)
+    several = spans_processes(list(mesh.devices.flat))
+    processes, index = (jax.process_count(), jax.process_index()) if several else (1, 0)
+    num = total_images(local, list(mesh.devices.flat))
     images = Images(AXIS, num, processes, 0)
-    if local != images.share(jax.process_index()):
-        raise ValueError(f"process {jax.process_index()} of {processes} holds {local} of the "
-                         f"{num} images; its share is every {processes}-th image from image "
-                         f"{jax.process_index()}, {images.share(jax.process_index())} images "
-                         f"(egjax.data.iter_objects(shard=(process_index, process_count)))")
+    if local != images.share(index):
+        raise ValueError(f"process {index} of {processes} holds {local} of the {num} images; "
+                         f"its share is every {processes}-th image from image {index}, "
+                         f"{images.share(index)} images (egjax.data.iter_objects(shard="
+                         f"(process_index, process_count)))")
     devices = mesh.devices.size // processes
     per_device = -(-max(images.share(p) for p in range(processes)) // devices)
     return images._replace(block=devices * per_device)
@@ -93,7 +104,7 @@ def put_images(x, mesh: Mesh, images: Images, dtype=None) -> jax.Array:
     if isinstance(x, QuantizedMaps):
         return QuantizedMaps(*(put_images(part, mesh, images) for part in x))
     n = np.shape(x)[0]
-    first = jax.process_index() * images.block
+    first = (jax.process_index() if images.processes > 1 else 0) * images.block
     dtype = dtype or x.dtype
 
     def shard(index):
