@@ -146,10 +146,10 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         norm = jnp.mean(score)
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         at_slot, slot_of = images.image_at_slot(), images.slot_of_image()
-        flip, deviation = jax.tree.map(
+        slot_flip, slot_deviation = jax.tree.map(
             lambda x: jnp.take(x, at_slot, axis=0, mode="fill", fill_value=0), (flip, deviation))
         split, whole = jax.sharding.PartitionSpec(sharding.AXIS), jax.sharding.PartitionSpec()
-        args = (plain, mirrored, flip, deviation, node_q, weights, active)
+        args = (plain, mirrored, slot_flip, slot_deviation, node_q, weights, active)
         in_specs = tuple(None if x is None else spec
                          for x, spec in zip(args, (split,) * 4 + (whole,) * 3))
         score, pos, new_flip, norm = jax.shard_map(
