@@ -53,7 +53,7 @@ def collective_bytes(hlo: str) -> dict:
     computations, name, entry = {}, None, None
     for line in hlo.splitlines():
         header = re.match(r"(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
-        if header and "=" not in line.split("{")[0]:
+        if header and not line.startswith(" "):   # instructions are indented
             name = header.group(2)
             entry = name if header.group(1) else entry
             computations[name] = []
@@ -185,7 +185,7 @@ def main(argv=None) -> None:
         ops = sum(x["collectives"] for x in r["layers"])
         print(f"| {p} x {d} | {run:.2f} | {run / base:.2f}x | {compile_s:.1f} | {per_it} | "
               f"{per_layer} | {ops} |")
-    print(f"\nlayers (top last): {', '.join(x['tap'] for x in results[0]['layers'])}; bytes "
+    print(f"\nlayers in fit order (top first): {', '.join(x['tap'] for x in results[0]['layers'])}; bytes "
           f"are per device, the collectives' result sizes")
 
 
