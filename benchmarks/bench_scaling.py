@@ -185,8 +185,9 @@ def main(argv=None) -> None:
         ops = sum(x["collectives"] for x in r["layers"])
         print(f"| {p} x {d} | {run:.2f} | {run / base:.2f}x | {compile_s:.1f} | {per_it} | "
               f"{per_layer} | {ops} |")
-    print(f"\nlayers in fit order (top first): {', '.join(x['tap'] for x in results[0]['layers'])}; bytes "
-          f"are per device, the collectives' result sizes")
+    taps = ", ".join(x["tap"] for x in results[0]["layers"])
+    print(f"\nlayers in fit order (top first): {taps}; bytes are per device, the collectives' "
+          f"result sizes")
 
 
 if __name__ == "__main__":

@@ -93,9 +93,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     batch = synthetic.sample(args.category, args.images, seed=args.seed, image_size=cfg.image_size)
     negatives = synthetic.negatives(args.negatives, seed=args.seed, image_size=cfg.image_size)
-    index, count = distributed.shard()   # this process's share of the images
-    stats = negative_statistics(model, params, meta, negatives[index::count], taps,
-                                quiet=args.quiet)
+    # Every process takes all negatives (the same statistics, bit for bit, as one process)
+    # and its share of the object images.
+    stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
+                                across_processes=False)
+    index, count = distributed.shard()
     features = extract_features(model, params, meta, batch.images[index::count], taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)

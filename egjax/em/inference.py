@@ -74,7 +74,8 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     `upper` the fitted layer above and `above` its inference in these images, whose
     positions place the parents and whose orientations this layer follows.
     """
-    sharding.check_together(devices, _check_layer_call, fitted, maps, flipped_maps, upper, above, chunk)
+    sharding.check_together(devices, _check_layer_call, fitted, maps, flipped_maps, upper,
+                            above, chunk)
     mesh = sharding.image_mesh(devices)
     local = _map_shape(maps)[0]
     images = None if mesh is None else sharding.image_layout(mesh, local)

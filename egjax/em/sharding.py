@@ -112,7 +112,8 @@ def put_images(x, mesh: Mesh, images: Images, dtype=None) -> jax.Array:
         start, stop = start - first, stop - first
         part = np.asarray(x[start:min(stop, n)], dtype)
         if stop > n:
-            pad = np.broadcast_to(np.asarray(x[:1], dtype), (stop - max(start, n),) + part.shape[1:])
+            pad = np.broadcast_to(np.asarray(x[:1], dtype),
+                                  (stop - max(start, n),) + part.shape[1:])
             part = np.concatenate([part, pad])
         return part
 
