@@ -28,6 +28,7 @@ import re
 import shutil
 import uuid
 
+import jax
 import orbax.checkpoint as ocp
 
 from egjax import runs
@@ -99,9 +100,13 @@ def load(path, *, kind: str) -> tuple[dict, dict]:
         raise ValueError(f"{path} is {_article(manifest['kind'])} checkpoint, not "
                          f"{_article(kind)} checkpoint")
     _verify(path, manifest["sha256"])
-    try:
+    try:   # onto this process's first device, whichever device wrote it
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        stored = _checkpointer().metadata(path).item_metadata["arrays"].tree
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=local),
+                              stored)
         restored = _checkpointer().restore(path, ocp.args.Composite(
-            arrays=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            arrays=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except Exception as error:  # orbax raises many types for unreadable checkpoints
         raise ValueError(f"{path} is not a readable egjax checkpoint: "
                          f"{_one_line(error)}") from None
