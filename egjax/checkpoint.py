@@ -30,6 +30,7 @@ import uuid
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.handlers.composite_checkpoint_handler import CompositeOptions
 
 from egjax import runs
 
@@ -47,9 +48,15 @@ class _SkipEmptyMerge(logging.Filter):
 
 
 def _checkpointer() -> ocp.Checkpointer:
+    """This process reads or writes the checkpoint alone (under `jax.distributed`, process 0
+    writes run folders while the others wait; orbax would wait for them)."""
+    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                               active_processes={jax.process_index()})
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
-        arrays=ocp.StandardCheckpointHandler(use_ocdbt=False),
-        meta=ocp.JsonCheckpointHandler()))
+        arrays=ocp.StandardCheckpointHandler(use_ocdbt=False, multiprocessing_options=alone),
+        meta=ocp.JsonCheckpointHandler(multiprocessing_options=alone),
+        composite_options=CompositeOptions(multiprocessing_options=alone)),
+        multiprocessing_options=alone)
 
 
 def check_target(path, *, overwrite: bool) -> pathlib.Path:

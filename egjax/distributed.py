@@ -130,3 +130,13 @@ def gather_records(tree):
         return tree
     return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)),
                         tree)
+
+
+def leave_together(name: str, timeout: int = 3600) -> None:
+    """Wait until every process reaches `leave_together(name)` (at most `timeout` seconds),
+    e.g. the others for process 0 to write the run folder: a process that leaves early
+    would make the others' exit fail (jax's shutdown waits only a short while for them)."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as state   # the coordination client jax started
+    state.global_state.client.wait_at_barrier(f"egjax {name}", timeout * 1000)

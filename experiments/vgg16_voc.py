@@ -109,7 +109,8 @@ def main(argv=None) -> int:
     jax.block_until_ready(graph.layers[0].pos)
     fit_seconds = time.perf_counter() - fitting
     graph, maps = distributed.gather_records(graph), distributed.gather_shares(maps)
-    if not distributed.is_main():
+    if not distributed.is_main():   # process 0 evaluates and writes; the others wait
+        distributed.leave_together("run written")
         return 0
     metrics = evaluate.compare(graph, maps, batch.landmarks, batch.visible)
     metrics.update(dataset=args.dataset, category=args.category, images=args.images,
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
     print(f"\nfit {fit_seconds:.0f} s; wrote {args.out}/ (graph/, metrics.json, "
           f"instability.png, detections.png, {', '.join(written)}: open explorer/index.html "
           f"in a browser)")
+    distributed.leave_together("run written")
     return 0
 
 
