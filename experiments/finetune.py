@@ -152,9 +152,10 @@ def main(argv=None) -> int:
                                            jax.random.key(args.seed))
     state = train.create_state(model, jax.random.key(args.seed),
                                finetune.sgd_momentum(args.lr, args.momentum), params)
-    settings = {"dataset": args.dataset, "data_dir": args.data_dir and str(args.data_dir), "category":
-                args.category, "split": args.split, "images": args.images,
-                "negatives": args.negatives, "negatives_dir": args.negatives_dir and str(args.negatives_dir),
+    settings = {"dataset": args.dataset, "data_dir": args.data_dir and str(args.data_dir),
+                "category": args.category, "split": args.split, "images": args.images,
+                "negatives": args.negatives,
+                "negatives_dir": args.negatives_dir and str(args.negatives_dir),
                 "image_size": args.image_size, "held_out": args.held_out,
                 "weights": args.weights, "lr": args.lr, "momentum": args.momentum}
     print(f"training on {len(training.labels)} images ({int(training.labels.sum())} objects),"

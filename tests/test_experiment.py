@@ -1,4 +1,6 @@
-"""The main job, `experiments/vgg16_voc.py`: flags refused clearly, a tiny run end to end."""
+"""The main job, `experiments/vgg16_voc.py`: flags refused clearly, tiny runs end to end on
+the embedded set, on a fake Pascal-Part tree in the real formats, and on a folder of images
+without landmarks."""
 
 import json
 import pathlib
@@ -10,12 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from egjax import ExplanatoryGraph
+from egjax import ExplanatoryGraph, data
 from egjax.data import synthetic
 from egjax.models import ModelMeta, save_checkpoint
 from test_evaluate import direct
+from tests.data_trees import cache_home, pattern, rect, truncate, write_pascal_part  # noqa: F401
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "vgg16_voc.py"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "vgg16_voc.py"
+COMMITTED = ROOT / "checkpoints" / "synthetic_quadruped"
 
 
 def run(argv):
@@ -33,8 +38,14 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "imagenet"], "--dataset must be one of"),
-    (["--category", "cat"], "--category must be one of"),
+    (["--dataset", "voc"], "invalid choice: 'voc' (choose from"),
+    (["--category", "cat"], "unknown category 'cat'; valid: quadruped"),
+    (["--dataset", "pascal_part", "--data-dir", "/nonexistent"], "needs --checkpoint"),
+    (["--dataset", "pascal_part", "--data-dir", "/nonexistent", "--checkpoint", str(COMMITTED)],
+     "extract VOCtrainval_03-May-2010.tar"),
+    (["--dataset", "ilsvrc_animal_part", "--checkpoint", str(COMMITTED)],
+     "needs --category; valid: n01443537"),
+    (["--landmarks", "head,hoof"], "unknown part(s) hoof of 'quadruped'; its parts: head"),
     (["--images", "1"], "at least 2"),
     (["--checkpoint", "/nonexistent"], "no network checkpoint"),
 ])
@@ -61,13 +72,6 @@ def test_default_checkpoint_is_the_committed_net_of_the_category():
 
 def run_module():
     return runpy.run_path(str(SCRIPT), run_name="vgg16_voc")
-
-
-def test_voc_is_not_available_yet(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run(["--dataset", "voc"])
-    assert exit_info.value.code == 2
-    assert "not available yet" in capsys.readouterr().err
 
 
 def assert_instability(metrics, graph, batch):
@@ -115,3 +119,103 @@ def test_tiny_run_writes_graph_metrics_and_figures(checkpoint, tmp_path, capsys)
         run(["--checkpoint", str(checkpoint), "--images", "4", "--negatives", "4",
              "--iterations", "1", "--runs", str(tmp_path), "--name", "tiny", "--quiet"])
     assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def write_cow_tree(root: pathlib.Path, cows: int, others: int = 3, size: int = 128) -> None:
+    """A Pascal-Part tree (`tests.data_trees.write_pascal_part`): `cows` images of one cow
+    each (a red body with head, neck and torso masks; the first without parts) and `others`
+    images of a dog (the negatives); train / val alternate."""
+    images = {}
+    for i in range(cows + others):
+        rng = np.random.default_rng(i)
+        top, left = (int(v) for v in rng.integers(0, size // 4, 2))
+        body = rect(size, size, top, left, top + size // 2, left + size // 2)
+        pixels = pattern(size, size, seed=i)
+        if i < cows:
+            pixels[body.astype(bool)] = (190, 40, 40)
+            parts = [] if i == 0 else [
+                ("head", rect(size, size, top, left, top + 8, left + 8)),
+                ("neck", rect(size, size, top + 8, left + 4, top + 14, left + 10)),
+                ("torso", rect(size, size, top + 12, left + 8, top + size // 2,
+                               left + size // 2))]
+            images[f"2010_{i:06d}"] = (pixels, [("cow", body, parts)])
+        else:
+            images[f"2010_{i:06d}"] = (pixels, [("dog", body, [])])
+    write_pascal_part(root, images, {k: ("train", "val")[n % 2] for n, k in enumerate(images)})
+
+
+@pytest.fixture(scope="module")
+def cow_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pascal")
+    write_cow_tree(root, cows=6)
+    return root
+
+
+def test_pascal_part_run_end_to_end_with_the_committed_network(cow_tree, tmp_path, capsys):
+    argv = ["--dataset", "pascal_part", "--data-dir", str(cow_tree), "--category", "cow",
+            "--checkpoint", str(COMMITTED), "--negatives", "3", "--iterations", "2",
+            "--runs", str(tmp_path), "--name", "cow", "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv)
+    assert exit_info.value.code == 0
+    banner = capsys.readouterr().out.splitlines()[0]
+    assert f"pascal_part / cow: 6 objects (+ mirrors) from {cow_tree}" in banner
+    assert "3 negatives; landmarks head, neck, torso" in banner
+    metrics = json.loads((tmp_path / "cow" / "metrics.json").read_text())
+    assert (metrics["dataset"], metrics["data_dir"], metrics["images"]) == (
+        "pascal_part", str(cow_tree), 6)
+    assert metrics["landmarks"] == ["head", "neck", "torso"]
+    objects = data.select_parts(data.load("pascal_part", cow_tree, "cow", quiet=True),
+                                ["head", "neck", "torso"])
+    assert not objects.visible[0].any() and objects.visible[1:].all()   # kept, parts invisible
+    assert_instability(metrics, ExplanatoryGraph.load(tmp_path / "cow" / "graph"), objects)
+    assert (tmp_path / "cow" / "explorer" / "index.html").is_file()
+
+
+def test_corrupt_jpeg_is_skipped_with_a_warning_or_refused_with_strict(tmp_path, capsys):
+    root = tmp_path / "pascal"
+    write_cow_tree(root, cows=3, others=2)
+    truncate(root / "VOCdevkit" / "VOC2010" / "JPEGImages" / "2010_000001.jpg")
+    argv = ["--dataset", "pascal_part", "--data-dir", str(root), "--category", "cow",
+            "--checkpoint", str(COMMITTED), "--negatives", "2", "--iterations", "1",
+            "--runs", str(tmp_path), "--quiet"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv + ["--strict", "--name", "strict"])
+    assert exit_info.value.code == 2
+    assert "cannot read" in capsys.readouterr().err and not (tmp_path / "strict").exists()
+    with pytest.warns(data.SkippedFilesWarning, match=r"skipped 1 .*2010_000001\.jpg"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(argv + ["--name", "lenient"])
+    assert exit_info.value.code == 0
+    assert json.loads((tmp_path / "lenient" / "metrics.json").read_text())["images"] == 2
+
+
+def test_folder_without_landmarks_writes_graph_pictures_and_explorer(tmp_path, capsys):
+    from tests.data_trees import write_jpeg
+    for i in range(3):
+        write_jpeg(tmp_path / "mine" / f"{i}.jpg", pattern(80, 120, seed=i))
+        write_jpeg(tmp_path / "other" / f"{i}.jpg", pattern(100, 70, seed=10 + i))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--dataset", "folder", "--data-dir", str(tmp_path / "mine"), "--negatives-dir",
+             str(tmp_path / "other"), "--checkpoint", str(COMMITTED), "--iterations", "1",
+             "--runs", str(tmp_path), "--name", "mine", "--quiet"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "landmarks none" in out and "instability needs landmarks" in out
+    metrics = json.loads((tmp_path / "mine" / "metrics.json").read_text())
+    assert metrics["dataset"] == "folder" and "needs landmarks" in metrics["instability"]
+    assert metrics["images"] == 3 and metrics["negatives"] == 3
+    for name in ("graph", "explorer/index.html", "detections.png", "graph.png"):
+        assert (tmp_path / "mine" / name).exists(), name
+    assert not (tmp_path / "mine" / "instability.png").exists()
+
+
+def test_folder_needs_negatives(tmp_path, capsys):
+    from tests.data_trees import write_jpeg
+    for i in range(2):
+        write_jpeg(tmp_path / "mine" / f"{i}.jpg", pattern(80, 120, seed=i))
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--dataset", "folder", "--data-dir", str(tmp_path / "mine"), "--checkpoint",
+             str(COMMITTED), "--runs", str(tmp_path), "--name", "x", "--quiet"])
+    assert exit_info.value.code == 2
+    assert "no negative images of its own: give negatives_dir" in capsys.readouterr().err
