@@ -204,9 +204,10 @@ def fit(state: TrainState, data: Examples, meta: ModelMeta, steps: int, *, batch
     history: list[dict] = []
     if manager is not None:
         state, history = restore(manager, state, settings)
-    # committed int32 step and arrays, as the step returns them: one compilation
-    state = jax.device_put(state.replace(step=jnp.asarray(state.step, jnp.int32)),
-                           jax.devices()[0])
+    # a copy (the step donates its buffers, the caller keeps theirs), committed to the device
+    # with an int32 step, as the step returns it: one compilation
+    state = jax.device_put(jax.tree.map(jnp.copy, state.replace(
+        step=jnp.asarray(state.step, jnp.int32))), jax.devices()[0])
     start = int(state.step)
     if start > steps:
         raise ValueError(f"the saved training run is at step {start}, beyond steps={steps}")
