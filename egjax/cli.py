@@ -80,11 +80,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, name: str | None,
                         help="no progress bars (the one-line summary of each step remains)")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--dataset` (one of `egjax.data.names()`, default synthetic), `--data-dir`,
-    `--category`, `--negatives-dir` and `--strict`; `data_category` fills the default
-    category after parsing."""
-    parser.add_argument("--dataset", default="synthetic", choices=data.names(),
+def add_data_arguments(parser: argparse.ArgumentParser, datasets=None) -> None:
+    """`--dataset` (one of `datasets`, default `egjax.data.names()`; default synthetic),
+    `--data-dir`, `--category`, `--negatives-dir` and `--strict`; `data_category` fills the
+    default category after parsing."""
+    parser.add_argument("--dataset", default="synthetic", choices=datasets or data.names(),
                         help="the dataset (default synthetic: drawn here, no files); "
                         "`python -c 'import egjax.data as d; print(d.describe(NAME))'` says "
                         "how to get each and what it holds")
