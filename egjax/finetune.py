@@ -24,7 +24,7 @@ import contextlib
 import functools
 import logging
 import pathlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,11 @@ import orbax.checkpoint as ocp
 from flax.training.train_state import TrainState
 
 from egjax import train
-from egjax.data import ObjectSet
 from egjax.models import ModelMeta, preprocess
 from egjax.progress import Step
+
+if TYPE_CHECKING:  # egjax.data needs the data extra (pillow); fine-tuning itself does not
+    from egjax.data import ObjectSet
 
 HEAD_INIT_SD = 0.01  # the new 2-way layer: weights N(0, 0.01^2), bias 0 (caffe's fc8 recipe)
 
