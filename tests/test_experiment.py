@@ -107,7 +107,8 @@ def test_tiny_run_writes_graph_metrics_and_figures(tmp_path, capsys):
         assert (out / figure).stat().st_size > 10_000
     assert "conv5_3" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        run(["--images", "4", "--negatives", "4", "--iterations", "1", "--runs", str(tmp_path), "--name", "tiny", "--quiet"])
+        run(["--images", "4", "--negatives", "4", "--iterations", "1", "--runs", str(tmp_path),
+             "--name", "tiny", "--quiet"])
     assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
 
 
