@@ -246,9 +246,10 @@ def test_bad_flags_are_refused_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def write_birds(root, count: int) -> None:
-    """A CUB-200-2011 tree (`tests.data_trees.write_cub`): `count` birds, train and test
-    alternating, each with back, forehead and tail visible (the first bird's tail hidden)."""
+def write_birds(root, count: int, train: int) -> None:
+    """A CUB-200-2011 tree (`tests.data_trees.write_cub`): `count` birds, the first `train`
+    in the train split, each with back, forehead and tail visible (the first one's tail
+    hidden)."""
     birds = []
     for i in range(count):
         x, y = 10 + 3 * i, 8 + 2 * i
@@ -257,14 +258,14 @@ def write_birds(root, count: int) -> None:
             del parts[14]
         birds.append({"id": i + 1, "folder": "001.Black_footed_Albatross",
                       "pixels": pattern(120, 140, seed=i), "box": (x, y, 80, 60),
-                      "train": i % 2 == 0, "parts": parts})
+                      "train": i < train, "parts": parts})
     write_cub(root, birds)
 
 
 def test_a_fake_cub_tree_runs_through_the_dataset_contract(checkpoint, tmp_path, capsys):
     """cub200: training objects from the train split, test objects from the test split,
     negatives from --negatives-dir; shapes as the tiny synthetic run (compiled once)."""
-    write_birds(tmp_path / "cub", 10)
+    write_birds(tmp_path / "cub", 12, train=8)
     for i in range(4):
         write_jpeg(tmp_path / "sky" / f"{i}.jpg", pattern(90, 90, seed=20 + i))
     argv = ["--dataset", "cub200", "--data-dir", str(tmp_path / "cub"), "--checkpoint",
@@ -280,7 +281,7 @@ def test_a_fake_cub_tree_runs_through_the_dataset_contract(checkpoint, tmp_path,
     assert exit_info.value.code == 0
     report = json.loads((tmp_path / "runs" / "cub" / "localization.json").read_text())
     assert (report["dataset"], report["category"], report["images"]) == (
-        "cub200", "bird", {"train": 5, "test": 5})
+        "cub200", "bird", {"train": 5, "test": 4})            # CUB's 4 test birds
     assert list(report["parts"]) == ["back", "tail"]
     assert "back" in capsys.readouterr().out
 
