@@ -215,3 +215,20 @@ def test_missing_published_weights_say_which_file_to_put_where(tmp_path, monkeyp
     expected = tmp_path / ".cache" / "egjax" / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
     assert f"put it at {expected}" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "finetune_quadruped").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "ilsvrc_animal_part"], "needs --category; valid: n01443537"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--held-out", "1"], "must be a fraction in (0, 1)"),
+    (["--momentum", "1"], "must be in [0, 1)"),
+    (["--batch-size", "1"], "at least 2 (half objects, half negatives)"),
+    (["--split", "test"], "--split must be one of ('all',) for synthetic"),
+    (["--weights", "/nonexistent.h5"], "no weights file /nonexistent.h5"),
+])
+def test_bad_flags_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(SCRIPT, argv + ["--runs", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
