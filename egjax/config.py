@@ -145,6 +145,16 @@ class GraphConfig:
                                      ("conv5_3", 0.1)), 224, overrides)
 
     @classmethod
+    def resnet50(cls, variant: str = "v1.5", **overrides) -> "GraphConfig":
+        """The original's ResNet setting: three graph layers on the 28/14/7 maps of a 224-px
+        input (`layer2`, `layer3`, `layer4`: stage outputs), densities 0.05/0.1/0.2 (40/20/10
+        nodes per filter), topN 15, topM 600; geometry derived from ResNet50 of `variant`
+        ("v1.5" torchvision, "v1" Keras). `overrides` as in `vgg16`."""
+        from egjax.models import ResNet50
+        return cls._preset(ResNet50(variant=variant), (("layer2", 0.05), ("layer3", 0.1),
+                                                       ("layer4", 0.2)), 224, overrides)
+
+    @classmethod
     def _preset(cls, model, spec, image_size: int, overrides: dict) -> "GraphConfig":
         """Graph layers on `spec`'s (tap, density) pairs of `model`, geometry derived
         (`geometry.layer_config`), then `overrides` (validated; unknown names refused)."""

@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from egjax.models.checkpoint import load_checkpoint
 from egjax.models.meta import ModelMeta
+from egjax.models.resnet import ResNet50
+from egjax.models.resnet_weights import load_resnet50
 from egjax.models.vgg import VGG16
 from egjax.models.weights import load_vgg16
 
@@ -74,3 +76,5 @@ def load(arch: str, source: str | os.PathLike, *, cache_dir: str | os.PathLike |
 
 register("vgg16", lambda meta: VGG16(width=meta.width, head=meta.head,
                                      num_classes=meta.num_classes), load_vgg16)
+register("resnet50", ResNet50.from_meta, load_resnet50, variants=("resnet50_v1",))
+register("resnet50_v1", ResNet50.from_meta, load_resnet50)
