@@ -60,7 +60,8 @@ def test_keras_port_matches_keras_at_every_tap(keras_port):
     assert (model.variant, meta.arch, meta.preprocessing) == ("v1", "resnet50_v1", "caffe")
     assert (model.width, model.head, model.num_classes) == (1.0, "gap", 10)
     taps = [t if t != "predictions" else "logits" for t in expected]
-    got = model.apply({"params": params}, jnp.asarray(images), taps=taps)
+    got = jax.jit(model.apply, static_argnames="taps")({"params": params}, jnp.asarray(images),
+                                                       taps=tuple(taps))
     for tap, name in zip(taps, expected):
         want = expected[name]
         assert got[tap].shape == want.shape, tap
@@ -116,9 +117,9 @@ def torch_layout_reference(state: dict, images_nhwc: np.ndarray) -> dict:
         return (x - v("running_mean")) / jnp.sqrt(v("running_var") + 1e-5) * v("weight") \
             + v("bias")
 
-    with jax.enable_x64(True):
+    def forward(x):
         out = {}
-        x = jnp.asarray(images_nhwc, jnp.float64).transpose(0, 3, 1, 2)
+        x = x.transpose(0, 3, 1, 2)
         x = jax.nn.relu(bn(conv(x, "conv1", 2, 3), "bn1"))
         x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 3, 3), (1, 1, 2, 2),
                               ((0, 0), (0, 0), (1, 1), (1, 1)))
@@ -130,11 +131,14 @@ def torch_layout_reference(state: dict, images_nhwc: np.ndarray) -> dict:
             if block.project:
                 x = bn(conv(x, f"{t}.downsample.0", block.stride), f"{t}.downsample.1")
             x = jax.nn.relu(x + y)
-            out[t] = np.asarray(x.transpose(0, 2, 3, 1))
+            out[t] = x.transpose(0, 2, 3, 1)
         pooled = x.mean(axis=(2, 3))
-        out["logits"] = np.asarray(pooled @ jnp.asarray(state["fc.weight"], jnp.float64).T
-                                   + state["fc.bias"])
-    return out
+        out["logits"] = pooled @ jnp.asarray(state["fc.weight"], jnp.float64).T + state["fc.bias"]
+        return out
+
+    with jax.enable_x64(True):
+        out = jax.jit(forward)(jnp.asarray(images_nhwc, jnp.float64))
+        return {tap: np.asarray(value) for tap, value in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +153,8 @@ def test_torchvision_port_matches_torchs_layout_with_batch_norm_unfolded(torch_s
     assert (model.width, model.num_classes) == (1 / 8, 5)
     images = np.random.default_rng(2).normal(0, 1, (2, SIDE, SIDE, 3)).astype(np.float32)
     want = torch_layout_reference(torch_state, images)
-    got = model.apply({"params": params}, jnp.asarray(images), taps=tuple(want))
+    got = jax.jit(model.apply, static_argnames="taps")({"params": params}, jnp.asarray(images),
+                                                       taps=tuple(want))
     for tap in want:
         scale = np.abs(want[tap]).max()
         assert np.abs(np.asarray(got[tap]) - want[tap]).max() <= 1e-4 * scale, tap
@@ -205,27 +210,32 @@ SPATIAL = ("conv1", "maxpool", "layer1", "layer2.0", "layer2", "layer3.5", "laye
 def test_every_tap_sees_the_pixels_its_derived_field_says(variant):
     """Kernels all 1 / C_in, biases 0, a black image: every map is exactly 0, and a pixel
     column set to 1 makes a unit positive if and only if the column lies in the unit's
-    receptive field (all paths positive; max pools pass positive values). For a cell whose
-    field lies inside the image, the columns just inside and just outside both edges are
-    set, one image each."""
+    receptive field (all paths positive; max pools pass positive values). For each tap, a
+    cell whose field lies inside the image gets the columns just inside and just outside
+    both edges of its derived field set, one image each."""
     model = ResNet50(width=1 / 16, head=None, variant=variant)
     params = jax.tree.map(
         lambda s: np.full(s.shape, 1.0 / s.shape[-2] if len(s.shape) == 4 else 0.0, np.float32),
         models.param_shapes(model))
-    for tap in SPATIAL:
-        field = geometry.receptive_field(model, tap)
-        width = int(32 * np.ceil((field.size + 4 * field.stride + 8) / 32))
+    fields = [geometry.receptive_field(model, tap) for tap in SPATIAL]
+    width = int(32 * np.ceil(max(f.size + 4 * f.stride + 8 for f in fields) / 32))
+    images = np.zeros((1 + 4 * len(SPATIAL), 32, width, 3), np.float32)
+    cells = []
+    for index, field in enumerate(fields):
         cell = int(round((width / 2 - field.center) / field.stride))
         low = geometry.to_pixels(cell, field.stride, field.center) - (field.size - 1) / 2
         high = low + field.size - 1
-        assert 1 <= low and high <= width - 2, (tap, low, high, width)
+        assert 1 <= low and high <= width - 2
         columns = np.array([low - 1, low, high, high + 1], int)
-        images = np.zeros((5, 32, width, 3), np.float32)
-        images[np.arange(1, 5), :, columns] = 1.0
-        maps = np.asarray(model.apply({"params": params}, jnp.asarray(images), taps=(tap,))[tap])
-        assert maps.shape[2] == geometry.map_size(model, tap, width), tap
-        response = maps[:, 0, cell].sum(axis=-1)
-        assert response[0] == 0 and list(response[1:] > 0) == [False, True, True, False], tap
+        images[1 + 4 * index + np.arange(4), :, columns] = 1.0
+        cells.append(cell)
+    maps = model.apply({"params": params}, jnp.asarray(images), taps=SPATIAL)
+    for index, (tap, cell) in enumerate(zip(SPATIAL, cells)):
+        assert maps[tap].shape[2] == geometry.map_size(model, tap, width), tap
+        response = np.asarray(maps[tap][:, 0, cell].sum(axis=-1))
+        assert response[0] == 0, tap
+        seen = response[1 + 4 * index:5 + 4 * index] > 0
+        assert list(seen) == [False, True, True, False], tap
 
 
 def test_resnet50_geometry_by_hand():
@@ -248,8 +258,8 @@ def test_aliases_return_the_same_maps_under_the_names_asked_for():
     params = jax.tree.map(lambda s: np.full(s.shape, 0.01, np.float32),
                           models.param_shapes(model))
     images = jnp.ones((1, SIDE, SIDE, 3))
-    got = model.apply({"params": params}, images,
-                      taps=("layer3", "layer3.5", "conv4_block6_out", "conv1_relu"))
+    got = jax.jit(model.apply, static_argnames="taps")(
+        {"params": params}, images, taps=("layer3", "layer3.5", "conv4_block6_out", "conv1_relu"))
     assert set(got) == {"layer3", "layer3.5", "conv4_block6_out", "conv1_relu"}
     np.testing.assert_array_equal(got["layer3"], got["layer3.5"])
     np.testing.assert_array_equal(got["layer3"], got["conv4_block6_out"])
