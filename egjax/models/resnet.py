@@ -195,3 +195,11 @@ class ResNet50(nn.Module):
             keep("logits", nn.Dense(self.num_classes, precision=jax.lax.Precision.HIGHEST,
                                     name="logits")(x))
         return out()
+
+
+def zero_residual(params: dict) -> dict:
+    """`params` with the last conv of every block (`*_conv3`) zeroed, so that each block starts
+    as the identity: the start for training without batch norm (the zero-gamma start of
+    Goyal et al., 2017, "Accurate, large minibatch SGD", applied to the folded conv)."""
+    return {name: ({role: jnp.zeros_like(value) for role, value in layer.items()}
+                   if name.endswith("_conv3") else layer) for name, layer in params.items()}
