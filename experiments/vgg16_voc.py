@@ -26,18 +26,19 @@ import egjax  # noqa: E402
 from egjax import cli, evaluate, runs  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
-from egjax.models import load_checkpoint  # noqa: E402
+from egjax.models import load  # noqa: E402
 from egjax.visualize import figures, pictures  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "voc")
 
 
-def default_checkpoint(category: str) -> pathlib.Path:
+def default_checkpoint(category: str, model: str) -> pathlib.Path:
     """The committed network for `category`: its own one-vs-negatives net where there is
-    one, else the multi-class net over all synthetic categories."""
-    own = ROOT / "checkpoints" / f"synthetic_{category}"
-    return own if own.is_dir() else ROOT / "checkpoints" / "synthetic_all"
+    one, else the multi-class net over all synthetic categories (`_resnet50` for ResNet-50)."""
+    suffix = "" if model == "vgg16" else f"_{model}"
+    own = ROOT / "checkpoints" / f"synthetic_{category}{suffix}"
+    return own if own.is_dir() else ROOT / "checkpoints" / f"synthetic_all{suffix}"
 
 
 def parse(argv):
@@ -48,9 +49,12 @@ def parse(argv):
     parser.add_argument("--images", type=int, default=100, help="object images N (>= 2)")
     parser.add_argument("--negatives", type=int, default=200,
                         help="images without the object, for the normalising statistics")
+    parser.add_argument("--model", default="vgg16", choices=("vgg16", "resnet50"),
+                        help="the network: VGG-16 (the paper's graph) or ResNet-50 (the "
+                        "original's ResNet setting: layer2, layer3, layer4)")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
                         help="network checkpoint (default: checkpoints/synthetic_<category>, else "
-                        "checkpoints/synthetic_all)")
+                        "checkpoints/synthetic_all; for ResNet-50 with _resnet50 appended)")
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
@@ -67,11 +71,11 @@ def parse(argv):
         parser.error("--images and --negatives must be at least 2")
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
-    args.checkpoint = args.checkpoint or default_checkpoint(args.category)
+    args.checkpoint = args.checkpoint or default_checkpoint(args.category, args.model)
     if not args.checkpoint.is_dir():
         parser.error(f"no network checkpoint at {args.checkpoint} (see checkpoints/README.md)")
     try:
-        args.network = load_checkpoint(args.checkpoint)
+        args.network = load(args.model, args.checkpoint)
     except (OSError, ValueError) as error:
         parser.error(f"cannot read the network checkpoint {args.checkpoint}: {error}")
     args.name = args.name or args.category
@@ -81,11 +85,12 @@ def parse(argv):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cfg = egjax.GraphConfig.vgg16(iterations=args.iterations)
     model, params, meta = args.network
+    cfg = (egjax.GraphConfig.vgg16(iterations=args.iterations) if args.model == "vgg16" else
+           egjax.GraphConfig.resnet50(model.variant, iterations=args.iterations))
     taps = [layer.tap for layer in cfg.layers]
     print(f"egjax {args.dataset} / {args.category}: N={args.images} images (+ mirrors), "
-          f"{args.negatives} negatives; network {args.checkpoint.name} (VGG-16, width "
+          f"{args.negatives} negatives; network {args.checkpoint.name} ({meta.arch}, width "
           f"{meta.width:g}); layers {', '.join(taps)}; {args.iterations} iterations, "
           f"compat={args.compat}; device {jax.devices()[0].platform} x{len(jax.devices())}")
     started = time.perf_counter()
