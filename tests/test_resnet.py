@@ -282,3 +282,14 @@ def test_resnet50_preset_is_the_originals_setting_on_derived_geometry():
     assert [l.nodes_per_filter for l in config.layers] == [40, 20, 10]
     assert all((l.top_n, l.top_m) == (15, 600) for l in config.layers)
     assert [(l.stride, l.center) for l in config.layers] == [(8, 0), (16, 0), (32, 0)]
+
+
+def test_every_name_a_tap_is_asked_by_gets_its_perturbation():
+    """Grad-CAM differentiates through `self.perturb(perturbation_name(tap), x)`; a tap asked
+    for by an alias must offer it under that name too."""
+    model = ResNet50(width=1 / 16, num_classes=3)
+    taps = ("layer4", "conv5_block3_out", "layer4.2", "layer1.0")
+    _, variables = jax.eval_shape(
+        lambda p, x: model.apply({"params": p}, x, taps=taps, mutable=["perturbations"]),
+        models.param_shapes(model), jax.ShapeDtypeStruct((1, SIDE, SIDE, 3), jnp.float32))
+    assert set(variables["perturbations"]) == {models.perturbation_name(t) for t in taps}

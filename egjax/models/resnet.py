@@ -153,20 +153,20 @@ class ResNet50(nn.Module):
     def __call__(self, images: jax.Array, taps: Sequence[str] | None = None) -> dict:
         requested = self.check_taps(taps)
         check_images(images)
-        wanted = {ALIASES.get(t, t) for t in requested}
-        last = max(self.tap_names.index(t) for t in wanted)
+        asked = {}                            # tap -> the names it was requested by
+        for name in requested:
+            asked.setdefault(ALIASES.get(name, name), []).append(name)
+        last = max(self.tap_names.index(t) for t in asked)
         run_all = self.is_initializing()
-        found = {}
+        out = {}
 
-        def keep(name: str, value: jax.Array) -> tuple[jax.Array, bool]:
-            """Records `value` if requested (through `self.perturb`, for Grad-CAM); returns
-            the value to compute on and whether to stop here."""
-            if name in wanted:
-                value = found[name] = self.perturb(perturbation_name(name), value)
-            return value, self.tap_names.index(name) >= last and not run_all
-
-        def out():
-            return {t: found[ALIASES.get(t, t)] for t in requested}
+        def keep(tap: str, value: jax.Array) -> tuple[jax.Array, bool]:
+            """Records `value` under each name it was requested by, passed through
+            `self.perturb` once per name (so that Grad-CAM reaches it by any of them);
+            returns the value to compute on and whether to stop here."""
+            for name in asked.get(tap, ()):
+                value = out[name] = self.perturb(perturbation_name(name), value)
+            return value, self.tap_names.index(tap) >= last and not run_all
 
         def conv(x, features, kernel, stride, padding, name):
             return nn.Conv(features, (kernel, kernel), (stride, stride),
@@ -176,10 +176,10 @@ class ResNet50(nn.Module):
         x = nn.relu(conv(images, scaled(64, self.width), 7, 2, 3, "conv1"))
         x, done = keep("conv1", x)
         if done:
-            return out()
+            return out
         x, done = keep("maxpool", nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))))
         if done:
-            return out()
+            return out
         for block in blocks(self.width):
             first, middle = self._strides(block)
             y = nn.relu(conv(x, block.features, 1, first, 0, f"{block.prefix}_conv1"))
@@ -189,12 +189,12 @@ class ResNet50(nn.Module):
                 x = conv(x, block.out, 1, block.stride, 0, f"{block.prefix}_downsample")
             x, done = keep(block.tap, nn.relu(x + y))
             if done:
-                return out()
+                return out
         if self.head == "gap":
             x, _ = keep("pool", jnp.mean(x, axis=(1, 2)))
             keep("logits", nn.Dense(self.num_classes, precision=jax.lax.Precision.HIGHEST,
                                     name="logits")(x))
-        return out()
+        return out
 
 
 def zero_residual(params: dict) -> dict:
