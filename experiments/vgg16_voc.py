@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "voc")
 
 
-def default_checkpoint(category: str, model: str) -> pathlib.Path:
+def default_checkpoint(category: str, model: str = "vgg16") -> pathlib.Path:
     """The committed network for `category`: its own one-vs-negatives net where there is
     one, else the multi-class net over all synthetic categories (`_resnet50` for ResNet-50)."""
     suffix = "" if model == "vgg16" else f"_{model}"
