@@ -1,5 +1,5 @@
-"""A network's params + its `ModelMeta` (which records the architecture) as one checkpoint directory (`egjax.checkpoint`: orbax,
-atomic, every file checksummed).
+"""A network's params + its `ModelMeta` (which records the architecture) as one checkpoint
+directory (`egjax.checkpoint`: orbax, atomic, every file checksummed).
 
 Writing refuses non-finite parameters; reading verifies the checksums and checks every layer
 against the model the meta describes.
