@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from egjax.models.contract import perturbation_name
+
 NORMALIZATIONS = ("none", "max", "minmax")
 CHANNEL_REDUCTIONS = ("max_abs", "l2", "sum")
 LAST_CONV = "relu5_3"  # VGG-16's last conv map after ReLU: what a GAP head pools
@@ -264,11 +266,6 @@ def _conv_tap_shape(model, params, images, tap):
     if len(shape) != 4:
         raise ValueError(f"tap {tap!r} must be a conv map [N, h, w, K], got rank {len(shape)}")
     return shape
-
-
-def perturbation_name(tap: str) -> str:
-    """Name of the `self.perturb` variable through which a model exposes `tap` to gradients."""
-    return f"{tap}_out"
 
 
 def _perturbation_path(perturbations, tap):

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import egjax  # noqa: E402
 from egjax import cli, data, evaluate, runs  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
-from egjax.models import load_checkpoint  # noqa: E402
+from egjax.models import load  # noqa: E402
 from egjax.visualize import figures, pictures  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,11 +43,12 @@ NO_LANDMARKS = ("location instability needs landmarks: this set has no parts (gi
                 "an objects.csv with <part>_y,<part>_x columns)")
 
 
-def default_checkpoint(category: str) -> pathlib.Path:
+def default_checkpoint(category: str, model: str = "vgg16") -> pathlib.Path:
     """The committed network for `category`: its own one-vs-negatives net where there is
-    one, else the multi-class net over all synthetic categories."""
-    own = ROOT / "checkpoints" / f"synthetic_{category}"
-    return own if own.is_dir() else ROOT / "checkpoints" / "synthetic_all"
+    one, else the multi-class net over all synthetic categories (`_resnet50` for ResNet-50)."""
+    suffix = "" if model == "vgg16" else f"_{model}"
+    own = ROOT / "checkpoints" / f"synthetic_{category}{suffix}"
+    return own if own.is_dir() else ROOT / "checkpoints" / f"synthetic_all{suffix}"
 
 
 def parse(argv):
@@ -64,11 +65,14 @@ def parse(argv):
                         help="comma-separated parts whose landmarks measure location "
                         "instability (default: the authors' choice, "
                         "egjax.data.instability_parts; else all parts)")
+    parser.add_argument("--model", default="vgg16", choices=("vgg16", "resnet50"),
+                        help="the network: VGG-16 (the paper's graph) or ResNet-50 (the "
+                        "original's ResNet setting: layer2, layer3, layer4)")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
                         help="network checkpoint (synthetic default: "
-                        "checkpoints/synthetic_<category>, else checkpoints/synthetic_all; "
-                        "other datasets: the network experiments/finetune.py fine-tuned for "
-                        "the category)")
+                        "checkpoints/synthetic_<category>, else checkpoints/synthetic_all, "
+                        "with _resnet50 appended for ResNet-50; other datasets: the network "
+                        "experiments/finetune.py fine-tuned for the category)")
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
@@ -86,11 +90,11 @@ def parse(argv):
         if args.dataset != "synthetic":
             parser.error(f"--dataset {args.dataset} needs --checkpoint: a network fine-tuned "
                          f"for {args.category!r} (experiments/finetune.py)")
-        args.checkpoint = default_checkpoint(args.category)
+        args.checkpoint = default_checkpoint(args.category, args.model)
     if not args.checkpoint.is_dir():
         parser.error(f"no network checkpoint at {args.checkpoint} (see checkpoints/README.md)")
     try:
-        args.network = load_checkpoint(args.checkpoint)
+        args.network = load(args.model, args.checkpoint)
     except (OSError, ValueError) as error:
         parser.error(f"cannot read the network checkpoint {args.checkpoint}: {error}")
     try:  # the index (no pixels yet): unknown category / split, missing folders end here
@@ -136,8 +140,9 @@ def read_data(args):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cfg = egjax.GraphConfig.vgg16(iterations=args.iterations)
     model, params, meta = args.network
+    cfg = (egjax.GraphConfig.vgg16(iterations=args.iterations) if args.model == "vgg16" else
+           egjax.GraphConfig.resnet50(model.variant, iterations=args.iterations))
     taps = [layer.tap for layer in cfg.layers]
     started = time.perf_counter()
     objects, negatives = read_data(args)
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
           f"{args.data_dir or 'the embedded generator'} (split {args.split}), "
           f"{len(negatives)} negatives; landmarks "
           f"{', '.join(args.landmarks) or 'none'}; network "
-          f"{args.checkpoint.name} (VGG-16, width {meta.width:g}); layers {', '.join(taps)}; "
+          f"{args.checkpoint.name} ({meta.arch}, width {meta.width:g}); layers {', '.join(taps)}; "
           f"{args.iterations} iterations, compat={args.compat}; device "
           f"{jax.devices()[0].platform} x{len(jax.devices())}")
     stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet)
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
     metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
                    split=args.split, category=args.category, images=len(objects),
                    landmarks=list(args.landmarks), negatives=len(negatives),
-                   iterations=args.iterations, compat=args.compat,
+                   iterations=args.iterations, compat=args.compat, model=meta.arch,
                    checkpoint=str(args.checkpoint), seed=args.seed,
                    fit_seconds=fit_seconds, total_seconds=time.perf_counter() - started)
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
