@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.models import winograd
+from egjax import saliency
 from egjax.saliency import perturbation_name
 
 HEADS = ("fc", "gap", None)
@@ -106,6 +107,23 @@ class VGG16(nn.Module):
     def layers(self) -> tuple[Layer, ...]:
         """The conv trunk, bottom to top, with this width's channel counts."""
         return trunk_layers(self.width)
+
+    @property
+    def lrp_layers(self) -> tuple:
+        """The network as `saliency.lrp` propagates relevance through it, bottom to top:
+        convs with their ReLUs, pools, then the head ("gap" pools relu5_3, not pool5)."""
+        if self.head is None:
+            raise ValueError("lrp needs logits: build VGG16 with head='fc' or 'gap'")
+        layers = []
+        for layer in self.layers:
+            if layer.kind == "conv":
+                layers += [saliency.Conv(layer.name, layer.stride, layer.padding), saliency.ReLU()]
+            elif self.head == "fc" or layer.name != "pool5":
+                layers.append(saliency.MaxPool(layer.kernel, layer.stride, layer.padding))
+        if self.head == "gap":
+            return (*layers, saliency.GlobalMean(), saliency.Dense("logits"))
+        return (*layers, saliency.Flatten(), saliency.Dense("fc6"), saliency.ReLU(),
+                saliency.Dense("fc7"), saliency.ReLU(), saliency.Dense("logits"))
 
     @property
     def tap_names(self) -> tuple[str, ...]:
