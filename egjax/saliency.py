@@ -127,7 +127,8 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
     The other rules apply to every linear layer, the input layer included. `rho` applies to
     the bias as to the weights; sign(0) counts as +1. ReLUs pass relevance unchanged; max
     pools pass it to the winner of each window; a residual addition splits it in proportion
-    to its two summands (LRP-0, or epsilon under `"epsilon"`); a batch norm named by a
+    to its two summands, modified as weights are (`rho`; LRP-0 in the composite); a batch
+    norm named by a
     `Conv` is folded into it first. `bounds` are z^B's lowest and highest pixel values, a
     pair broadcastable to `[C]` (e.g. the preprocessed 0 and 255); None takes each image's
     own per-channel minimum and maximum. `channel_reduce` sums (default: the relevance
@@ -156,9 +157,8 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
         if not bool(jnp.all(bounds[0] <= bounds[1])):
             raise ValueError(f"bounds must have low <= high, got {bounds}")
     return _lrp_maps(layers, params, images, jnp.asarray(targets), bounds,
-                     rules=_lrp_rules(layers, rule), epsilon=float(epsilon),
-                     gamma=float(gamma), channel_reduce=channel_reduce, normalize=normalize,
-                     batch_size=batch_size)
+                     jnp.float32(epsilon), jnp.float32(gamma), rules=_lrp_rules(layers, rule),
+                     channel_reduce=channel_reduce, normalize=normalize, batch_size=batch_size)
 
 
 def cam(model, params, images, targets, *, tap: str = LAST_CONV, head: Mapping | None = None,
@@ -308,9 +308,9 @@ def _gradient_maps(model, params, images, targets, *, times_input, channel_reduc
     return _over_images(one, images, targets, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("layers", "rules", "epsilon", "gamma",
-                                             "channel_reduce", "normalize", "batch_size"))
-def _lrp_maps(layers, params, images, targets, bounds, *, rules, epsilon, gamma,
+@functools.partial(jax.jit, static_argnames=("layers", "rules", "channel_reduce", "normalize",
+                                             "batch_size"))
+def _lrp_maps(layers, params, images, targets, bounds, epsilon, gamma, *, rules,
               channel_reduce, normalize, batch_size):
     """`lrp` for one image, vmapped; `rules` `((path, rule), ...)` from `_lrp_rules`."""
     rules = dict(rules)
@@ -350,6 +350,8 @@ def _lrp_backward(layers, params, trace, relevance, path, rules, **settings):
         layer, where = layers[index], (*path, index)
         if isinstance(layer, Residual):
             _, body, body_trace, shortcut, shortcut_trace = trace[index]
+            rho = _rho(rules[where], settings["gamma"])
+            body, shortcut = rho(body), rho(shortcut)
             share = relevance / _stabilised(body + shortcut, rules[where], settings["epsilon"])
             relevance = (
                 _lrp_backward(layer.body, params, body_trace, body * share, (*where, 0),
@@ -380,8 +382,7 @@ def _linear_relevance(layer, params, a, relevance, rule, *, epsilon, gamma, boun
         z, pull_back = jax.vjp(z_box, a, low, high)
         from_x, from_low, from_high = pull_back(relevance / _stabilised(z, "0", 0.0))
         return a * from_x + low * from_low + high * from_high
-    rho = {"0": _identity, "epsilon": _identity, "zplus": _positive,
-           "gamma": lambda w: w + gamma * jax.nn.relu(w)}[rule]
+    rho = _rho(rule, gamma)
     z, pull_back = jax.vjp(lambda x: layer_fn(x, rho), a)
     return a * pull_back(relevance / _stabilised(z, rule, epsilon))[0]
 
@@ -391,6 +392,13 @@ def _stabilised(z, rule, epsilon):
     epsilon rule."""
     stab = 1e-9 + (epsilon * jnp.sqrt(jnp.mean(z * z)) if rule == "epsilon" else 0.0)
     return z + jnp.where(z >= 0, stab, -stab)
+
+
+def _rho(rule, gamma):
+    """The rule's modification of weights (and of a residual addition's summands)."""
+    if rule == "gamma":
+        return lambda w: w + gamma * jax.nn.relu(w)
+    return _positive if rule == "zplus" else _identity
 
 
 def _identity(w):
@@ -464,7 +472,7 @@ def _lrp_rules(layers, rule):
         rules[linear[0][0]] = "zB"
     else:
         rules = {where: rule for where, _ in linear}
-    rules.update({where: "epsilon" if rule == "epsilon" else "0" for where in residual})
+    rules.update({where: "0" if rule == "composite" else rule for where in residual})
     return tuple(sorted(rules.items()))
 
 
