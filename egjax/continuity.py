@@ -17,6 +17,10 @@ and commutative, so shards of a data set can be measured apart and combined):
   `(images, *per_image_args) -> [N, ...]`: a saliency method with its targets as the
   per-image argument, or a graph explainer returning one vector per image.
 
+Intervals: a continuity score (the mean or max ratio over pairs) varies with the pairs and
+with the network's training run; `pair_bootstrap` resamples the pairs, and `seed_interval`
+turns the scores of several runs (seeds) and their pair noise into one interval.
+
 Pairs of nearly equivalent inputs: `shift_images` (sub-pixel translation), `add_noise`, and
 `same_class_neighbours` (nearest image of the same class in input or feature space):
 
@@ -471,6 +475,14 @@ def explanation_continuity(explainer: Callable, images_a, images_b, *per_image_a
     return continuity_result(state), jnp.asarray(np.concatenate(ratios))
 
 
+@functools.partial(jax.jit, static_argnames="explanation_ord")
+def _continuity_step(state, explanations_a, explanations_b, inputs_a, inputs_b, valid,
+                     explanation_ord):
+    ratios = continuity_ratios(explanations_a, explanations_b, inputs_a, inputs_b,
+                               explanation_ord=explanation_ord)
+    return continuity_update(state, ratios, valid), ratios
+
+
 def explain_all(explainer: Callable, images, *per_image_args, batch_size: int = 32) -> jax.Array:
     """`explainer(images, *args)` over `images [N, ...]` in padded batches (one shape for
     the explainer): -> `[N, ...]`. ValueError naming the first image whose explanation has
@@ -573,14 +585,6 @@ def _t_quantile(p: float, df: int) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if cdf(middle) < p else (low, middle)
     return (low + high) / 2
-
-
-@functools.partial(jax.jit, static_argnames="explanation_ord")
-def _continuity_step(state, explanations_a, explanations_b, inputs_a, inputs_b, valid,
-                     explanation_ord):
-    ratios = continuity_ratios(explanations_a, explanations_b, inputs_a, inputs_b,
-                               explanation_ord=explanation_ord)
-    return continuity_update(state, ratios, valid), ratios
 
 
 # --------------------------------------------------------------------------------- pairs

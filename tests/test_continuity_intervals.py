@@ -105,3 +105,19 @@ def test_interval_functions_reject_bad_input():
         continuity.pair_bootstrap(jax.random.key(0), jnp.ones((3, 1)))
     with pytest.raises(ValueError, match="pair_se"):
         continuity.seed_interval(np.ones((3, 2)), np.ones((3,)))
+
+
+def test_seed_interval_known_values_and_pairing():
+    t2 = 4.302653                                                   # Student's t, 2 df, 97.5%
+    same = continuity.seed_interval(np.ones((3, 1)), np.full((3, 1), 0.3))
+    np.testing.assert_allclose(same.high - same.estimate, t2 * 0.3 / np.sqrt(3), rtol=1e-5)
+    spread = continuity.seed_interval(np.array([[0.0], [1.0], [2.0]]), np.zeros((3, 1)))
+    np.testing.assert_allclose([spread.estimate, spread.low], [[1.0], [1 - t2 / np.sqrt(3)]],
+                               rtol=1e-5)
+    one = continuity.seed_interval(np.array([2.0]), np.array([0.5]))
+    np.testing.assert_allclose([one.low, one.high], [2 - 1.959964 * 0.5, 2 + 1.959964 * 0.5],
+                               rtol=1e-5)
+    ratios = jnp.asarray(np.random.default_rng(5).uniform(size=(1, 50)))
+    boot = continuity.pair_bootstrap(jax.random.key(4), jnp.concatenate([ratios, 2 * ratios]),
+                                     resamples=100)
+    np.testing.assert_allclose(boot[:, 1], 2 * boot[:, 0], rtol=1e-6)   # the same pairs
