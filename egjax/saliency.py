@@ -61,8 +61,8 @@ def gradient(model, params, images, targets, *, channel_reduce: str = "max_abs",
 
     images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`. The gradient `[H, W, C]` is
     reduced over channels by `channel_reduce`: `"max_abs"` (Simonyan et al., eq. for
-    `M_ij`), `"l2"` (the pixel's gradient norm; its square is Montavon et al.'s 2018
-    sensitivity `sum_c (df/dx_c)^2`) or `"sum"` (signed).
+    `M_ij`), `"l2"` (the pixel's gradient norm; its square is `sensitivity`) or `"sum"`
+    (signed).
     """
     _check_common(images, targets, channel_reduce=channel_reduce, normalize=normalize,
                   batch_size=batch_size)
@@ -105,8 +105,8 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
         gamma: float = 0.25, bounds=None, channel_reduce: str = "sum", normalize: str = "none",
         batch_size: int | None = None) -> jax.Array:
     """Layer-wise relevance propagation (Montavon et al., "Layer-wise relevance propagation:
-    an overview", 2019, eqs. 1-5 and sec. 10.2): images `[N, H, W, C]`, targets int `[N]`
-    -> `[N, H, W]`.
+    an overview", 2019: the rules of sec. 10.2.1, the general rule of sec. 10.2.2, the
+    choice per layer of sec. 10.3): images `[N, H, W, C]`, targets int `[N]` -> `[N, H, W]`.
 
     The relevance of the target logit, `R = logit_t`, flows down `model.lrp_layers`. Through
     a linear layer (conv, dense, global mean) with inputs `a_j`, weights `w_jk`, bias `b_k`:
@@ -115,12 +115,13 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
 
     * `"0"`: `rho(w) = w`, `stab = 1e-9 sign(z)` (division guard only);
     * `"epsilon"`: `rho(w) = w`, `stab = (1e-9 + epsilon * rms(z)) sign(z)`, `rms(z)` the
-      root mean square of the layer's pre-activations on this image (the overview's
-      tutorial uses `epsilon = 0.25` of it); the stabiliser absorbs relevance;
+      root mean square of the layer's pre-activations on this image (the scale the
+      authors' tutorial uses); the stabiliser absorbs relevance. It follows the sign of
+      `z`, so it shrinks every ratio instead of blowing up a negative `z` near `-stab`;
     * `"gamma"`: `rho(w) = w + gamma w+` (favours positive contributions);
     * `"zplus"`: `rho(w) = w+` (z+, alpha1-beta0; non-negative for non-negative inputs);
     * `"composite"` (the overview's recommendation for VGG-16): z^B at the input layer
-      (`R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z_j R_j`, eq. in sec. 10.2), gamma
+      (`R_i = sum_j (x_i w_ij - l_i w+_ij - h_i w-_ij) / z_j R_j`, sec. 10.3.2), gamma
       for the lower half of the convs (rounded up: conv1_1..conv3_3 of VGG-16), epsilon
       for the upper convs, LRP-0 at the dense layers and the global mean.
 
@@ -128,8 +129,7 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
     the bias as to the weights; sign(0) counts as +1. ReLUs pass relevance unchanged; max
     pools pass it to the winner of each window; a residual addition splits it in proportion
     to its two summands, modified as weights are (`rho`; LRP-0 in the composite); a batch
-    norm named by a
-    `Conv` is folded into it first. `bounds` are z^B's lowest and highest pixel values, a
+    norm named by a `Conv` is folded into it first. `bounds` are z^B's lowest and highest pixel values, a
     pair broadcastable to `[C]` (e.g. the preprocessed 0 and 255); None takes each image's
     own per-channel minimum and maximum. `channel_reduce` sums (default: the relevance
     then sums to the logit, less what biases and stabilisers absorb), or takes "max_abs"
@@ -369,7 +369,7 @@ def _lrp_backward(layers, params, trace, relevance, path, rules, **settings):
 
 
 def _linear_relevance(layer, params, a, relevance, rule, *, epsilon, gamma, bounds):
-    """One linear layer's rule (Montavon et al. 2019, eqs. 1-5 and the z^B rule) as
+    """One linear layer's rule (Montavon et al. 2019, secs. 10.2.2 and 10.3.2) as
     `R_in = a * J^T (R / z)`, the transposed Jacobian `J` of the `rho`-modified layer."""
     layer_fn = _linear_fn(layer, params)
     if rule == "zB":
