@@ -1,7 +1,15 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: WALL_TIME_DEFAULT
-    python experiments/continuity.py --seeds 3 --steps 300 --pairs 48 --name quick
+    python experiments/continuity.py                    # defaults: ~75 min, see below
+    python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
+        --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
+
+Wall time: the shortened run above took 32 min on a 2-core CPU shared with other jobs
+(load average 7-10): ~1.0 s per training step at 64 px, ~72 s of measurements per network.
+Scaled by pixels (x3.1), steps (4500 vs 1500) and pairs (x4.2), and by the machine's load
+(the previous, 2-network default took ~20 min quiet and would take ~86 min at this load),
+the default run needs about 75 min on a quiet 2-core CPU (an extrapolation, +-30%);
+`--steps 600` brings it to about 60 min, at an accuracy not measured here.
 
 Trains `--seeds` pairs of narrow VGG-16s (GAP head) on negatives + quadruped, bird, vehicle:
 per seed, one network with plain cross-entropy and one with cross-entropy plus, from step
@@ -26,9 +34,10 @@ seed's held-out images:
 Every score gets a 95% interval: the pairs are bootstrapped within each network
 (`continuity.pair_bootstrap`, the same resampled pairs for both networks of a seed), and
 the seeds' spread gives the interval of their mean (`continuity.seed_interval`: Student's
-t over seeds, floored by the pair noise). The comparison is the ratio triplet / plain of a
-score, per seed on the same pairs, its interval taken on the log scale; the table marks
-with `*` the ratios whose interval excludes 1.
+t over seeds, floored by the pair noise), on the log scale since scores are positive and
+skewed (the estimate is the geometric mean over seeds). The comparison is the ratio
+triplet / plain of a score, per seed on the same pairs; the table marks with `*` the
+ratios whose interval excludes 1.
 
 The graph has one layer, on relu5_3: the map the GAP head pools and CAM and Grad-CAM read,
 so every explainer explains the same map.
@@ -307,23 +316,22 @@ def summarise(runs_by_variant: dict, key: jax.Array, resamples: int) -> dict:
                     resamples=resamples), np.float64)                    # [B, 2, K]
                 cell = {"per_seed": {v: scores[i].tolist() for i, v in enumerate(VARIANTS)}}
                 for i, variant in enumerate(VARIANTS):
-                    cell[variant] = _interval(continuity.seed_interval(
-                        scores[i], boot[:, i].std(axis=0)))
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    log_ratio = np.log(scores[1] / scores[0])
-                    log_boot = np.log(boot[:, 1] / boot[:, 0])
-                if np.all(np.isfinite(log_ratio)) and np.all(np.isfinite(log_boot)):
-                    interval = continuity.seed_interval(log_ratio, log_boot.std(axis=0))
-                    cell["ratio"] = _interval(continuity.Interval(*map(np.exp, interval)))
-                else:                                  # a zero score: no ratio to take
-                    cell["ratio"] = {"estimate": None, "low": None, "high": None}
+                    cell[variant] = log_interval(scores[i], boot[:, i])
+                cell["ratio"] = log_interval(scores[1] / scores[0], boot[:, 1] / boot[:, 0])
                 summary.setdefault(name, {}).setdefault(kind, {})[statistic] = cell
     return summary
 
 
-def _interval(interval) -> dict:
-    return {"estimate": float(interval.estimate), "low": float(interval.low),
-            "high": float(interval.high)}
+def log_interval(scores: np.ndarray, boot: np.ndarray) -> dict:
+    """`continuity.seed_interval` of positive per-seed `scores [K]` (bootstrap `[B, K]`) on
+    the log scale, mapped back: the estimate is their geometric mean, the interval stays
+    positive. All None when a score is 0 (no log to take)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs, log_boot = np.log(scores), np.log(boot)
+    if not (np.all(np.isfinite(logs)) and np.all(np.isfinite(log_boot))):
+        return {"estimate": None, "low": None, "high": None}
+    interval = continuity.seed_interval(logs, log_boot.std(axis=0))
+    return {field: float(np.exp(value)) for field, value in interval._asdict().items()}
 
 
 def _cell(c: dict) -> str:
