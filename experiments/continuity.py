@@ -384,6 +384,7 @@ def plot(summary: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, axes = plt.subplots(1, len(PAIRS), figsize=(4.2 * len(PAIRS), 3.8), sharey=True)
     y = np.arange(len(EXPLAINERS))
@@ -398,6 +399,7 @@ def plot(summary: dict, path) -> None:
                           fmt="o", color=colour, capsize=3)
         axis.axvline(1.0, color="black", lw=0.8)
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_yticks(y, [n.replace("_", " ") for n in EXPLAINERS], fontsize=8)
         axis.set_title(f"pairs: {kind}", fontsize=10)
         axis.set_xlabel("mean ratio, triplet / plain (95% CI)", fontsize=8)
