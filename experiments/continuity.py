@@ -35,7 +35,8 @@ Every score gets a 95% interval: the pairs are bootstrapped within each network
 (`continuity.pair_bootstrap`, the same resampled pairs for both networks of a seed), and
 the seeds' spread gives the interval of their mean (`continuity.seed_interval`: Student's
 t over seeds, floored by the pair noise), on the log scale since scores are positive and
-skewed (the estimate is the geometric mean over seeds). The comparison is the ratio
+skewed (the estimate is the geometric mean over seeds; a score with zeros among its
+resamples stays on the linear scale, the JSON says which). The comparison is the ratio
 triplet / plain of a score, per seed on the same pairs; the table marks with `*` the
 ratios whose interval excludes 1.
 
@@ -317,21 +318,28 @@ def summarise(runs_by_variant: dict, key: jax.Array, resamples: int) -> dict:
                 cell = {"per_seed": {v: scores[i].tolist() for i, v in enumerate(VARIANTS)}}
                 for i, variant in enumerate(VARIANTS):
                     cell[variant] = log_interval(scores[i], boot[:, i])
-                cell["ratio"] = log_interval(scores[1] / scores[0], boot[:, 1] / boot[:, 0])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cell["ratio"] = log_interval(scores[1] / scores[0], boot[:, 1] / boot[:, 0])
                 summary.setdefault(name, {}).setdefault(kind, {})[statistic] = cell
     return summary
 
 
 def log_interval(scores: np.ndarray, boot: np.ndarray) -> dict:
-    """`continuity.seed_interval` of positive per-seed `scores [K]` (bootstrap `[B, K]`) on
-    the log scale, mapped back: the estimate is their geometric mean, the interval stays
-    positive. All None when a score is 0 (no log to take)."""
+    """`continuity.seed_interval` of per-seed `scores [K]` (bootstrap `[B, K]`) on the log
+    scale, mapped back: the estimate is their geometric mean and the interval stays
+    positive. Where a score or a resampled score is 0, on the linear scale (arithmetic
+    mean); with a non-finite score (a ratio to a zero score), all None."""
     with np.errstate(divide="ignore", invalid="ignore"):
         logs, log_boot = np.log(scores), np.log(boot)
-    if not (np.all(np.isfinite(logs)) and np.all(np.isfinite(log_boot))):
-        return {"estimate": None, "low": None, "high": None}
-    interval = continuity.seed_interval(logs, log_boot.std(axis=0))
-    return {field: float(np.exp(value)) for field, value in interval._asdict().items()}
+    if np.all(np.isfinite(logs)) and np.all(np.isfinite(log_boot)):
+        interval = continuity.seed_interval(logs, log_boot.std(axis=0))
+        return {**{field: float(np.exp(value)) for field, value in interval._asdict().items()},
+                "scale": "log"}
+    if np.all(np.isfinite(scores)) and np.all(np.isfinite(boot)):
+        interval = continuity.seed_interval(scores, boot.std(axis=0))
+        return {**{field: float(value) for field, value in interval._asdict().items()},
+                "scale": "linear"}
+    return {"estimate": None, "low": None, "high": None, "scale": None}
 
 
 def _cell(c: dict) -> str:
