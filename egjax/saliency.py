@@ -129,9 +129,9 @@ def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: flo
     the bias as to the weights; sign(0) counts as +1. ReLUs pass relevance unchanged; max
     pools pass it to the winner of each window; a residual addition splits it in proportion
     to its two summands, modified as weights are (`rho`; LRP-0 in the composite); a batch
-    norm named by a `Conv` is folded into it first. `bounds` are z^B's lowest and highest pixel values, a
-    pair broadcastable to `[C]` (e.g. the preprocessed 0 and 255); None takes each image's
-    own per-channel minimum and maximum. `channel_reduce` sums (default: the relevance
+    norm named by a `Conv` is folded into it first. `bounds` are z^B's lowest and highest
+    pixel values, a pair broadcastable to `[C]` (e.g. the preprocessed 0 and 255); None
+    takes each image's own per-channel minimum and maximum. `channel_reduce` sums (default: the relevance
     then sums to the logit, less what biases and stabilisers absorb), or takes "max_abs"
     or "l2" over the input channels.
     """

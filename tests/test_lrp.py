@@ -74,9 +74,9 @@ class Folded(nn.Module):
         return {"logits": nn.Dense(NUM_CLASSES, name="dense")(x.mean(axis=(1, 2)))}
 
 
-def _images(seed, n, size=8, low=None):
-    rng = np.random.default_rng(seed)
-    values = rng.uniform(0, 1, (n, size, size, 2)) if low == 0 else rng.normal(size=(n, size, size, 2))
+def _images(seed, n, size=8, positive=False):
+    rng, shape = np.random.default_rng(seed), (n, size, size, 2)
+    values = rng.uniform(0, 1, shape) if positive else rng.normal(size=shape)
     return jnp.asarray(values, jnp.float32)
 
 
@@ -130,7 +130,7 @@ def test_epsilon_absorbs_exactly_its_share_on_one_dense_layer():
 
 def test_zplus_is_non_negative(tiny):
     model, params = tiny
-    images = _images(1, 6, low=0)
+    images = _images(1, 6, positive=True)
     logits = _logits(model, params, images)
     targets = np.argmax(logits, axis=1)
     assert (logits[np.arange(6), targets] > 0).all()
