@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from egjax.models import winograd
+from egjax.models import propagation, winograd
 from egjax.models.contract import Layer, check_images, perturbation_name, scaled, select_taps
 
 HEADS = ("fc", "gap", None)
@@ -89,6 +89,24 @@ class VGG16(nn.Module):
     def layers(self) -> tuple[Layer, ...]:
         """The conv trunk, bottom to top, with this width's channel counts."""
         return trunk_layers(self.width)
+
+    @property
+    def lrp_layers(self) -> tuple:
+        """The network as `egjax.saliency.lrp` propagates relevance through it, bottom to top:
+        convs with their ReLUs, pools, then the head ("gap" pools relu5_3, not pool5)."""
+        if self.head is None:
+            raise ValueError("lrp needs logits: build VGG16 with head='fc' or 'gap'")
+        layers = []
+        for layer in self.layers:
+            if layer.kind == "conv":
+                layers += [propagation.Conv(layer.name, layer.stride, layer.padding),
+                           propagation.ReLU()]
+            elif self.head == "fc" or layer.name != "pool5":
+                layers.append(propagation.MaxPool(layer.kernel, layer.stride, layer.padding))
+        if self.head == "gap":
+            return (*layers, propagation.GlobalMean(), propagation.Dense("logits"))
+        return (*layers, propagation.Flatten(), propagation.Dense("fc6"), propagation.ReLU(),
+                propagation.Dense("fc7"), propagation.ReLU(), propagation.Dense("logits"))
 
     @property
     def tap_names(self) -> tuple[str, ...]:
