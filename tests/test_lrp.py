@@ -10,6 +10,7 @@ import pytest
 
 from egjax import saliency
 from egjax.models import VGG16
+from egjax.models.resnet import ResNet50
 from protocol_models import LinearClassifier, random_params
 from vgg_weight_files import random_params as vgg_random_params
 
@@ -239,6 +240,28 @@ def test_vgg16_layer_list_is_the_network():
         logits, _ = jax.jit(saliency._lrp_forward, static_argnums=0)(model.lrp_layers, params,
                                                                     images)
         np.testing.assert_allclose(logits, _logits(model, params, images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["v1.5", "v1"])
+def test_resnet50_layer_list_is_the_network_and_lrp0_is_gradient_x_input(variant):
+    """Both variants: the layer list reproduces the logits; with zero biases (a ReLU network
+    with max pooling) LRP-0 equals gradient x input and sums to the target logit."""
+    model = ResNet50(width=1 / 16, head="gap", num_classes=NUM_CLASSES, variant=variant)
+    images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 32, 3)), jnp.float32)
+    params = model.init(jax.random.key(1), images[:1])["params"]
+    params = jax.tree.map(lambda x: x * 4.0, params)     # keep the signal alive over 50 layers
+    params = _zero_biases(params)
+    logits, _ = jax.jit(saliency._lrp_forward, static_argnums=0)(model.lrp_layers, params,
+                                                                images)
+    expected_logits = _logits(model, params, images)
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-5)
+    targets = np.array([0, 2])
+    lrp0 = np.asarray(saliency.lrp(model, params, images, targets, rule="0"))
+    expected = np.asarray(saliency.gradient_x_input(model, params, images, targets))
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(lrp0, expected, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_allclose(lrp0.sum(axis=(1, 2)), expected_logits[np.arange(2), targets],
+                               rtol=1e-3)
 
 
 def test_sensitivity_is_the_squared_gradient_summed_over_channels():

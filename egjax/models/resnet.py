@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from egjax.models import propagation
 from egjax.models.contract import (Layer, Residual, check_images, perturbation_name, scaled,
                                    select_taps)
 
@@ -148,6 +149,25 @@ class ResNet50(nn.Module):
                                block.out),) if block.project else ())
             steps.append(Residual(block.tap, (main, shortcut)))
         return tuple(steps[: spatial.index(tap) + 1])
+
+    @property
+    def lrp_layers(self) -> tuple:
+        """The network as `egjax.saliency.lrp` propagates relevance through it, bottom to top:
+        the stem, each bottleneck block as a `Residual` (main branch, projection or identity)
+        followed by its ReLU, then the GAP head. Batch norm is folded into the convs."""
+        if self.head is None:
+            raise ValueError("lrp needs logits: build ResNet50 with head='gap'")
+        layers = [propagation.Conv("conv1", 2, 3), propagation.ReLU(),
+                  propagation.MaxPool(3, 2, 1)]
+        for block in blocks(self.width):
+            first, middle = self._strides(block)
+            main = (propagation.Conv(f"{block.prefix}_conv1", first, 0), propagation.ReLU(),
+                    propagation.Conv(f"{block.prefix}_conv2", middle, 1), propagation.ReLU(),
+                    propagation.Conv(f"{block.prefix}_conv3", 1, 0))
+            shortcut = ((propagation.Conv(f"{block.prefix}_downsample", block.stride, 0),)
+                        if block.project else ())
+            layers += [propagation.Residual(main, shortcut), propagation.ReLU()]
+        return (*layers, propagation.GlobalMean(), propagation.Dense("logits"))
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[str] | None = None) -> dict:
