@@ -28,3 +28,18 @@ def test_own_images_snippet_runs(tmp_path):
     for row in rows:   # the graph's nodes are more stable than the raw filters on every layer
         assert float(row[2]) < float(row[4]), done.stdout
     assert (tmp_path / "my_graph" / "manifest.json").exists()
+
+
+def test_own_network_snippet_runs(tmp_path):
+    """A user's Flax module registered with the model contract: geometry derived, a graph fitted."""
+    (tmp_path / "snippet.py").write_text(snippet("### Your own network: the model contract"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    # by hand: conv1 5x5 stride 2 pad 2, conv2 3x3 stride 1 pad 1 -> stride 2, size 5 + 2*2 = 9,
+    # centre of cell 0: -2 + 2 = 0 (the first kernel's centre)
+    assert lines[0] == "ReceptiveField(stride=2.0, center=0.0, size=9.0)", lines
+    # 64 px -> 32 x 32 cells, 8 filters; K = ceil(32 * 32 * 0.1) = 103 nodes per filter
+    assert lines[1] == f"({8 * 103}, 8)", lines
