@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from egjax import saliency
+from egjax.models import propagation
 from egjax.models import VGG16
 from egjax.models.resnet import ResNet50
 from protocol_models import LinearClassifier, random_params
@@ -25,7 +26,7 @@ class TinyCNN(nn.Module):
 
     @property
     def lrp_layers(self):
-        s = saliency
+        s = propagation
         top = (s.Conv("c2"), s.ReLU(), s.Conv("c3"))
         middle = (s.Residual(top), s.ReLU()) if self.residual else (*top[:2], *top[2:], s.ReLU())
         return (s.Conv("c1", 1, 1), s.ReLU(), s.MaxPool(2, 2), *middle, s.GlobalMean(),
@@ -54,8 +55,8 @@ class NormCNN(nn.Module):
 
     @property
     def lrp_layers(self):
-        return (saliency.Conv("conv", 1, 1, norm="bn"), saliency.ReLU(), saliency.GlobalMean(),
-                saliency.Dense("dense"))
+        return (propagation.Conv("conv", 1, 1, norm="bn"), propagation.ReLU(),
+                propagation.GlobalMean(), propagation.Dense("dense"))
 
     @nn.compact
     def __call__(self, images, taps=("logits",)):
@@ -66,8 +67,8 @@ class NormCNN(nn.Module):
 class Folded(nn.Module):
     """NormCNN with its batch norm folded into the conv by hand."""
 
-    lrp_layers = (saliency.Conv("conv", 1, 1), saliency.ReLU(), saliency.GlobalMean(),
-                  saliency.Dense("dense"))
+    lrp_layers = (propagation.Conv("conv", 1, 1), propagation.ReLU(), propagation.GlobalMean(),
+                  propagation.Dense("dense"))
 
     @nn.compact
     def __call__(self, images, taps=("logits",)):
@@ -116,7 +117,7 @@ def test_lrp0_is_gradient_x_input_and_conserves_without_biases(tiny):
 
 def test_epsilon_absorbs_exactly_its_share_on_one_dense_layer():
     model = LinearClassifier(NUM_CLASSES)
-    model_layers = (saliency.Flatten(), saliency.Dense("dense"))
+    model_layers = (propagation.Flatten(), propagation.Dense("dense"))
     object.__setattr__(model, "lrp_layers", model_layers)   # a Flax module is frozen
     params = _zero_biases(random_params(model, (1, 8, 8, 3), seed=4))
     images = jnp.asarray(np.random.default_rng(5).normal(size=(2, 8, 8, 3)), jnp.float32)
