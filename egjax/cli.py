@@ -9,6 +9,10 @@ which ends a script on Ctrl-C with one line.
     ...
     if __name__ == "__main__":
         sys.exit(cli.run(main))
+
+Scripts that read a dataset take `add_data_arguments`' flags and call `data_error` for what
+`egjax.data` refuses (an unknown category or part, a missing folder, a corrupt file with
+--strict), so it ends as one line, not a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import pathlib
 import sys
 from collections.abc import Callable
 
-from egjax import distributed, runs
+from egjax import data, distributed, runs
+
+DEFAULT_CATEGORY = {"synthetic": "quadruped", "pascal_part": "cow", "cub200": "bird",
+                    "folder": "object"}  # ilsvrc_animal_part: --category is required
 
 
 def positive_int(text: str) -> int:
@@ -105,6 +112,42 @@ def start_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace)
         distributed.initialize(*flags)
     except (ValueError, RuntimeError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, datasets=None) -> None:
+    """`--dataset` (one of `datasets`, default `egjax.data.names()`; default synthetic),
+    `--data-dir`, `--category`, `--negatives-dir` and `--strict`; `data_category` fills the
+    default category after parsing."""
+    parser.add_argument("--dataset", default="synthetic", choices=datasets or data.names(),
+                        help="the dataset (default synthetic: drawn here, no files); "
+                        "`python -c 'import egjax.data as d; print(d.describe(NAME))'` says "
+                        "how to get each and what it holds")
+    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
+                        help="where the dataset's archives were extracted (not used by "
+                        "synthetic)")
+    parser.add_argument("--category", default=None, help="object category (default: "
+                        + ", ".join(f"{c} for {d}" for d, c in DEFAULT_CATEGORY.items())
+                        + "; required for ilsvrc_animal_part)")
+    parser.add_argument("--negatives-dir", type=pathlib.Path, default=None,
+                        help="a folder of images without the category (needed by cub200, "
+                        "ilsvrc_animal_part and folder; replaces pascal_part's and "
+                        "synthetic's own negatives)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at an unreadable dataset file instead of skipping it with "
+                        "a warning")
+
+
+def data_category(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """`args.category`, or the dataset's default one (an error where there is none)."""
+    if args.category is None and args.dataset not in DEFAULT_CATEGORY:
+        data_error(parser, f"--dataset {args.dataset} needs --category; valid: "
+                           f"{', '.join(data.describe(args.dataset).categories)}")
+    return args.category or DEFAULT_CATEGORY[args.dataset]
+
+
+def data_error(parser: argparse.ArgumentParser, error) -> None:
+    """Ends the script with `error` (what `egjax.data` raised) on one line, status 2."""
+    parser.exit(2, f"{parser.prog}: error: {error}\n")
 
 
 def run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> pathlib.Path:

@@ -134,20 +134,37 @@ class GraphConfig:
 
     @classmethod
     def vgg16(cls, **overrides) -> "GraphConfig":
-        """The paper's VGG-16 graph: conv4_2, conv4_3, conv5_2, conv5_3 of a 224-px input.
+        """The paper's VGG-16 graph: conv4_2, conv4_3, conv5_2, conv5_3 of a 224-px input,
+        densities 0.05, 0.05, 0.1, 0.1; geometry derived from the network (`egjax.geometry`).
 
         `overrides` (any `LayerConfig` field, e.g. `iterations=5` or `density=0.1`) apply to
         every layer and are validated as any setting (ValueError naming the layer).
         """
+        from egjax.models import VGG16   # egjax.models -> egjax.geometry -> this module
+        return cls._preset(VGG16(), (("conv4_2", 0.05), ("conv4_3", 0.05), ("conv5_2", 0.1),
+                                     ("conv5_3", 0.1)), 224, overrides)
+
+    @classmethod
+    def resnet50(cls, variant: str = "v1.5", **overrides) -> "GraphConfig":
+        """The original's ResNet setting: three graph layers on the 28/14/7 maps of a 224-px
+        input (`layer2`, `layer3`, `layer4`: stage outputs), densities 0.05/0.1/0.2 (40/20/10
+        nodes per filter), topN 15, topM 600; geometry derived from ResNet50 of `variant`
+        ("v1.5" torchvision, "v1" Keras). `overrides` as in `vgg16`."""
+        from egjax.models import ResNet50
+        return cls._preset(ResNet50(variant=variant), (("layer2", 0.05), ("layer3", 0.1),
+                                                       ("layer4", 0.2)), 224, overrides)
+
+    @classmethod
+    def _preset(cls, model, spec, image_size: int, overrides: dict) -> "GraphConfig":
+        """Graph layers on `spec`'s (tap, density) pairs of `model`, geometry derived
+        (`geometry.layer_config`), then `overrides` (validated; unknown names refused)."""
+        from egjax.geometry import layer_config
         fields = [f.name for f in dataclasses.fields(LayerConfig)]
         unknown = sorted(set(overrides) - set(fields))
         if unknown:
             raise ValueError(f"unknown LayerConfig settings {unknown}; the settings are "
                              f"{', '.join(fields)}")
-        spec = [("conv4_2", 28, 8, 3.5, 0.05), ("conv4_3", 28, 8, 3.5, 0.05),
-                ("conv5_2", 14, 16, 7.5, 0.1), ("conv5_3", 14, 16, 7.5, 0.1)]
-        layers = tuple(
-            LayerConfig(**{"map_size": s, "stride": st, "center": ce, "density": d, "tap": tap,
-                           **overrides})
-            for tap, s, st, ce, d in spec)
-        return cls(layers=layers, image_size=224)
+        layers = tuple(dataclasses.replace(layer_config(model, tap, image_size, density=density),
+                                           **overrides)
+                       for tap, density in spec)
+        return cls(layers=layers, image_size=image_size)

@@ -17,6 +17,10 @@ and commutative, so shards of a data set can be measured apart and combined):
   `(images, *per_image_args) -> [N, ...]`: a saliency method with its targets as the
   per-image argument, or a graph explainer returning one vector per image.
 
+Intervals: a continuity score (the mean or max ratio over pairs) varies with the pairs and
+with the network's training run; `pair_bootstrap` resamples the pairs, and `seed_interval`
+turns the scores of several runs (seeds) and their pair noise into one interval.
+
 Pairs of nearly equivalent inputs: `shift_images` (sub-pixel translation), `add_noise`, and
 `same_class_neighbours` (nearest image of the same class in input or feature space):
 
@@ -477,6 +481,110 @@ def _continuity_step(state, explanations_a, explanations_b, inputs_a, inputs_b, 
     ratios = continuity_ratios(explanations_a, explanations_b, inputs_a, inputs_b,
                                explanation_ord=explanation_ord)
     return continuity_update(state, ratios, valid), ratios
+
+
+def explain_all(explainer: Callable, images, *per_image_args, batch_size: int = 32) -> jax.Array:
+    """`explainer(images, *args)` over `images [N, ...]` in padded batches (one shape for
+    the explainer): -> `[N, ...]`. ValueError naming the first image whose explanation has
+    a NaN or an infinity. Explain the originals once and their partners of every kind with
+    this, then take `continuity_ratios`."""
+    _check_batch_size(batch_size)
+    _check_finite("images", images, "continuity needs finite inputs")
+    n, size, out = len(images), min(batch_size, len(images)), []
+    for start in range(0, n, size):
+        index, _ = _padded(np.arange(n), start, size)
+        explanations = np.asarray(explainer(jnp.asarray(images[index]),
+                                            *[arg[index] for arg in per_image_args]))
+        out.append(explanations[:min(size, n - start)])
+    explanations = np.concatenate(out)
+    _check_finite("the explainer's output", explanations, "its continuity is undefined")
+    return jnp.asarray(explanations)
+
+
+# ------------------------------------------------------------------- intervals over pairs
+# A continuity score (the mean or the max of the ratios over pairs) varies with the pairs
+# drawn and with the network's training run. `pair_bootstrap` measures the first within one
+# run; `seed_interval` combines runs (seeds) into one interval.
+
+STATISTICS = ("mean", "max")
+
+
+class Interval(NamedTuple):
+    """An estimate with its two-sided interval: estimate, low, high (each `[...]`)."""
+
+    estimate: jax.Array
+    low: jax.Array
+    high: jax.Array
+
+
+def pair_bootstrap(key: jax.Array, ratios: jax.Array, *, statistic: str = "mean",
+                   resamples: int = 2000) -> jax.Array:
+    """The statistic of `ratios [..., P]` over `P` pairs drawn with replacement, `resamples`
+    times: -> `[resamples, ...]` (Efron's bootstrap). Every leading index is resampled with
+    the same pairs, so scores of two explainers or two networks on the same pairs stay
+    paired. The bootstrap of the max never exceeds the observed max: it describes the
+    sample's maximum, not the explainer's supremum."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if not (isinstance(resamples, int) and resamples >= 2):
+        raise ValueError(f"resamples must be an int >= 2, got {resamples!r}")
+    ratios = jnp.asarray(ratios)
+    if ratios.ndim < 1 or ratios.shape[-1] < 2:
+        raise ValueError(f"ratios must be [..., P] with P >= 2 pairs, got {ratios.shape}")
+    return _pair_bootstrap(key, ratios, statistic, resamples)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _pair_bootstrap(key, ratios, statistic, resamples):
+    pairs = ratios.shape[-1]
+    index = jax.random.randint(key, (resamples, pairs), 0, pairs)
+    reduce = jnp.mean if statistic == "mean" else jnp.max
+    return jax.lax.map(lambda i: reduce(ratios[..., i], axis=-1), index, batch_size=64)
+
+
+def seed_interval(estimates, pair_se, *, confidence: float = 0.95) -> Interval:
+    """Interval of the mean over `K` training runs of a score, from each run's estimate
+    `estimates [K, ...]` and its standard error over pairs `pair_se [K, ...]` (the sd of its
+    `pair_bootstrap`).
+
+    The runs' mean has variance `(s_between^2) / K`, where the sample variance over runs
+    already holds each run's pair noise; with few runs that sample variance is itself noisy,
+    so it is bounded below by the pair noise it must contain, `mean(pair_se^2)`:
+    `mean +- t_{K-1} sqrt(max(s^2, mean(pair_se^2)) / K)` (Student's t). With one run, the
+    interval is the pairs' alone, `estimate +- z pair_se`.
+    """
+    estimates, pair_se = np.asarray(estimates, np.float64), np.asarray(pair_se, np.float64)
+    if estimates.shape != pair_se.shape or estimates.ndim < 1 or not len(estimates):
+        raise ValueError(f"estimates and pair_se must both be [K, ...] with K >= 1, got "
+                         f"{estimates.shape} and {pair_se.shape}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    k = len(estimates)
+    mean = estimates.mean(axis=0)
+    pair_variance = (pair_se ** 2).mean(axis=0)
+    if k == 1:
+        quantile, variance = statistics.NormalDist().inv_cdf(0.5 + confidence / 2), pair_variance
+    else:
+        quantile = _t_quantile(0.5 + confidence / 2, k - 1)
+        variance = np.maximum(estimates.var(axis=0, ddof=1), pair_variance)
+    half = quantile * np.sqrt(variance / k)
+    return Interval(mean, mean - half, mean + half)
+
+
+@functools.lru_cache(maxsize=64)
+def _t_quantile(p: float, df: int) -> float:
+    """Student's t quantile, by bisection on the regularised incomplete beta function
+    (`jax.scipy.special.betainc`): no SciPy needed."""
+    def cdf(t):
+        x = df / (df + t * t)
+        tail = 0.5 * float(jax.scipy.special.betainc(df / 2, 0.5, x))
+        return 1 - tail if t > 0 else tail
+
+    low, high = -1e3, 1e3
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < p else (low, middle)
+    return (low + high) / 2
 
 
 # --------------------------------------------------------------------------------- pairs

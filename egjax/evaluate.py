@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from egjax import geometry
 from egjax.maps import QuantizedMaps, dequantize
 
 TOP_IMAGES = 20
@@ -29,14 +30,14 @@ class Detections(NamedTuple):
 
 def node_detections(fit, image_size: int) -> Detections:
     """A fitted layer's detections: each node takes the orientation with the higher score,
-    and positions found in a mirrored image are mirrored back (`getAlterProbPos`)."""
+    and positions found in a mirrored image are mirrored back in pixels (`getAlterProbPos`;
+    `geometry.cells_to_pixels`)."""
     cfg = fit.config
     score, alt_score = np.asarray(fit.score), np.asarray(fit.alt_score)
     use_alt = alt_score > score
     cells = np.where(use_alt[..., None], np.asarray(fit.alt_pos), np.asarray(fit.pos))
-    px = cfg.center + cells * cfg.stride
     mirrored = np.asarray(fit.flip)[None, :] != use_alt
-    px[..., 1] = np.where(mirrored, image_size - 1 - px[..., 1], px[..., 1])
+    px = geometry.cells_to_pixels(cells, cfg, mirrored, image_size)
     return Detections(np.maximum(score, alt_score), px)
 
 
@@ -47,7 +48,7 @@ def filter_detections(maps: np.ndarray, stride: float, center: float) -> Detecti
     flat = np.asarray(maps).transpose(3, 0, 2, 1).reshape(c, n, s * s)   # w-major cells
     index = np.argmax(flat, axis=-1)
     cells = np.stack([index % s, index // s], -1)
-    return Detections(np.max(flat, axis=-1), center + cells * stride)
+    return Detections(np.max(flat, axis=-1), geometry.to_pixels(cells, stride, center))
 
 
 def ranked(det: Detections, top_images: int = TOP_IMAGES) -> np.ndarray:

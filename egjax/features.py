@@ -23,8 +23,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from egjax.maps import QuantizedMaps, divide, host_empty, quantize
+from egjax.models.contract import param_shapes, prepare
 from egjax.models.meta import ModelMeta, preprocess
-from egjax.models.vgg import WINOGRAD, param_shapes, winograd_kernels
 from egjax.progress import Step
 
 
@@ -97,34 +97,34 @@ def _apply(model, variables: dict, images: jax.Array, taps: tuple) -> dict:
     return {tap: m[:, 0] for tap, m in maps.items()}
 
 
-_winograd_kernels = jax.jit(winograd_kernels, static_argnums=0)
-_last_kernels: dict = {}   # key: (model, treedef, weak references to the leaves); kernels
+_prepare = jax.jit(prepare, static_argnums=0)
+_last_prepared: dict = {}   # key: (model, treedef, weak references to the leaves); variables
 
 
 def _variables(model, params) -> dict:
-    """The model's variables: params and their Winograd kernels (`vgg.winograd_kernels`),
-    transformed once per run of batches, not in every batch. The kernels of the last params
-    given as jax arrays (immutable) are kept while those arrays live, so that runs of one
-    image each, on the same params, do not transform them again."""
+    """The model's variables: params and what `model.prepare` derives from them (the model
+    contract; VGG-16's Winograd kernels), computed once per run of batches, not in every
+    batch. Those of the last params given as jax arrays (immutable) are kept while the arrays
+    live, so that runs of one image each, on the same params, do not compute them again."""
     leaves, treedef = jax.tree.flatten(params)
-    key = _last_kernels.get("key")
+    key = _last_prepared.get("key")
     if (key is not None and key[:2] == (model, treedef)
             and all(ref() is leaf for ref, leaf in zip(key[2], leaves))):
-        return {"params": params, WINOGRAD: _last_kernels["kernels"]}
-    kernels = _winograd_kernels(model, params)
+        return {"params": params, **_last_prepared["variables"]}
+    prepared = _prepare(model, params)
     if leaves and all(isinstance(leaf, jax.Array) for leaf in leaves):
-        _last_kernels.clear()
-        _last_kernels.update(key=(model, treedef, [weakref.ref(leaf) for leaf in leaves]),
-                             kernels=kernels)
-        weakref.finalize(leaves[0], _forget_dead_kernels)
-    return {"params": params, WINOGRAD: kernels}
+        _last_prepared.clear()
+        _last_prepared.update(key=(model, treedef, [weakref.ref(leaf) for leaf in leaves]),
+                              variables=prepared)
+        weakref.finalize(leaves[0], _forget_dead_variables)
+    return {"params": params, **prepared}
 
 
-def _forget_dead_kernels() -> None:
-    """Drop the kept kernels once their params are gone (not those of newer params)."""
-    key = _last_kernels.get("key")
+def _forget_dead_variables() -> None:
+    """Drop the kept variables once their params are gone (not those of newer params)."""
+    key = _last_prepared.get("key")
     if key is not None and key[2][0]() is None:
-        _last_kernels.clear()
+        _last_prepared.clear()
 
 
 @functools.lru_cache(maxsize=32)

@@ -10,7 +10,8 @@ every layer top-down. Two explainers read one layer of it:
 * `node_scores`: the node activation vector `[N, V]`, each image's scores divided by their
   mean over the layer's nodes (so an image's vector does not depend on the batch);
 * `node_positions`: each node's inferred position `[N, V, 2]` in input pixels (h, w) of
-  the image as given (mirrored positions mapped back), `px = center + cell * stride`.
+  the image as given, `px = center + cell * stride`; positions found in the mirrored image
+  are mirrored back in pixels (`geometry.cells_to_pixels`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from egjax import geometry
 from egjax.em.inference import LayerInference, infer_graph
 from egjax.features import normalize
 from egjax.graph import ExplanatoryGraph
@@ -69,9 +71,7 @@ def node_positions(model, params, graph: ExplanatoryGraph, sd: Mapping[str, jax.
     def explain(images):
         inferred = infer(images)
         pos = jnp.swapaxes(inferred.pos, 0, 1)                       # [N, V, 2] cells
-        mirrored_w = (cfg.map_size - 1) - pos[..., 1]
-        w = jnp.where(inferred.flip[:, None], mirrored_w, pos[..., 1])
-        return cfg.center + jnp.stack([pos[..., 0], w], axis=-1) * cfg.stride
+        return geometry.cells_to_pixels(pos, cfg, inferred.flip[:, None], images.shape[2])
 
     return explain
 

@@ -159,10 +159,9 @@ def filter_patterns(config: GraphConfig, maps: Sequence, flipped_maps: Sequence,
 
 def to_frame(points, flip, image_size: int) -> np.ndarray:
     """Pixel points `[..., N, 2]` of N images between the image and its mirror where `flip [N]`
-    (`w -> image_size - 1 - w`; its own inverse)."""
-    points = np.array(points, np.float32)
-    points[..., 1] = np.where(flip, image_size - 1 - points[..., 1], points[..., 1])
-    return points
+    (`geometry.mirror_points`: `w -> image_size - 1 - w`; its own inverse)."""
+    points = np.asarray(points, np.float32)
+    return geometry.mirror_points(points, np.asarray(flip, bool), image_size).astype(np.float32)
 
 
 # -- fitting --------------------------------------------------------------------------------

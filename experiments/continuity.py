@@ -1,33 +1,50 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~20 min on 2 CPU cores
-    python experiments/continuity.py --steps 50 --name quick
+    python experiments/continuity.py                    # defaults: ~75 min, see below
+    python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
+        --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
-Trains a narrow VGG-16 (GAP head) on negatives + quadruped, bird, vehicle twice, with the
-same seed, batches and budget: plain cross-entropy, and cross-entropy plus, from step
+Wall time: the shortened run above took 32 min on a 2-core CPU shared with other jobs
+(load average 7-10): ~1.0 s per training step at 64 px, ~72 s of measurements per network.
+Scaled by pixels (x3.1), steps (4500 vs 1500) and pairs (x4.2), and by the machine's load
+(the previous, 2-network default took ~20 min quiet and would take ~86 min at this load),
+the default run needs about 75 min on a quiet 2-core CPU (an extrapolation, +-30%);
+`--steps 600` brings it to about 60 min, at an accuracy not measured here.
+
+Trains `--seeds` pairs of narrow VGG-16s (GAP head) on negatives + quadruped, bird, vehicle:
+per seed, one network with plain cross-entropy and one with cross-entropy plus, from step
 `--triplet-start` on, a margin triplet loss on the last conv map relu5_3
-(`contrastive.triplet_loss` on the whole map; the
-class-region variant `contrastive.cam_masked_triplet_loss` needs the head's kernel, which
-`train.fit`'s `extra_loss` does not see). Both runs share the first `--triplet-start` steps:
-with the triplet term from step 0 the network never left the cross-entropy's initial
-plateau (loss ln 4, chance accuracy; measured at the default budget), while after it the
-two terms train together. For each network it measures, on held-out images:
+(`contrastive.triplet_loss` on the whole map). The two networks of a seed share their
+initialisation, their batches and the first `--triplet-start` steps (trained once): with
+the triplet term from step 0 the network never left the cross-entropy's initial plateau
+(loss ln 4, chance accuracy), while after it the two terms train together. Seeds differ
+in initialisation, batches and held-out images. For each network it measures, on its
+seed's held-out images:
 
 * accuracy with a 95% Wilson interval;
 * triplet consistency (cosine distance) at relu4_3 and relu5_3, with Wilson intervals;
-* explanation continuity (Montavon et al., 2018, sec. 7.1: max and mean over pairs of
-  `||R(x) - R(x')||_1 / ||x - x'||_2`) of gradient, gradient x input, CAM, Grad-CAM (target:
-  the true class) and of an explanatory graph fitted on the network's relu5_3 maps of
-  `--graph-images` images of `--graph-category` (node scores and node positions of its one
-  layer, inferred on each image), over pairs: a `--shift` px translation, Gaussian noise of
-  sd `--noise` (network input units), and each image's nearest same-class image.
+* explanation continuity (Montavon et al., 2018, sec. 7.1): the ratios
+  `||R(x) - R(x')||_1 / ||x - x'||_2` over `--pairs` pairs per kind, their mean and max, of
+  LRP (the composite and epsilon), sensitivity analysis, gradient, gradient x input, CAM,
+  Grad-CAM (target: the true class) and of an explanatory graph fitted on the network's
+  relu5_3 maps of `--graph-images` images of `--graph-category` (node scores and node
+  positions of its one layer). Kinds of pairs: a `--shift` px translation, Gaussian noise
+  of sd `--noise` (network input units), and each image's nearest same-class image.
+
+Every score gets a 95% interval: the pairs are bootstrapped within each network
+(`continuity.pair_bootstrap`, the same resampled pairs for both networks of a seed), and
+the seeds' spread gives the interval of their mean (`continuity.seed_interval`: Student's
+t over seeds, floored by the pair noise), on the log scale since scores are positive and
+skewed (the estimate is the geometric mean over seeds; a score with zeros among its
+resamples stays on the linear scale, the JSON says which). The comparison is the ratio
+triplet / plain of a score, per seed on the same pairs; the table marks with `*` the
+ratios whose interval excludes 1.
 
 The graph has one layer, on relu5_3: the map the GAP head pools and CAM and Grad-CAM read,
-so every explainer explains the same map; lower graph layers are inferred from it top-down
-and would not change its nodes.
+so every explainer explains the same map.
 
-Writes `runs/<name>/continuity.json` and `runs/<name>/continuity.png` (atomically) and
-prints a table.
+Writes `runs/<name>/continuity.json` (settings, every ratio of every network, the
+intervals, timings) and `runs/<name>/continuity.png` (atomically) and prints the tables.
 """
 
 from __future__ import annotations
@@ -53,16 +70,19 @@ from egjax.models import ModelMeta, preprocess
 from egjax.progress import Step
 
 VARIANTS = ("plain", "triplet")
+LABELS = {"plain": "cross-entropy", "triplet": "+ triplet"}
 TRIPLET_TAPS = ("relu4_3", "relu5_3")
 GRAPH_TAP = "relu5_3"
 PAIRS = ("shift", "noise", "neighbour")
-EXPLAINERS = ("gradient", "gradient_x_input", "cam", "grad_cam", "graph_nodes",
-              "graph_positions")
+EXPLAINERS = ("lrp_composite", "lrp_epsilon", "sensitivity", "gradient", "gradient_x_input",
+              "cam", "grad_cam", "graph_nodes", "graph_positions")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_run_arguments(parser, name="continuity", runs_folder="runs")
+    parser.add_argument("--seeds", type=positive_int, default=3,
+                        help="training runs per arm (each arm trains its own network per seed)")
     parser.add_argument("--width", type=positive_float, default=0.25,
                         help="channel multiplier of VGG-16")
     parser.add_argument("--size", type=image_size, default=112, help="image side (px)")
@@ -74,18 +94,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--triplet-start", type=non_negative_int, default=100,
                         help="training step at which the triplet loss joins")
     parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="initialisation key; training batches use seeds seed, seed + 1, ...")
+                        help="first seed: run k initialises with seed + k * steps and trains "
+                             "on batch seeds seed + k * steps, ... (disjoint between runs)")
     parser.add_argument("--heldout", type=positive_int, default=400,
-                        help="held-out images for accuracy and triplet consistency")
-    parser.add_argument("--heldout-seed", type=non_negative_int, default=1_000_000)
+                        help="held-out images per run for accuracy and triplet consistency")
+    parser.add_argument("--heldout-seed", type=non_negative_int, default=1_000_000,
+                        help="run k's held-out images are drawn with heldout-seed + k")
     parser.add_argument("--triplets", type=positive_int, default=400,
                         help="triplets per tap for triplet consistency")
-    parser.add_argument("--pairs", type=positive_int, default=48,
-                        help="held-out images (equally many per class) paired for continuity")
+    parser.add_argument("--pairs", type=positive_int, default=200,
+                        help="held-out images (equally many per class) paired for continuity, "
+                             "i.e. pairs per kind")
     parser.add_argument("--shift", type=positive_float, default=4.0,
                         help="translation (px, horizontal) of the shifted pairs")
     parser.add_argument("--noise", type=positive_float, default=0.05,
                         help="sd of the Gaussian noise pairs (network input units)")
+    parser.add_argument("--resamples", type=positive_int, default=2000,
+                        help="bootstrap resamples of the pairs")
     parser.add_argument("--graph-category", choices=CATEGORIES, default="quadruped")
     parser.add_argument("--graph-images", type=positive_int, default=40,
                         help="images the explanatory graph is fitted on")
@@ -99,15 +124,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.triplet_start >= args.steps:
         parser.error(f"--triplet-start must be below --steps ({args.steps}), got "
                      f"{args.triplet_start}")
-    used = range(args.seed, args.seed + args.steps)
-    if args.heldout_seed in used:
-        parser.error(f"--heldout-seed {args.heldout_seed} is a training seed "
-                     f"(training uses {used.start}..{used.stop - 1})")
+    used = range(args.seed, args.seed + args.seeds * args.steps)
+    clashes = [s for s in range(args.heldout_seed, args.heldout_seed + args.seeds) if s in used]
+    if clashes:
+        parser.error(f"--heldout-seed {args.heldout_seed} gives held-out seed {clashes[0]}, a "
+                     f"training seed (training uses {used.start}..{used.stop - 1})")
     classes = len(CATEGORIES) + 1
     if args.pairs < 2 * classes or args.pairs % classes:
         parser.error(f"--pairs must be a multiple of the {classes} classes and >= "
                      f"{2 * classes} (each image needs a same-class neighbour), got "
                      f"{args.pairs}")
+    if args.resamples < 2:
+        parser.error(f"--resamples must be >= 2, got {args.resamples}")
     if args.graph_images < 2:
         parser.error(f"--graph-images must be >= 2, got {args.graph_images}")
     if args.size % 16:
@@ -123,25 +151,36 @@ def triplet_term(weight: float):
     return lambda outputs, labels: weight * contrastive.triplet_loss(outputs["relu5_3"], labels)
 
 
-def train_network(meta: ModelMeta, args, extra_loss, desc: str):
-    """Params, per-step history and seconds of one training run: `--triplet-start` steps of
-    cross-entropy, then the rest with `extra_loss` added (None: cross-entropy throughout).
-    Every variant starts from the same key and sees the same batches."""
+def train_pair(meta: ModelMeta, args, seed: int) -> dict:
+    """`{variant: (params, history, seconds)}` for one seed: `--triplet-start` steps of
+    cross-entropy trained once, then each variant's remaining steps from there (the
+    triplet variant with the triplet loss added). Same key, batches and schedule."""
     model = meta.model()
     started = time.perf_counter()
-    state = train.create_state(model, jax.random.key(args.seed),
+    state = train.create_state(model, jax.random.key(seed),
                                train.adamw_cosine(args.lr, args.steps))
-    history = []
-    phases = ((0, args.triplet_start, None), (args.triplet_start, args.steps, extra_loss))
-    for first, stop, extra in phases:
-        if stop == first:
-            continue
-        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, args.seed + first)
-        state, part = train.fit(state, batches, meta, stop - first, extra_loss=extra,
+    shared = []
+    if args.triplet_start:
+        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
+        state, shared = train.fit(state, batches, meta, args.triplet_start,
+                                  desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
+                                  quiet=args.quiet)
+    shared_seconds = time.perf_counter() - started
+    out = {}
+    for variant in VARIANTS:
+        started = time.perf_counter()
+        extra = None if variant == "plain" else triplet_term(args.triplet_weight)
+        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
+                                seed + args.triplet_start)
+        branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
+        final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
+                                extra_loss=extra,
                                 extra_taps=() if extra is None else ("relu5_3",),
-                                desc=f"{desc} {first}..{stop - 1}", quiet=args.quiet)
-        history += part
-    return state.params, history, time.perf_counter() - started
+                                desc=f"seed {seed} {variant} {args.triplet_start}.."
+                                     f"{args.steps - 1}", quiet=args.quiet)
+        out[variant] = (final.params, shared + part,
+                        shared_seconds / 2 + time.perf_counter() - started)
+    return out
 
 
 def graph_config(size: int, iterations: int) -> egjax.GraphConfig:
@@ -151,36 +190,47 @@ def graph_config(size: int, iterations: int) -> egjax.GraphConfig:
     return egjax.GraphConfig(layers=(layer,), image_size=size)
 
 
-def fit_graph(model, params, meta: ModelMeta, args):
+def fit_graph(model, params, meta: ModelMeta, args, seed: int):
     """The explanatory graph on relu5_3 of `--graph-images` images of `--graph-category`,
     and the sd of the negatives' maps it was normalised with."""
     taps = (GRAPH_TAP,)
     stats = negative_statistics(model, params, meta,
-                                negatives(args.graph_negatives, seed=args.seed,
+                                negatives(args.graph_negatives, seed=seed,
                                           image_size=args.size),
                                 taps, batch_size=args.batch_size, quiet=args.quiet)
     sd = {GRAPH_TAP: stats[GRAPH_TAP].sd}
-    objects = sample(args.graph_category, args.graph_images, seed=args.seed,
-                     image_size=args.size)
+    objects = sample(args.graph_category, args.graph_images, seed=seed, image_size=args.size)
     features = extract_features(model, params, meta, objects.images, taps, sd=sd,
                                 batch_size=args.batch_size, quiet=args.quiet)
     graph = egjax.fit_graph([features.maps[GRAPH_TAP]],
                             graph_config(args.size, args.graph_iterations),
-                            key=jax.random.key(args.seed),
+                            key=jax.random.key(seed),
                             flipped_maps=[features.flipped[GRAPH_TAP]])
     return graph, sd
 
 
-def explainers(model, params, graph, sd, batch_size: int) -> dict:
+def pixel_bounds(meta: ModelMeta) -> tuple[jax.Array, jax.Array]:
+    """The network inputs of black and of white pixels: LRP's z^B bounds, per channel."""
+    extremes = preprocess(np.array([0, 255], np.uint8).repeat(3).reshape(2, 1, 1, 3), meta)
+    return extremes[0, 0, 0], extremes[1, 0, 0]
+
+
+def explainers(model, params, graph, sd, meta: ModelMeta, batch_size: int) -> dict:
     """Every explainer as `(images, targets) -> [N, ...]` (the graph ignores the targets)."""
     scores = graph_explainer.node_scores(model, params, graph, sd)
     positions = graph_explainer.node_positions(model, params, graph, sd)
+
+    def method(function, **kwargs):
+        return functools.partial(function, model, params, batch_size=batch_size, **kwargs)
+
     return {
-        "gradient": functools.partial(saliency.gradient, model, params, batch_size=batch_size),
-        "gradient_x_input": functools.partial(saliency.gradient_x_input, model, params,
-                                              batch_size=batch_size),
-        "cam": functools.partial(saliency.cam, model, params, batch_size=batch_size),
-        "grad_cam": functools.partial(saliency.grad_cam, model, params, batch_size=batch_size),
+        "lrp_composite": method(saliency.lrp, bounds=pixel_bounds(meta)),
+        "lrp_epsilon": method(saliency.lrp, rule="epsilon"),
+        "sensitivity": method(saliency.sensitivity),
+        "gradient": method(saliency.gradient),
+        "gradient_x_input": method(saliency.gradient_x_input),
+        "cam": method(saliency.cam),
+        "grad_cam": method(saliency.grad_cam),
         "graph_nodes": lambda images, targets: scores(images),
         "graph_positions": lambda images, targets: positions(images),
     }
@@ -202,9 +252,9 @@ def pairs(images: jax.Array, labels: np.ndarray, shift: float, noise: float, key
             "neighbour": images[np.asarray(continuity.same_class_neighbours(images, labels))]}
 
 
-def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
+def measure(meta: ModelMeta, params, args, heldout, seed: int) -> dict:
     """Accuracy and triplet consistency of one network on the held-out `(images, labels)`,
-    and explanation continuity on the held-out images at indices `evaluation`."""
+    and every explainer's continuity ratios on `--pairs` of them per kind of pair."""
     model = meta.model()
     images_u8, labels = heldout
     predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
@@ -214,23 +264,27 @@ def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
     inputs = preprocess(jnp.asarray(images_u8), meta)
     consistency = continuity.triplet_consistency(
         continuity.tap_embedding(model, params, TRIPLET_TAPS), inputs, labels,
-        jax.random.key(args.seed), num_triplets=args.triplets, distance="cosine",
+        jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
         batch_size=args.batch_size)
-    graph, sd = fit_graph(model, params, meta, args)
+    graph, sd = fit_graph(model, params, meta, args, seed)
+    evaluation = balanced(labels, args.pairs // (len(CATEGORIES) + 1))
     images, targets = inputs[evaluation], jnp.asarray(labels[evaluation])
     partners = pairs(images, labels[evaluation], args.shift, args.noise,
-                     jax.random.key(args.seed + 1))
-    scores = {}
-    explain = explainers(model, params, graph, sd, args.batch_size)
-    with Step(len(explain) * len(partners), "continuity", "measurements",
+                     jax.random.key(seed + 1))
+    ratios = {}
+    explain = explainers(model, params, graph, sd, meta, args.batch_size)
+    with Step(len(explain) * (1 + len(partners)), "continuity", "explanation sets",
               quiet=args.quiet) as bar:
         for name, explainer in explain.items():
-            scores[name] = {}
+            originals = continuity.explain_all(explainer, images, targets,
+                                               batch_size=args.batch_size)
+            bar.update(1)
+            ratios[name] = {}
             for kind, partner in partners.items():
-                result, _ = continuity.explanation_continuity(
-                    explainer, images, partner, targets, batch_size=args.batch_size)
-                scores[name][kind] = {"max": float(result.max), "mean": float(result.mean),
-                                      "pairs": int(result.count)}
+                moved = continuity.explain_all(explainer, partner, targets,
+                                               batch_size=args.batch_size)
+                ratios[name][kind] = np.asarray(continuity.continuity_ratios(
+                    originals, moved, images, partner)).tolist()
                 bar.update(1)
     return {
         "accuracy": {"correct": correct, "images": len(labels),
@@ -242,54 +296,122 @@ def measure(meta: ModelMeta, params, args, heldout, evaluation) -> dict:
         "graph": {"tap": GRAPH_TAP, "category": args.graph_category,
                   "images": args.graph_images, "iterations": args.graph_iterations,
                   "nodes": int(graph.layers[0].score.shape[0])},
-        "continuity": scores,
+        "ratios": ratios,
     }
 
 
-def table(results: dict) -> str:
-    """The measurements as a Markdown table (rows: metric, columns: the two networks)."""
-    lines = [f"| measurement | {' | '.join(VARIANTS)} |", "|---|" + "---|" * len(VARIANTS)]
-
-    def row(label, cell):
-        lines.append(f"| {label} | " + " | ".join(cell(results[v]) for v in VARIANTS) + " |")
-
-    row("held-out accuracy (95% CI)", lambda r: "{:.1%} ({:.1%}..{:.1%})".format(
-        r["accuracy"]["accuracy"], *r["accuracy"]["wilson95"]))
-    for tap in TRIPLET_TAPS:
-        row(f"triplet consistency {tap} (95% CI)", lambda r, tap=tap: "{:.3f} ({:.3f}..{:.3f})"
-            .format(r["triplet_consistency"][tap]["consistency"],
-                    *r["triplet_consistency"][tap]["wilson95"]))
+def summarise(runs_by_variant: dict, key: jax.Array, resamples: int) -> dict:
+    """Every explainer x kind x statistic: each variant's score over seeds and the ratio
+    triplet / plain, each `{"estimate", "low", "high"}` (95%), and the per-seed scores."""
+    summary = {}
     for name in EXPLAINERS:
         for kind in PAIRS:
-            row(f"{name}, {kind}: max / mean ratio", lambda r, n=name, k=kind: "{:.4g} / {:.4g}"
-                .format(r["continuity"][n][k]["max"], r["continuity"][n][k]["mean"]))
+            ratios = np.array([[run["ratios"][name][kind] for run in runs_by_variant[v]]
+                               for v in VARIANTS])                       # [2, K, P]
+            key, subkey = jax.random.split(key)
+            for statistic in continuity.STATISTICS:
+                reduce = np.mean if statistic == "mean" else np.max
+                scores = reduce(ratios, axis=-1)                         # [2, K]
+                boot = np.asarray(continuity.pair_bootstrap(
+                    subkey, jnp.asarray(ratios), statistic=statistic,
+                    resamples=resamples), np.float64)                    # [B, 2, K]
+                cell = {"per_seed": {v: scores[i].tolist() for i, v in enumerate(VARIANTS)}}
+                for i, variant in enumerate(VARIANTS):
+                    cell[variant] = log_interval(scores[i], boot[:, i])
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    cell["ratio"] = log_interval(scores[1] / scores[0], boot[:, 1] / boot[:, 0])
+                summary.setdefault(name, {}).setdefault(kind, {})[statistic] = cell
+    return summary
+
+
+def log_interval(scores: np.ndarray, boot: np.ndarray) -> dict:
+    """`continuity.seed_interval` of per-seed `scores [K]` (bootstrap `[B, K]`) on the log
+    scale, mapped back: the estimate is their geometric mean and the interval stays
+    positive. Where a score or a resampled score is 0, on the linear scale (arithmetic
+    mean); with a non-finite score (a ratio to a zero score), all None."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs, log_boot = np.log(scores), np.log(boot)
+    if np.all(np.isfinite(logs)) and np.all(np.isfinite(log_boot)):
+        interval = continuity.seed_interval(logs, log_boot.std(axis=0))
+        return {**{field: float(np.exp(value)) for field, value in interval._asdict().items()},
+                "scale": "log"}
+    if np.all(np.isfinite(scores)) and np.all(np.isfinite(boot)):
+        interval = continuity.seed_interval(scores, boot.std(axis=0))
+        return {**{field: float(value) for field, value in interval._asdict().items()},
+                "scale": "linear"}
+    return {"estimate": None, "low": None, "high": None, "scale": None}
+
+
+def _cell(c: dict) -> str:
+    if c["estimate"] is None:
+        return "n/a"
+    return f"{c['estimate']:.3g} ({c['low']:.3g}..{c['high']:.3g})"
+
+
+def outside(c: dict) -> bool:
+    """Whether a ratio's interval excludes 1 (a difference outside its interval)."""
+    return c["estimate"] is not None and (c["low"] > 1 or c["high"] < 1)
+
+
+def tables(record: dict) -> str:
+    """The measurements as Markdown tables: accuracy and triplet consistency per variant
+    (mean over seeds, range), then continuity (mean and max ratio) with intervals."""
+    results, summary = record["results"], record["summary"]
+    lines = [f"| measurement (mean over {record['settings']['seeds']} seeds, min..max) | "
+             + " | ".join(LABELS[v] for v in VARIANTS) + " |", "|---|---|---|"]
+
+    def spread(values, fmt):
+        return f"{fmt.format(np.mean(values))} ({fmt.format(min(values))}.." \
+               f"{fmt.format(max(values))})"
+
+    lines.append("| held-out accuracy | " + " | ".join(
+        spread([r["accuracy"]["accuracy"] for r in results[v]], "{:.1%}") for v in VARIANTS)
+        + " |")
+    for tap in TRIPLET_TAPS:
+        lines.append(f"| triplet consistency {tap} | " + " | ".join(
+            spread([r["triplet_consistency"][tap]["consistency"] for r in results[v]],
+                   "{:.3f}") for v in VARIANTS) + " |")
+    for statistic in continuity.STATISTICS:
+        lines += ["", f"Continuity, {statistic} ratio ||R(x)-R(x')||_1 / ||x-x'||_2 (lower is "
+                  "more continuous), 95% intervals; `*`: the triplet / plain ratio's interval "
+                  "excludes 1", "",
+                  f"| explainer | pairs | {LABELS['plain']} | {LABELS['triplet']} | "
+                  "triplet / plain |", "|---|---|---|---|---|"]
+        for name in EXPLAINERS:
+            for kind in PAIRS:
+                c = summary[name][kind][statistic]
+                mark = " *" if outside(c["ratio"]) else ""
+                lines.append(f"| {name} | {kind} | {_cell(c['plain'])} | {_cell(c['triplet'])} "
+                             f"| {_cell(c['ratio'])}{mark} |")
     return "\n".join(lines)
 
 
-def plot(results: dict, path) -> None:
-    """Grouped bars per explainer (mean ratio; a tick at the max), one panel per kind of pair,
-    plain vs triplet-trained network; log scale, since explainers differ in units."""
+def plot(summary: dict, path) -> None:
+    """Per kind of pair, each explainer's triplet / plain ratio of the mean continuity ratio
+    with its 95% interval (log scale; left of 1: the triplet network is more continuous)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    figure, axes = plt.subplots(1, len(PAIRS), figsize=(4.2 * len(PAIRS), 3.6), sharey=False)
-    x, width = np.arange(len(EXPLAINERS)), 0.38
+    figure, axes = plt.subplots(1, len(PAIRS), figsize=(4.2 * len(PAIRS), 3.8), sharey=True)
+    y = np.arange(len(EXPLAINERS))
     for axis, kind in zip(axes, PAIRS):
-        for offset, variant, colour in ((-width / 2, "plain", "tab:blue"),
-                                        (width / 2, "triplet", "tab:orange")):
-            scores = results[variant]["continuity"]
-            mean = [scores[n][kind]["mean"] for n in EXPLAINERS]
-            top = [scores[n][kind]["max"] for n in EXPLAINERS]
-            label = "cross-entropy" if variant == "plain" else "+ triplet loss"
-            axis.bar(x + offset, mean, width, color=colour, label=label)
-            axis.scatter(x + offset, top, marker="_", s=120, color="black", zorder=3)
-        axis.set_yscale("log")
-        axis.set_xticks(x, [n.replace("_", " ") for n in EXPLAINERS], rotation=35, ha="right",
-                        fontsize=8)
+        cells = [summary[n][kind]["mean"]["ratio"] for n in EXPLAINERS]
+        for row, c in zip(y, cells):
+            if c["estimate"] is None:
+                continue
+            colour = "tab:red" if outside(c) else "tab:gray"
+            axis.errorbar(c["estimate"], row, xerr=[[c["estimate"] - c["low"]],
+                                                    [c["high"] - c["estimate"]]],
+                          fmt="o", color=colour, capsize=3)
+        axis.axvline(1.0, color="black", lw=0.8)
+        axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_yticks(y, [n.replace("_", " ") for n in EXPLAINERS], fontsize=8)
         axis.set_title(f"pairs: {kind}", fontsize=10)
-    axes[0].set_ylabel("||R(x)-R(x')||_1 / ||x-x'||_2\n(bar: mean, tick: max)")
-    axes[0].legend(fontsize=8)
+        axis.set_xlabel("mean ratio, triplet / plain (95% CI)", fontsize=8)
+    axes[0].invert_yaxis()
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
@@ -302,24 +424,27 @@ def main(argv=None) -> int:
     meta = ModelMeta(source="synthetic", width=args.width, head="gap",
                      num_classes=len(categories) + 1, preprocessing="torch",
                      classes=("negative", *categories))
-    heldout = sample_mixed(args.heldout, seed=args.heldout_seed, categories=categories,
-                           image_size=args.size)
-    evaluation = balanced(heldout[1], args.pairs // (len(categories) + 1))
-    results, seconds = {}, {}
-    for variant in VARIANTS:
-        extra = None if variant == "plain" else triplet_term(args.triplet_weight)
-        params, history, train_seconds = train_network(meta, args, extra, f"train {variant}")
-        measuring = time.perf_counter()
-        results[variant] = measure(meta, params, args, heldout, evaluation)
-        results[variant]["final_train_loss"] = float(np.mean([h["loss"] for h in history[-20:]]))
-        seconds[variant] = {"training": round(train_seconds, 1),
-                            "measuring": round(time.perf_counter() - measuring, 1)}
+    results = {v: [] for v in VARIANTS}
+    seconds = {v: [] for v in VARIANTS}
+    for k in range(args.seeds):
+        seed = args.seed + k * args.steps
+        heldout = sample_mixed(args.heldout, seed=args.heldout_seed + k, categories=categories,
+                               image_size=args.size)
+        for variant, (params, history, train_seconds) in train_pair(meta, args, seed).items():
+            measuring = time.perf_counter()
+            result = measure(meta, params, args, heldout, seed)
+            result["seed"] = seed
+            result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-20:]]))
+            results[variant].append(result)
+            seconds[variant].append({"training": round(train_seconds, 1),
+                                     "measuring": round(time.perf_counter() - measuring, 1)})
+    summary = summarise(results, jax.random.key(args.seed), args.resamples)
     total = time.perf_counter() - started
     record = {
         "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "settings": {k: str(v) if isinstance(v, pathlib.Path) else v
                      for k, v in vars(args).items()},
-        "classes": list(meta.classes), "results": results,
+        "classes": list(meta.classes), "results": results, "summary": summary,
         "seconds": {**seconds, "total": round(total, 1)},
         "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
                     "load_average_1min": [round(load_before[0], 2),
@@ -327,12 +452,12 @@ def main(argv=None) -> int:
     }
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "continuity.json", record)
-        plot(results, out / "continuity.png")
-    print(table(results))
-    print(f"\nexplanation continuity: lower is more continuous; {args.pairs} pairs per kind "
-          f"(shift {args.shift:g} px, noise sd {args.noise:g}, same-class nearest neighbour)")
-    print(f"total {total / 60:.1f} min; wrote {args.out}/continuity.json, "
-          f"continuity.png")
+        plot(summary, out / "continuity.png")
+    print(tables(record))
+    print(f"\n{args.seeds} seeds per arm; {args.pairs} pairs per kind (shift {args.shift:g} px, "
+          f"noise sd {args.noise:g}, same-class nearest neighbour); {args.resamples} "
+          f"bootstrap resamples")
+    print(f"total {total / 60:.1f} min; wrote {args.out}/continuity.json, continuity.png")
     return 0
 
 

@@ -4,6 +4,10 @@ against baselines (Zhang et al., AAAI 2018; DATA.md, "Multi-shot part localisati
     python experiments/part_localization.py                   # synthetic quadruped, every part
     python experiments/part_localization.py --part head --repeats 20 --name head20
     python experiments/part_localization.py --graph runs/quadruped/graph   # reuse a graph
+    python experiments/part_localization.py --dataset pascal_part --data-dir ~/data/pascal \
+        --category cow --checkpoint runs/finetune_cow/network    # head, 3 shots (the authors')
+    python experiments/part_localization.py --dataset cub200 --data-dir ~/data/cub \
+        --negatives-dir ~/data/no_birds --checkpoint runs/finetune_bird/network
 
 Fits an explanatory graph on `--images` training objects of the category (or loads
 `--graph`), then draws `--repeats` random sets of `--shots` annotated training objects per
@@ -48,7 +52,7 @@ import numpy as np  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import egjax  # noqa: E402
-from egjax import cli, localize, runs  # noqa: E402
+from egjax import cli, data, localize, runs  # noqa: E402
 from egjax.cli import non_negative_int, positive_float, positive_int  # noqa: E402
 from egjax.data import synthetic  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
@@ -57,7 +61,7 @@ from egjax.progress import Step  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "pascal_part", "cub200")
-DEFAULT_CATEGORY = {"synthetic": "quadruped", "pascal_part": "cow", "cub200": "bird"}
+TEST_SPLIT = {"pascal_part": "val", "cub200": "test"}     # the datasets' own held-out splits
 DEFAULT_PARTS = {"pascal_part": ["head"]}        # the authors' setting; others: every part
 SPLITS = ("test", "validation")
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}   # synthetic: seed offset per split
@@ -75,24 +79,45 @@ class Objects(NamedTuple):
     parts: tuple[str, ...]
 
 
-def load_data(dataset: str, data_dir, category: str, *, images: int, held_out: int,
-              split: str, negatives: int, seed: int, image_size: int):
-    """The one place that reads data: (`images` training objects of `category`: the graph's
-    objects and the shots; `held_out` objects of `split`, "test" or "validation"; uint8
-    `negatives` images without the object). Synthetic splits are disjoint draws, seeds
-    `seed` + 0 (train), 1 (validation), 2 (test)."""
-    if dataset != "synthetic":
-        print(f"egjax: --dataset {dataset} is not available in this build yet: it needs the "
-              f"dataset contract egjax.data.load. Use --dataset synthetic.", file=sys.stderr)
-        sys.exit(2)
+def load_data(args, *, image_size: int):
+    """The one place that reads data: (`args.images` training objects of the category: the
+    graph's objects and the shots; `args.test_images` held-out objects of `args.split`;
+    uint8 `args.negatives` images without the object). Synthetic splits are disjoint draws,
+    seeds `seed` + 0 (train), 1 (validation), 2 (test). pascal_part and cub200: training
+    objects from the train split, test objects from the dataset's own held-out split (VOC
+    val, CUB test), validation objects from the train split after the training ones."""
+    if args.dataset == "synthetic":
+        def objects(split: str, count: int) -> Objects:
+            batch = synthetic.sample(args.category, count, seed=args.seed + SPLIT_SEEDS[split],
+                                     image_size=image_size)
+            return Objects(batch.images, batch.landmarks, batch.visible,
+                           synthetic.PARTS[args.category])
 
-    def objects(split: str, count: int) -> Objects:
-        batch = synthetic.sample(category, count, seed=seed + SPLIT_SEEDS[split],
-                                 image_size=image_size)
-        return Objects(batch.images, batch.landmarks, batch.visible, synthetic.PARTS[category])
+        return (objects("train", args.images), objects(args.split, args.test_images),
+                synthetic.negatives(args.negatives, seed=args.seed, image_size=image_size))
 
-    return (objects("train", images), objects(split, held_out),
-            synthetic.negatives(negatives, seed=seed, image_size=image_size))
+    def load(split: str, count: int) -> Objects:
+        found = data.load(args.dataset, args.data_dir, args.category, split=split,
+                          image_size=image_size, limit=count, strict=args.strict,
+                          quiet=args.quiet)
+        return Objects(found.images, found.landmarks, found.visible, found.part_names)
+
+    if args.split == "test":
+        train, held_out = load("train", args.images), load(TEST_SPLIT[args.dataset],
+                                                           args.test_images)
+    else:
+        pool = load("train", args.images + args.test_images)
+        train, held_out = (Objects(*(f[:args.images] for f in pool[:3]), pool.parts),
+                           Objects(*(f[args.images:] for f in pool[:3]), pool.parts))
+        if not len(held_out.images):
+            raise ValueError(f"{args.dataset}: only {len(pool.images)} training objects of "
+                             f"{args.category!r}, none left for validation after --images "
+                             f"{args.images}")
+    negatives = data.negatives(args.dataset, args.data_dir, args.category,
+                               image_size=image_size, limit=args.negatives,
+                               negatives_dir=args.negatives_dir, strict=args.strict,
+                               quiet=args.quiet, seed=args.seed)
+    return train, held_out, negatives.images
 
 
 def default_checkpoint(category: str) -> pathlib.Path:
@@ -103,11 +128,7 @@ def default_checkpoint(category: str) -> pathlib.Path:
 def parse(argv) -> argparse.Namespace:
     """Every flag, checked before any work starts."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="synthetic", choices=DATASETS)
-    parser.add_argument("--data-dir", type=pathlib.Path, default=None,
-                        help="root of the dataset's files (not used by synthetic)")
-    parser.add_argument("--category", default=None,
-                        help="object category (default: quadruped; cow on pascal_part)")
+    cli.add_data_arguments(parser, DATASETS)
     parser.add_argument("--part", nargs="+", default=None,
                         help="parts to localise (default: every part; head on pascal_part)")
     parser.add_argument("--shots", type=positive_int, default=3,
@@ -144,7 +165,7 @@ def parse(argv) -> argparse.Namespace:
                         help="the votes' Gaussian, px (default: 70 px at 224, scaled)")
     cli.add_run_arguments(parser, name=None, runs_folder=ROOT / "runs")
     args = parser.parse_args(argv)
-    args.category = args.category or DEFAULT_CATEGORY[args.dataset]
+    args.category = cli.data_category(parser, args)
     if args.dataset == "synthetic" and args.category not in synthetic.CATEGORIES:
         parser.error(f"--category must be one of {synthetic.CATEGORIES}, got {args.category!r}")
     args.part = args.part or DEFAULT_PARTS.get(args.dataset)          # None: every part
@@ -192,6 +213,7 @@ def parse(argv) -> argparse.Namespace:
         args.layer_indices = None
     args.name = args.name or f"localize_{args.category}"
     args.out = cli.run_folder(parser, args)
+    args.parser = parser
     return args
 
 
@@ -352,10 +374,10 @@ def main(argv=None) -> int:
     model, _, meta = args.network
     size = (args.loaded_graph.config.image_size if args.loaded_graph is not None
             else egjax.GraphConfig.vgg16().image_size)
-    train, held_out, negatives = load_data(
-        args.dataset, args.data_dir, args.category, images=args.images,
-        held_out=args.test_images, split=args.split, negatives=args.negatives, seed=args.seed,
-        image_size=size)
+    try:
+        train, held_out, negatives = load_data(args, image_size=size)
+    except (OSError, ValueError) as error:   # egjax.data's refusals, on one line
+        cli.data_error(args.parser, error)
     names = args.part or list(train.parts)
     unknown = [p for p in names if p not in train.parts]
     if unknown:

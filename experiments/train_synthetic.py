@@ -1,7 +1,11 @@
-"""Train a narrow VGG-16 (GAP head) on the embedded synthetic parts images and save it.
+"""Train a narrow VGG-16 or ResNet-50 (GAP head) on the embedded synthetic parts images.
 
     python experiments/train_synthetic.py                          # quadruped vs negatives
     python experiments/train_synthetic.py --categories quadruped bird vehicle   # 4 classes
+    python experiments/train_synthetic.py --model resnet50         # ResNet-50 (v1.5)
+
+ResNet-50 has no batch norm here (folded for inference): it starts with every block's last
+conv zeroed (`models.resnet.zero_residual`), so each block starts as the identity.
 
 One category: that category vs negatives (the paper's setting, label 0 = negative). Several:
 one class per category plus negatives. Every batch is fresh: training step k draws
@@ -28,16 +32,19 @@ from egjax import checkpoint, cli, runs, train
 from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, sample_mixed
 from egjax.models import ModelMeta, load_checkpoint, save_checkpoint
+from egjax.models.resnet import zero_residual
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--categories", nargs="+", choices=CATEGORIES, default=["quadruped"],
                         help="one: that category vs negatives; several: one class each + negatives")
+    parser.add_argument("--model", choices=("vgg16", "resnet50"), default="vgg16")
     parser.add_argument("--out", help="checkpoint directory (default "
-                        "checkpoints/synthetic_<category> or checkpoints/synthetic_all)")
+                        "checkpoints/synthetic_<category> or checkpoints/synthetic_all, with "
+                        "_resnet50 appended for ResNet-50)")
     parser.add_argument("--width", type=positive_float, default=0.25,
-                        help="channel multiplier of VGG-16")
+                        help="channel multiplier of the network")
     parser.add_argument("--low-size", type=image_size, default=112,
                         help="image side (px) of the first phase")
     parser.add_argument("--low-steps", type=non_negative_int, default=800)
@@ -70,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      f"(training uses {used.start}..{used.stop - 1})")
     if args.out is None:
         name = args.categories[0] if len(args.categories) == 1 else "all"
-        args.out = os.path.join("checkpoints", f"synthetic_{name}")
+        suffix = "" if args.model == "vgg16" else f"_{args.model}"
+        args.out = os.path.join("checkpoints", f"synthetic_{name}{suffix}")
     try:      # before training: --out must be writable, and replace a checkpoint if anything
         runs.check_writable(checkpoint.check_target(args.out, overwrite=True).parent)
     except (OSError, ValueError) as error:
@@ -87,10 +95,11 @@ def initial_params(path: str | None, meta: ModelMeta) -> dict | None:
         _, params, saved = load_checkpoint(path)
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: cannot read --init {path}: {error}") from None
-    if (saved.width, saved.head, saved.classes) != (meta.width, meta.head, meta.classes):
-        raise SystemExit(f"error: --init {path} is a width {saved.width:g} {saved.head} net of "
-                         f"classes {saved.classes}, not width {meta.width:g} {meta.head} of "
-                         f"{meta.classes}")
+    if (saved.arch, saved.width, saved.head, saved.classes) != (meta.arch, meta.width,
+                                                                meta.head, meta.classes):
+        raise SystemExit(f"error: --init {path} is a {saved.arch} of width {saved.width:g} "
+                         f"{saved.head} of classes {saved.classes}, not a {meta.arch} of width "
+                         f"{meta.width:g} {meta.head} of {meta.classes}")
     return params
 
 
@@ -112,10 +121,12 @@ def main(argv=None) -> None:
     start, load_before = time.perf_counter(), os.getloadavg()
     categories = tuple(args.categories)
     classes = ("negative", *categories)
-    meta = ModelMeta(source="synthetic", width=args.width, head="gap", num_classes=len(classes),
-                     preprocessing="torch", classes=classes)
+    meta = ModelMeta(source="synthetic", arch=args.model, width=args.width, head="gap",
+                     num_classes=len(classes), preprocessing="torch", classes=classes)
     model = meta.model()
     params, started_from, phases = initial_params(args.init, meta), init_record(args.init), []
+    if params is None and args.model == "resnet50":
+        params = zero_residual(train.he_normal_params(model, jax.random.key(args.seed)))
     schedule = [("low", args.low_size, args.low_steps, args.low_batch, args.low_lr, args.seed),
                 ("high", args.size, args.steps, args.batch, args.lr, args.seed + args.low_steps)]
     for name, size, steps, batch, lr, first_seed in schedule:

@@ -2,12 +2,20 @@
 
     python experiments/vgg16_voc.py                      # embedded synthetic parts data
     python experiments/vgg16_voc.py --category bird --images 200 --name bird
+    python experiments/vgg16_voc.py --dataset pascal_part --data-dir ~/data/pascal \
+        --category cow --checkpoint runs/finetune_cow/network   # from experiments/finetune.py
+    python experiments/vgg16_voc.py --dataset folder --data-dir ~/my_images \
+        --negatives-dir ~/other_images --checkpoint CKPT      # your own images
 
-Steps: load the network -> feature maps of N object images and their mirrors (normalised by
-the statistics of negative images, stored as uint8 as the original does) -> fit the graph
-on conv4_2, conv4_3, conv5_2, conv5_3 with the paper's settings -> location instability of
-the nodes against the raw filters -> save. Everything lands in `runs/<name>/`: the graph
-(orbax), `metrics.json`, figures; written atomically, so an interrupted run leaves nothing.
+Datasets: those of `egjax.data` (synthetic, pascal_part, cub200, ilsvrc_animal_part,
+folder). Steps: load the network and the category's objects (crops, box area >= 50^2 px)
+-> feature maps of the N objects and their mirrors (normalised by the statistics of negative
+images, stored as uint8 as the original does) -> fit the graph on conv4_2, conv4_3, conv5_2,
+conv5_3 with the paper's settings -> location instability of the nodes against the raw
+filters, on the landmarks the authors chose (`--landmarks` others) -> save. Without landmarks
+(a folder without objects.csv) the graph, the pictures and the explorer are written and
+instability is left out. Everything lands in `runs/<name>/`: the graph (orbax),
+`metrics.json`, figures; written atomically, so an interrupted run leaves nothing.
 """
 
 from __future__ import annotations
@@ -23,34 +31,48 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
 import jax  # noqa: E402
 
 import egjax  # noqa: E402
-from egjax import cli, distributed, evaluate, runs  # noqa: E402
-from egjax.data import synthetic  # noqa: E402
+from egjax import cli, data, distributed, evaluate, runs  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
-from egjax.models import load_checkpoint  # noqa: E402
+from egjax.models import load  # noqa: E402
 from egjax.visualize import figures, pictures  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-DATASETS = ("synthetic", "voc")
+SYNTHETIC_IMAGES = 100  # synthetic objects are drawn, so they need a count
+DEFAULT_SPLIT = {"cub200": "test"}  # as the original; others: all
+NO_LANDMARKS = ("location instability needs landmarks: this set has no parts (give a folder "
+                "an objects.csv with <part>_y,<part>_x columns)")
 
 
-def default_checkpoint(category: str) -> pathlib.Path:
+def default_checkpoint(category: str, model: str = "vgg16") -> pathlib.Path:
     """The committed network for `category`: its own one-vs-negatives net where there is
-    one, else the multi-class net over all synthetic categories."""
-    own = ROOT / "checkpoints" / f"synthetic_{category}"
-    return own if own.is_dir() else ROOT / "checkpoints" / "synthetic_all"
+    one, else the multi-class net over all synthetic categories (`_resnet50` for ResNet-50)."""
+    suffix = "" if model == "vgg16" else f"_{model}"
+    own = ROOT / "checkpoints" / f"synthetic_{category}{suffix}"
+    return own if own.is_dir() else ROOT / "checkpoints" / f"synthetic_all{suffix}"
 
 
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="synthetic", help=f"one of {DATASETS}")
-    parser.add_argument("--category", default="quadruped",
-                        help=f"synthetic: one of {synthetic.CATEGORIES}")
-    parser.add_argument("--images", type=int, default=100, help="object images N (>= 2)")
+    cli.add_data_arguments(parser)
+    parser.add_argument("--split", default=None,
+                        help="the dataset split (default all; cub200: test, as the original)")
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"object images N (>= 2): the first N (default all; synthetic "
+                        f"{SYNTHETIC_IMAGES})")
     parser.add_argument("--negatives", type=int, default=200,
                         help="images without the object, for the normalising statistics")
+    parser.add_argument("--landmarks", default=None,
+                        help="comma-separated parts whose landmarks measure location "
+                        "instability (default: the authors' choice, "
+                        "egjax.data.instability_parts; else all parts)")
+    parser.add_argument("--model", default="vgg16", choices=("vgg16", "resnet50"),
+                        help="the network: VGG-16 (the paper's graph) or ResNet-50 (the "
+                        "original's ResNet setting: layer2, layer3, layer4)")
     parser.add_argument("--checkpoint", type=pathlib.Path, default=None,
-                        help="network checkpoint (default: checkpoints/synthetic_<category>, else "
-                        "checkpoints/synthetic_all)")
+                        help="network checkpoint (synthetic default: "
+                        "checkpoints/synthetic_<category>, else checkpoints/synthetic_all, "
+                        "with _resnet50 appended for ResNet-50; other datasets: the network "
+                        "experiments/finetune.py fine-tuned for the category)")
     parser.add_argument("--iterations", type=int, default=20, help="EM iterations per layer")
     parser.add_argument("--compat", default="fixed", choices=("fixed", "original"))
     parser.add_argument("--seed", type=int, default=0)
@@ -58,47 +80,87 @@ def parse(argv):
     cli.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     cli.start_distributed(parser, args)
-    if args.dataset not in DATASETS:
-        parser.error(f"--dataset must be one of {DATASETS}, got {args.dataset!r}")
-    if args.dataset == "voc":
-        parser.exit(2, "egjax: --dataset voc is not available yet: Pascal VOC + Pascal-Part "
-                       "loading is a separate piece of work. Use --dataset synthetic.\n")
-    if args.category not in synthetic.CATEGORIES:
-        parser.error(f"--category must be one of {synthetic.CATEGORIES}, got {args.category!r}")
-    if args.images < 2 or args.negatives < 2:
+    args.category = cli.data_category(parser, args)
+    args.split = args.split or DEFAULT_SPLIT.get(args.dataset, "all")
+    if args.dataset == "synthetic" and args.images is None:
+        args.images = SYNTHETIC_IMAGES
+    if (args.images is not None and args.images < 2) or args.negatives < 2:
         parser.error("--images and --negatives must be at least 2")
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
-    args.checkpoint = args.checkpoint or default_checkpoint(args.category)
+    if args.checkpoint is None:
+        if args.dataset != "synthetic":
+            parser.error(f"--dataset {args.dataset} needs --checkpoint: a network fine-tuned "
+                         f"for {args.category!r} (experiments/finetune.py)")
+        args.checkpoint = default_checkpoint(args.category, args.model)
     if not args.checkpoint.is_dir():
         parser.error(f"no network checkpoint at {args.checkpoint} (see checkpoints/README.md)")
     try:
-        args.network = load_checkpoint(args.checkpoint)
+        args.network = load(args.model, args.checkpoint)
     except (OSError, ValueError) as error:
         parser.error(f"cannot read the network checkpoint {args.checkpoint}: {error}")
+    try:  # the index (no pixels yet): unknown category / split, missing folders end here
+        args.objects = data.iter_objects(
+            args.dataset, args.data_dir, args.category, split=args.split,
+            image_size=egjax.GraphConfig.vgg16().image_size, limit=args.images,
+            strict=args.strict, quiet=args.quiet, seed=args.seed)
+    except (OSError, ValueError) as error:
+        cli.data_error(parser, error)
+    if args.objects.total < 2:
+        cli.data_error(parser, f"{args.dataset}: {args.objects.total} object of "
+                               f"{args.category!r} found; the graph needs at least 2")
+    parts = args.objects.part_names
+    args.landmarks = ([p.strip() for p in args.landmarks.split(",") if p.strip()]
+                      if args.landmarks is not None
+                      else data.instability_parts(args.dataset, args.category) or parts)
+    unknown = [p for p in args.landmarks if p not in parts]
+    if unknown:
+        cli.data_error(parser, f"--landmarks: unknown part(s) {', '.join(unknown)} of "
+                               f"{args.category!r}; its parts: {', '.join(parts) or 'none'}")
     args.name = args.name or args.category
     args.out = cli.run_folder(parser, args)
+    args.parser = parser
     return args
+
+
+def read_data(args):
+    """(objects, uint8 negative images): `egjax.data`'s refusals (a corrupt file with
+    --strict, no negatives) end the script with one line."""
+    try:
+        batches = list(args.objects)
+        negatives = data.negatives(args.dataset, args.data_dir, args.category, split=args.split,
+                                   image_size=args.objects.image_size, limit=args.negatives,
+                                   negatives_dir=args.negatives_dir, strict=args.strict,
+                                   quiet=args.quiet, seed=args.seed)
+    except (OSError, ValueError) as error:
+        cli.data_error(args.parser, error)
+    if sum(len(b) for b in batches) < 2:
+        cli.data_error(args.parser, f"{args.dataset}: fewer than 2 readable objects of "
+                                    f"{args.category!r}")
+    return data.concatenate(batches), negatives.images
 
 
 def main(argv=None) -> int:
     args = parse(argv)
-    cfg = egjax.GraphConfig.vgg16(iterations=args.iterations)
     model, params, meta = args.network
+    cfg = (egjax.GraphConfig.vgg16(iterations=args.iterations) if args.model == "vgg16" else
+           egjax.GraphConfig.resnet50(model.variant, iterations=args.iterations))
     taps = [layer.tap for layer in cfg.layers]
-    print(f"egjax {args.dataset} / {args.category}: N={args.images} images (+ mirrors), "
-          f"{args.negatives} negatives; network {args.checkpoint.name} (VGG-16, width "
-          f"{meta.width:g}); layers {', '.join(taps)}; {args.iterations} iterations, "
-          f"compat={args.compat}; {distributed.describe()}")
     started = time.perf_counter()
-    batch = synthetic.sample(args.category, args.images, seed=args.seed, image_size=cfg.image_size)
-    negatives = synthetic.negatives(args.negatives, seed=args.seed, image_size=cfg.image_size)
+    objects, negatives = read_data(args)
+    landmarks = data.select_parts(objects, args.landmarks) if args.landmarks else None
+    print(f"egjax {args.dataset} / {args.category}: {len(objects)} objects (+ mirrors) from "
+          f"{args.data_dir or 'the embedded generator'} (split {args.split}), "
+          f"{len(negatives)} negatives; landmarks "
+          f"{', '.join(args.landmarks) or 'none'}; network "
+          f"{args.checkpoint.name} ({meta.arch}, width {meta.width:g}); layers {', '.join(taps)}; "
+          f"{args.iterations} iterations, compat={args.compat}; {distributed.describe()}")
     # Every process takes all negatives (the same statistics, bit for bit, as one process)
     # and its share of the object images.
     stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
                                 across_processes=False)
     index, count = distributed.shard()
-    features = extract_features(model, params, meta, batch.images[index::count], taps,
+    features = extract_features(model, params, meta, objects.images[index::count], taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)
     maps = [features.maps[t] for t in taps]
@@ -112,27 +174,36 @@ def main(argv=None) -> int:
     if not distributed.is_main():   # process 0 evaluates and writes; the others wait
         distributed.leave_together("run written")
         return 0
-    metrics = evaluate.compare(graph, maps, batch.landmarks, batch.visible)
-    metrics.update(dataset=args.dataset, category=args.category, images=args.images,
-                   negatives=args.negatives, iterations=args.iterations, compat=args.compat,
+    marks = (None, None) if landmarks is None else (landmarks.landmarks, landmarks.visible)
+    metrics = ({"instability": NO_LANDMARKS} if landmarks is None
+               else evaluate.compare(graph, maps, *marks))
+    metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
+                   split=args.split, category=args.category, images=len(objects),
+                   landmarks=list(args.landmarks), negatives=len(negatives),
+                   iterations=args.iterations, compat=args.compat, model=meta.arch,
                    checkpoint=str(args.checkpoint), seed=args.seed,
                    fit_seconds=fit_seconds, total_seconds=time.perf_counter() - started)
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         graph.save(out / "graph")
         runs.write_json(out / "metrics.json", metrics)
-        figures.instability_chart(metrics, out / "instability.png")
-        figures.detections(batch.images, graph, out / "detections.png",
-                           landmarks=batch.landmarks, visible=batch.visible)
-        written = pictures.write(out, graph, batch.images, maps, batch.landmarks, batch.visible,
-                                 title=args.name)
-    print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location instability"
-          f" / image diagonal; lower is better)")
-    for row in metrics["layers"]:
-        print(f"{row['tap']:10s} {row['nodes']:8.4f} {row['filters']:8.4f} {row['ratio']:6.2f}")
-    print(f"{'mean':10s} {metrics['nodes']:8.4f} {metrics['filters']:8.4f} {metrics['ratio']:6.2f}")
+        if landmarks is not None:
+            figures.instability_chart(metrics, out / "instability.png")
+        figures.detections(objects.images, graph, out / "detections.png",
+                           landmarks=marks[0], visible=marks[1])
+        written = pictures.write(out, graph, objects.images, maps, *marks, title=args.name)
+    if landmarks is not None:
+        print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location "
+              f"instability / image diagonal; lower is better)")
+        for row in metrics["layers"]:
+            print(f"{row['tap']:10s} {row['nodes']:8.4f} {row['filters']:8.4f} "
+                  f"{row['ratio']:6.2f}")
+        print(f"{'mean':10s} {metrics['nodes']:8.4f} {metrics['filters']:8.4f} "
+              f"{metrics['ratio']:6.2f}")
+    else:
+        print(f"\nno instability: {NO_LANDMARKS}")
     print(f"\nfit {fit_seconds:.0f} s; wrote {args.out}/ (graph/, metrics.json, "
-          f"instability.png, detections.png, {', '.join(written)}: open explorer/index.html "
-          f"in a browser)")
+          + ("instability.png, " if landmarks is not None else "")
+          + f"detections.png, {', '.join(written)}: open explorer/index.html in a browser)")
     distributed.leave_together("run written")
     return 0
 

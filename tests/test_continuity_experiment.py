@@ -2,15 +2,16 @@
 
 import importlib.util
 import json
-import math
 import pathlib
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--width", "0.0625", "--size", "64", "--steps", "3", "--triplet-start", "1", "--batch", "8", "--heldout", "40",
-        "--triplets", "16", "--pairs", "8", "--graph-images", "4", "--graph-negatives", "4",
-        "--graph-iterations", "2", "--batch-size", "8", "--quiet"]
+TINY = ["--seeds", "2", "--width", "0.0625", "--size", "64", "--steps", "3", "--triplet-start",
+        "1", "--batch", "8", "--heldout", "40", "--triplets", "16", "--pairs", "8",
+        "--graph-images", "4", "--graph-negatives", "4", "--graph-iterations", "2",
+        "--batch-size", "8", "--resamples", "50", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,10 @@ def script():
     (["--graph-images", "1"], "--graph-images must be >= 2"),
     (["--graph-category", "cat"], "invalid choice"),
     (["--noise", "-1"], "> 0"),
-    (["--heldout-seed", "3"], "is a training seed"),
+    (["--heldout-seed", "3"], "a training seed"),
+    (["--seeds", "2", "--steps", "200", "--heldout-seed", "399"], "gives held-out seed 399"),
+    (["--seeds", "0"], ">= 1"),
+    (["--resamples", "1"], "--resamples must be >= 2"),
     (["--steps", "50", "--triplet-start", "50"], "--triplet-start must be below"),
 ])
 def test_bad_flags_are_refused(script, capsys, tmp_path, argv, message):
@@ -54,20 +58,35 @@ def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
     record = json.loads((tmp_path / "tiny" / "continuity.json").read_text())
     assert (tmp_path / "tiny" / "continuity.png").stat().st_size > 1000
     assert set(record["results"]) == set(script.VARIANTS)
-    for result in record["results"].values():
-        low, high = result["accuracy"]["wilson95"]
-        assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
-        assert result["accuracy"]["images"] == 40
-        assert set(result["triplet_consistency"]) == set(script.TRIPLET_TAPS)
-        for tap in result["triplet_consistency"].values():
-            assert tap["wilson95"][0] <= tap["consistency"] <= tap["wilson95"][1]
-            assert tap["triplets"] == 16
-        assert set(result["continuity"]) == set(script.EXPLAINERS)
-        for kinds in result["continuity"].values():
-            assert set(kinds) == set(script.PAIRS)
-            for scores in kinds.values():
-                assert scores["pairs"] == 8
-                assert math.isfinite(scores["max"]) and 0 <= scores["mean"] <= scores["max"]
-        assert result["graph"]["nodes"] == 32 * 2     # 32 filters x ceil(0.1 * 4 * 4) nodes
+    for runs in record["results"].values():
+        assert [r["seed"] for r in runs] == [0, 3]                   # seed + k * steps
+        for result in runs:
+            low, high = result["accuracy"]["wilson95"]
+            assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
+            assert result["accuracy"]["images"] == 40
+            assert set(result["triplet_consistency"]) == set(script.TRIPLET_TAPS)
+            for tap in result["triplet_consistency"].values():
+                assert tap["wilson95"][0] <= tap["consistency"] <= tap["wilson95"][1]
+                assert tap["triplets"] == 16
+            assert set(result["ratios"]) == set(script.EXPLAINERS)
+            for kinds in result["ratios"].values():
+                assert set(kinds) == set(script.PAIRS)
+                assert all(len(r) == 8 and np.isfinite(r).all() and min(r) >= 0
+                           for r in kinds.values())
+            assert result["graph"]["nodes"] == 32 * 2  # 32 filters x ceil(0.1 * 4 * 4) nodes
+    for name in script.EXPLAINERS:
+        for kind in script.PAIRS:
+            for statistic in ("mean", "max"):
+                cell = record["summary"][name][kind][statistic]
+                for variant in script.VARIANTS:
+                    scores = [np.mean(r["ratios"][name][kind]) if statistic == "mean"
+                              else np.max(r["ratios"][name][kind])
+                              for r in record["results"][variant]]
+                    mean = (np.exp(np.mean(np.log(scores))) if cell[variant]["scale"] == "log"
+                            else np.mean(scores))
+                    assert cell[variant]["estimate"] == pytest.approx(mean, rel=1e-5)
+                    assert cell[variant]["low"] <= cell[variant]["estimate"] \
+                        <= cell[variant]["high"]
+                    assert cell["per_seed"][variant] == pytest.approx(scores)
     printed = capsys.readouterr().out
-    assert "graph_nodes, shift" in printed and "held-out accuracy" in printed
+    assert "| lrp_composite | shift |" in printed and "held-out accuracy" in printed

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import reference_fixed as ref
-from test_em_fixed_reference import kernel_iteration, kernel_start, make_layer
+from test_em_fixed_reference import (kernel_data, kernel_iteration, kernel_start, make_layer,
+                                     to_reference)
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
@@ -155,3 +156,36 @@ def test_equal_orientations_keep_the_maps_as_given(x64):
     for t in (1, 2):
         state = kernel_iteration(state, jnp.float64(t), data, setup)
         np.testing.assert_array_equal(np.asarray(state.flip), False)
+
+
+def test_orientation_goes_to_the_stronger_best_detections_not_to_more_evidence(x64):
+    """Top layer, iteration 2: an image is mirrored when its nodes' best candidates (pi F at
+    the inferred candidate, added over nodes) detect more strongly there, not when it holds
+    more evidence in all (sum over candidates of pi F). Plain maps: weak evidence everywhere;
+    mirrored: one strong cell per filter at its first node, of a strength that varies by
+    image, so that the two rules disagree in some images. The reference decides."""
+    layer, (coord, deform) = make_layer(1, False, True)
+    n, s, _, c = layer.maps.shape
+    layer = layer._replace(maps=np.full(layer.maps.shape, 0.4))
+    setup, data, state = kernel_start(layer, coord, deform)
+    state = kernel_iteration(state, jnp.float64(1), data, setup)      # never mirrors at t = 1
+    before = to_reference(state)
+    mirrored = np.full(layer.maps.shape, -1.0)
+    cells = np.clip(np.round(before.coord[:, 0]).astype(int), 0, s - 1)          # [C, 2]
+    for ch in range(c):
+        mirrored[:, cells[ch, 0], cells[ch, 1], ch] = np.geomspace(0.5, 50, n)
+    layer = layer._replace(mirrored=mirrored)
+    data = kernel_data(layer, setup)
+    want, _ = ref.iteration(before, 2, layer)
+    prior = ref.priors(before, layer, None, False)
+    by_best, by_total = [], []
+    for i in range(n):
+        mu, sigma, lam = prior[i]
+        plain, other = (ref.e_step(x[i], before.coord, before.deform, sigma, mu, lam, layer.cfg)
+                        for x in (layer.maps, mirrored))
+        by_best.append(other.best.sum() > plain.best.sum())
+        by_total.append(other.score.sum() > plain.score.sum())
+    np.testing.assert_array_equal(want.flip, by_best)
+    assert np.any(np.array(by_best) != np.array(by_total)), (by_best, by_total)
+    state = kernel_iteration(state, jnp.float64(2), data, setup)
+    np.testing.assert_array_equal(np.asarray(state.flip), want.flip)

@@ -177,8 +177,8 @@ def test_winograd_kernels_are_kept_for_the_same_params_only(images, monkeypatch)
     meta = ModelMeta(source="test", width=0.5, head=None, preprocessing="caffe")
     first, second = (jax.device_put(random_params(model, seed=s)) for s in (1, 2))
     transforms = []
-    monkeypatch.setattr(F, "_winograd_kernels", lambda m, p: transforms.append(p) or
-                        jax.jit(F.winograd_kernels, static_argnums=0)(m, p))
+    monkeypatch.setattr(F, "_prepare", lambda m, p: transforms.append(p) or
+                        jax.jit(F.prepare, static_argnums=0)(m, p))
     for params in (first, first, second, first):
         got = F.extract_features(model, params, meta, images[:2], ("conv5_3",), flip=False,
                                  batch_size=1, quiet=True).maps["conv5_3"]

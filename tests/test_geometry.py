@@ -1,13 +1,18 @@
-"""Receptive-field geometry: the paper's values, the original's derivation, and the pixels that
-actually move a cell."""
+"""Receptive-field geometry: the paper's values, the original's derivation, the pixels that
+actually move a cell; mirror-back for any geometry; a registered network of one's own."""
 
 from __future__ import annotations
 
+import types
+
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from egjax import GraphConfig, geometry
-from egjax.models import VGG16
+from egjax import GraphConfig, LayerConfig, LayerFit, LayerInference, evaluate, geometry, localize
+from egjax import graph_explainer, models
+from egjax.models import VGG16, Layer, ModelMeta, Residual
 from vgg_weight_files import random_params
 
 
@@ -91,3 +96,93 @@ def test_non_spatial_taps_and_tiny_images_are_refused():
         geometry.receptive_field(VGG16(), "fc6")
     with pytest.raises(ValueError, match="too small"):
         geometry.map_size(VGG16(), "pool5", 16)
+
+
+# -- mirror-back: one rule for every geometry ---------------------------------------------------
+# ResNet-50's layer2 at 224 px: stride 8, centre 0, 28 cells. Its grid is not symmetric in the
+# image (2 * 0 + 27 * 8 = 216 != 223), so mirroring the cell (w -> 27 - w) misses the pixel.
+ASYMMETRIC = LayerConfig(map_size=28, stride=8, center=0.0, density=0.05, tap="layer2")
+
+
+def test_mirror_back_is_in_pixels_for_an_asymmetric_grid():
+    """Cell w = 3 of the mirrored image's maps is centred on its pixel 24, which is pixel
+    223 - 24 = 199 of the image (by hand); the cell mirror 27 - 3 = 24 would say 192."""
+    cells = np.array([[[5.0, 3.0], [5.0, 3.0]]])                  # [V=1, N=2, 2]
+    flip = np.array([False, True])
+    px = geometry.cells_to_pixels(cells, ASYMMETRIC, flip, 224)
+    np.testing.assert_array_equal(px, [[[40, 24], [40, 199]]])
+    np.testing.assert_array_equal(localize.to_frame(px, flip, 224), [[[40, 24], [40, 24]]])
+
+
+def test_node_detections_mirror_back_in_pixels():
+    v, n = 2, 3
+    pos = np.tile(np.array([[5.0, 3.0]]), (v, n, 1))
+    fit = LayerFit(coord=np.zeros((1, 2, 2)), deform=np.ones((1, 2)), parents=np.zeros((v, 0)),
+                   score=np.ones((v, n)), pos=pos, flip=np.array([False, True, False]),
+                   alt_score=np.array([[0.0, 0.0, 2.0]] * v), alt_pos=pos + 1,
+                   config=ASYMMETRIC)
+    det = evaluate.node_detections(fit, 224)
+    # image 0: plain, cell (5, 3); image 1: mirrored; image 2: the mirror (alt) wins, (6, 4)
+    np.testing.assert_array_equal(det.px[0], [[40, 24], [40, 199], [48, 223 - 32]])
+
+
+def test_graph_explainer_positions_mirror_back_in_pixels(monkeypatch):
+    pos = jnp.asarray(np.tile(np.array([[5.0, 3.0]]), (1, 2, 1)))        # [V=1, N=2, 2]
+    inferred = LayerInference(jnp.ones((1, 2)), pos, jnp.array([False, True]))
+    monkeypatch.setattr(graph_explainer, "graph_inference", lambda *args: lambda x: inferred)
+    graph = types.SimpleNamespace(config=GraphConfig((ASYMMETRIC,), 224))
+    explain = graph_explainer.node_positions(None, None, graph, {})
+    got = np.asarray(explain(jnp.zeros((2, 224, 224, 3))))
+    np.testing.assert_array_equal(got, [[[40, 24]], [[40, 199]]])
+
+
+# -- a network of one's own ---------------------------------------------------------------------
+
+class TwoConvs(nn.Module):
+    """conv a (5x5, stride 2, pad 1) -> relu -> b = a + conv (3x3, pad 1) -> relu."""
+
+    width: int = 2
+
+    def path(self, tap):
+        if tap not in ("a", "b"):
+            raise ValueError(f"tap {tap!r} has no spatial map")
+        first = (Layer("a", "conv", 5, 2, 1, self.width),)
+        return first if tap == "a" else first + (
+            Residual("b", ((), (Layer("b_conv", "conv", 3, 1, 1, self.width),))),)
+
+    @nn.compact
+    def __call__(self, images, taps=("b",)):
+        a = nn.relu(nn.Conv(self.width, (5, 5), 2, padding=((1, 1),) * 2, name="a")(images))
+        b = nn.relu(a + nn.Conv(self.width, (3, 3), padding=((1, 1),) * 2, name="b_conv")(a))
+        return {t: {"a": a, "b": b}[t] for t in taps}
+
+
+def test_a_registered_network_of_ones_own_gets_its_geometry_and_meta(monkeypatch):
+    monkeypatch.setitem(models.ARCHITECTURES, "two_convs", None)
+    models.register("two_convs", lambda meta: TwoConvs(width=max(1, round(2 * meta.width))))
+    meta = ModelMeta(source="mine", arch="two_convs", head=None, width=1.5)
+    model = meta.model()
+    assert model == TwoConvs(width=3)
+    assert ModelMeta.from_dict(meta.to_dict()) == meta
+    # a: c = (5 - 1) / 2 - 1 = 1, r = 5, J = 2; b: the union of a and a 3x3 on it: r = 9
+    assert geometry.receptive_field(model, "a") == (2, 1, 5)
+    assert geometry.receptive_field(model, "b") == (2, 1, 9)
+    assert geometry.map_size(model, "b", 33) == 16
+
+
+def test_unknown_architectures_are_refused_naming_the_registered_ones():
+    with pytest.raises(ValueError, match="unknown architecture 'vgg19'; registered: vgg16"):
+        ModelMeta(source="x", arch="vgg19")
+    assert ModelMeta.from_dict({"source": "old checkpoint"}).arch == "vgg16"
+
+
+def test_load_reads_checkpoints_of_its_architecture_only(tmp_path, monkeypatch):
+    model = VGG16(width=1 / 16, head="gap", num_classes=2)
+    meta = ModelMeta(source="test", width=1 / 16, head="gap", num_classes=2)
+    models.save_checkpoint(tmp_path / "net", random_params(model, seed=0), meta)
+    loaded, _, got = models.load("vgg16", tmp_path / "net")
+    assert loaded == model and got == meta and got.arch == "vgg16"
+    monkeypatch.setitem(models.ARCHITECTURES, "two_convs", None)
+    models.register("two_convs", lambda meta: TwoConvs())
+    with pytest.raises(ValueError, match="holds a vgg16 network, not a two_convs"):
+        models.load("two_convs", tmp_path / "net")

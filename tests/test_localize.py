@@ -13,6 +13,7 @@ import egjax
 from egjax import localize
 from egjax.models import ModelMeta, param_shapes, save_checkpoint
 from tests import toy_graph
+from tests.data_trees import cache_home, pattern, write_cub, write_jpeg  # noqa: F401
 
 SIZE = toy_graph.CONFIG.image_size                # 96 px
 TOP = 1                                           # the toy graph's top layer (stride 16)
@@ -245,12 +246,44 @@ def test_bad_flags_are_refused_before_any_work(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_datasets_without_a_loader_say_so(tmp_path, capsys):
+def write_birds(root, count: int, train: int) -> None:
+    """A CUB-200-2011 tree (`tests.data_trees.write_cub`): `count` birds, the first `train`
+    in the train split, each with back, forehead and tail visible (the first one's tail
+    hidden)."""
+    birds = []
+    for i in range(count):
+        x, y = 10 + 3 * i, 8 + 2 * i
+        parts = {1: (x + 40, y + 30), 6: (x + 10, y + 10), 14: (x + 70, y + 50)}
+        if i == 0:
+            del parts[14]
+        birds.append({"id": i + 1, "folder": "001.Black_footed_Albatross",
+                      "pixels": pattern(120, 140, seed=i), "box": (x, y, 80, 60),
+                      "train": i < train, "parts": parts})
+    write_cub(root, birds)
+
+
+def test_a_fake_cub_tree_runs_through_the_dataset_contract(checkpoint, tmp_path, capsys):
+    """cub200: training objects from the train split, test objects from the test split,
+    negatives from --negatives-dir; shapes as the tiny synthetic run (compiled once)."""
+    write_birds(tmp_path / "cub", 12, train=8)
+    for i in range(4):
+        write_jpeg(tmp_path / "sky" / f"{i}.jpg", pattern(90, 90, seed=20 + i))
+    argv = ["--dataset", "cub200", "--data-dir", str(tmp_path / "cub"), "--checkpoint",
+            str(checkpoint), "--images", "5", "--test-images", "5", "--negatives", "4",
+            "--iterations", "1", "--repeats", "2", "--part", "back", "tail", "--nodes", "5",
+            "--runs", str(tmp_path / "runs"), "--quiet"]
     with pytest.raises(SystemExit) as exit_info:
-        run(["--dataset", "pascal_part", "--runs", str(tmp_path)])
+        run(argv + ["--name", "no_negatives"])
     assert exit_info.value.code == 2
-    assert "pascal_part is not available in this build yet" in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())
+    assert "give negatives_dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        run(argv + ["--name", "cub", "--negatives-dir", str(tmp_path / "sky")])
+    assert exit_info.value.code == 0
+    report = json.loads((tmp_path / "runs" / "cub" / "localization.json").read_text())
+    assert (report["dataset"], report["category"], report["images"]) == (
+        "cub200", "bird", {"train": 5, "test": 4})            # CUB's 4 test birds
+    assert list(report["parts"]) == ["back", "tail"]
+    assert "back" in capsys.readouterr().out
 
 
 def test_the_interval_is_the_t_interval_of_the_mean():

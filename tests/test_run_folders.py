@@ -124,7 +124,10 @@ def test_ctrl_c_ends_with_one_line_and_keeps_nothing(runs_folder):
         [sys.executable, str(VOC), "--runs", str(runs_folder), "--name", "new",
          "--images", "40", "--negatives", "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a suite started in the background (`make test &`) inherits an
+        # ignored SIGINT, which Python would leave ignored in the script
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         header = process.stdout.readline()          # printed as the computation starts
         assert header.startswith("egjax"), header

@@ -1,5 +1,5 @@
-"""VGG-16 params + `ModelMeta` as one checkpoint directory (`egjax.checkpoint`: orbax,
-atomic, every file checksummed).
+"""A network's params + its `ModelMeta` (which records the architecture) as one checkpoint
+directory (`egjax.checkpoint`: orbax, atomic, every file checksummed).
 
 Writing refuses non-finite parameters; reading verifies the checksums and checks every layer
 against the model the meta describes.
@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from egjax import checkpoint
+from egjax.models.contract import check_finite, check_params
 from egjax.models.meta import ModelMeta
-from egjax.models.vgg import VGG16, check_params
-from egjax.models.weights import check_finite
 
 KIND = "network"
 
@@ -32,7 +31,7 @@ def save_checkpoint(path: str | os.PathLike, params: dict, meta: ModelMeta) -> P
                            kind=KIND, overwrite=True)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[VGG16, dict, ModelMeta]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[object, dict, ModelMeta]:
     """(model, params, meta) from a directory written by `save_checkpoint`.
 
     ValueError naming the array if a file fails its checksum, and the layer if a layer is

@@ -1,4 +1,5 @@
-"""The published ImageNet VGG-16 weight files, their publishers' checksums, and a local cache.
+"""Published ImageNet weight files, their publishers' checksums, and a local cache (VGG-16's
+table is here; ResNet-50's is `resnet_weights.PUBLISHED`).
 
 Nothing here runs at import. `fetch(name)` returns the cached file, downloading it first
 where a network exists; every file, cached or new, is checked against the checksum its
@@ -78,11 +79,14 @@ def _require_pinned(actual: str, entry: Published, what: str, advice: str) -> No
                          f"got {actual}; {advice}")
 
 
-def fetch(name: str, cache_dir: str | os.PathLike | None = None, *, quiet: bool = False) -> Path:
-    """Path of the published file `name` in the cache, downloaded and verified if absent."""
-    if name not in PUBLISHED:
-        raise ValueError(f"unknown published weights {name!r}; known: {', '.join(PUBLISHED)}")
-    entry = PUBLISHED[name]
+def fetch(name: str, cache_dir: str | os.PathLike | None = None, *, quiet: bool = False,
+          published: dict | None = None) -> Path:
+    """Path of the published file `name` of `published` (default: VGG-16's `PUBLISHED`) in
+    the cache, downloaded and verified if absent."""
+    published = PUBLISHED if published is None else published
+    if name not in published:
+        raise ValueError(f"unknown published weights {name!r}; known: {', '.join(published)}")
+    entry = published[name]
     cache = Path(DEFAULT_CACHE if cache_dir is None else cache_dir).expanduser()
     path = cache / entry.filename
     actual = verify(path, entry) if path.exists() else _download(entry, path, quiet=quiet)

@@ -6,7 +6,8 @@ group in a whole-model file, has the attribute `layer_names`; each layer is a gr
 name whose attribute `weight_names` lists its datasets' paths relative to the group. Weight
 names vary with the Keras version that wrote the file: `block1_conv1_W_1:0` and
 `block1_conv1_b_1:0` (the release files), `block1_conv1/kernel:0` (tf.keras 2),
-`block1_conv1/kernel` (Keras 3). Conv kernels are HWIO ("tf_kernels"), dense kernels [in, out].
+`block1_conv1/kernel` (Keras 3); batch norm's `gamma`, `beta`, `moving_mean`, `moving_variance`
+likewise. Conv kernels are HWIO ("tf_kernels"), dense kernels [in, out].
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import re
 import h5py
 import numpy as np
 
-_ROLE = re.compile(r"(?:^|[/_])(?P<role>W|kernel|b|bias)(?:_\d+)?(?::\d+)?$")
+_ROLE = re.compile(r"(?:^|[/_])(?P<role>W|kernel|b|bias|gamma|beta|moving_mean|moving_variance)"
+                   r"(?:_\d+)?(?::\d+)?$")
+ROLES = {"W": "kernel", "kernel": "kernel", "b": "bias", "bias": "bias", "gamma": "gamma",
+         "beta": "beta", "moving_mean": "mean", "moving_variance": "variance"}
 
 
 def _names(attrs, key: str) -> list[str]:
@@ -25,10 +29,11 @@ def _names(attrs, key: str) -> list[str]:
 
 
 def read_keras_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
-    """A legacy Keras weights file -> {layer name: {"kernel": array, "bias": array}}.
+    """A legacy Keras weights file -> {layer name: {role: array}}, roles "kernel", "bias" and,
+    for batch norm, "gamma", "beta", "mean", "variance".
 
     Only layers with weights appear. ValueError if the file has no legacy layout or a weight
-    name is neither a kernel nor a bias.
+    name has none of those roles.
     """
     path = os.fspath(path)
     try:
@@ -49,8 +54,8 @@ def read_keras_h5(path: str | os.PathLike) -> dict[str, dict[str, np.ndarray]]:
                 match = _ROLE.search(weight)
                 if match is None:
                     raise ValueError(f"{path}: layer {layer!r} has weight {weight!r}, which is "
-                                     "neither a kernel nor a bias (not a plain VGG-16 file)")
-                role = "kernel" if match["role"] in ("W", "kernel") else "bias"
+                                     f"none of {', '.join(ROLES)}")
+                role = ROLES[match["role"]]
                 if role in weights:
                     raise ValueError(f"{path}: layer {layer!r} has two {role}s")
                 weights[role] = np.asarray(group[weight][()])

@@ -1,8 +1,9 @@
-"""What a set of VGG-16 parameters is: its origin, shape and input convention.
+"""What a set of network parameters is: its architecture, origin, shape and input convention.
 
-Two input conventions exist for ImageNet VGG-16 weights:
-* "caffe" (the original Oxford release, ported by Keras; what the paper used): BGR channel
-  order, 0..255 scale, minus the BGR mean [103.939, 116.779, 123.68].
+Two input conventions exist for ImageNet weights:
+* "caffe" (the original Oxford VGG-16 release, ported by Keras, what the paper used; and the
+  Keras ResNet-50 release): BGR channel order, 0..255 scale, minus the BGR mean
+  [103.939, 116.779, 123.68].
 * "torch" (torchvision, timm): RGB, x/255, minus mean [0.485, 0.456, 0.406], divided by std
   [0.229, 0.224, 0.225].
 """
@@ -15,8 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.models.vgg import HEADS, VGG16
-
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
@@ -25,8 +24,9 @@ CONVENTIONS = ("caffe", "torch")
 
 @dataclasses.dataclass(frozen=True)
 class ModelMeta:
-    """Origin (`source`: a published name, a path or "synthetic"), shape and input convention
-    of params; `classes`, if known, names the logits in order."""
+    """Origin (`source`: a published name, a path or "synthetic"), architecture (`arch`, a
+    name in `egjax.models.registry`), shape and input convention of params; `classes`, if
+    known, names the logits in order. Checkpoints written before `arch` existed are VGG-16s."""
 
     source: str
     width: float = 1.0
@@ -34,6 +34,7 @@ class ModelMeta:
     num_classes: int = 1000
     preprocessing: str = "caffe"
     classes: tuple[str, ...] = ()
+    arch: str = "vgg16"
 
     def __post_init__(self):
         if not (isinstance(self.classes, (list, tuple))
@@ -46,13 +47,13 @@ class ModelMeta:
         if self.preprocessing not in CONVENTIONS:
             raise ValueError(f"preprocessing must be one of {CONVENTIONS}, "
                              f"got {self.preprocessing!r}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         self.model()
 
-    def model(self) -> VGG16:
-        """The VGG16 module these parameters belong to."""
-        return VGG16(width=self.width, head=self.head, num_classes=self.num_classes)
+    def model(self):
+        """The module these parameters belong to, built by the registered `arch`
+        (ValueError naming the registered architectures for an unknown one)."""
+        from egjax.models import registry   # registry -> weight loaders -> meta
+        return registry.build(self)
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""

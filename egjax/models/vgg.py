@@ -19,36 +19,19 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from egjax.models import winograd
-from egjax.saliency import perturbation_name
+from egjax.models import propagation, winograd
+from egjax.models.contract import Layer, check_images, perturbation_name, scaled, select_taps
 
 HEADS = ("fc", "gap", None)
 FC_UNITS = 4096
 FC_MAP_SIZE = 7
 WINOGRAD = "winograd"   # variable collection of pre-transformed kernels (`winograd_kernels`)
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-
-
-class Layer(NamedTuple):
-    """One layer of the conv trunk: a conv (ReLU after it) or a max pool; sizes in cells."""
-
-    name: str
-    kind: str
-    kernel: int
-    stride: int
-    padding: int
-    features: int
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channels of a layer in a network `width` times as wide: round(channels * width) >= 1."""
-    return max(1, round(channels * width))
 
 
 def trunk_layers(width: float = 1.0) -> tuple[Layer, ...]:
@@ -108,27 +91,50 @@ class VGG16(nn.Module):
         return trunk_layers(self.width)
 
     @property
+    def lrp_layers(self) -> tuple:
+        """The network as `egjax.saliency.lrp` propagates relevance through it, bottom to top:
+        convs with their ReLUs, pools, then the head ("gap" pools relu5_3, not pool5)."""
+        if self.head is None:
+            raise ValueError("lrp needs logits: build VGG16 with head='fc' or 'gap'")
+        layers = []
+        for layer in self.layers:
+            if layer.kind == "conv":
+                layers += [propagation.Conv(layer.name, layer.stride, layer.padding),
+                           propagation.ReLU()]
+            elif self.head == "fc" or layer.name != "pool5":
+                layers.append(propagation.MaxPool(layer.kernel, layer.stride, layer.padding))
+        if self.head == "gap":
+            return (*layers, propagation.GlobalMean(), propagation.Dense("logits"))
+        return (*layers, propagation.Flatten(), propagation.Dense("fc6"), propagation.ReLU(),
+                propagation.Dense("fc7"), propagation.ReLU(), propagation.Dense("logits"))
+
+    @property
     def tap_names(self) -> tuple[str, ...]:
         """Valid tap names, bottom to top."""
         return tap_names(self.head)
 
     def check_taps(self, taps: Sequence[str] | None) -> tuple[str, ...]:
         """The requested taps as a tuple (the top tap for None); ValueError for unknown names."""
-        if taps is None:
-            return self.tap_names[-1:]
-        if isinstance(taps, str):
-            taps = (taps,)
-        taps = tuple(taps)
-        unknown = [t for t in taps if t not in self.tap_names]
-        if unknown or not taps:
-            raise ValueError(f"unknown taps {unknown or list(taps)} for VGG16(head={self.head!r});"
-                             f" valid taps: {', '.join(self.tap_names)}")
-        return taps
+        return select_taps(taps, self.tap_names, f"VGG16(head={self.head!r})")
+
+    def path(self, tap: str) -> tuple[Layer, ...]:
+        """The trunk layers from the image to spatial `tap` (a ReLU's is its conv's), for
+        `egjax.geometry`; ValueError for a tap without a map."""
+        name = "conv" + tap[len("relu"):] if tap.startswith("relu") else tap
+        names = [layer.name for layer in self.layers]
+        if name not in names:
+            spatial = [t for t in self.tap_names if t.startswith(("conv", "relu", "pool"))]
+            raise ValueError(f"tap {tap!r} has no spatial map; spatial taps: {', '.join(spatial)}")
+        return self.layers[: names.index(name) + 1]
+
+    def prepare(self, params) -> dict:
+        """The `WINOGRAD` collection of `winograd_kernels` (see there), for `apply`."""
+        return {WINOGRAD: winograd_kernels(self, params)}
 
     @nn.compact
     def __call__(self, images: jax.Array, taps: Sequence[str] | None = None) -> dict:
         taps = self.check_taps(taps)
-        _check_images(images)
+        check_images(images)
         run_all = self.is_initializing()
         out = {}
 
@@ -180,16 +186,6 @@ class VGG16(nn.Module):
         return out
 
 
-def _check_images(images) -> None:
-    shape = getattr(images, "shape", None)
-    dtype = getattr(images, "dtype", None)
-    if shape is None or len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"images must be [N, H, W, 3] (NHWC RGB/BGR), got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"images must be float (preprocessed; see egjax.models.preprocess), "
-                         f"got {dtype}")
-
-
 def winograd_kernels(model: VGG16, params) -> dict:
     """{conv name: `winograd.transform_kernel` of its kernel} for the convs that run by
     Winograd on this backend. Pass them to `model.apply` as the `WINOGRAD` collection,
@@ -199,37 +195,3 @@ def winograd_kernels(model: VGG16, params) -> dict:
     return {layer.name: winograd.transform_kernel(params[layer.name]["kernel"])
             for layer in model.layers
             if layer.kind == "conv" and winograd.pays(params[layer.name]["kernel"].shape)}
-
-
-def param_shapes(model: VGG16) -> dict:
-    """The parameter tree of `model` as ShapeDtypeStructs (computes nothing)."""
-    images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
-    variables = jax.eval_shape(model.init, jax.random.key(0), images)
-    return variables["params"]
-
-
-def check_params(params, model: VGG16, origin: str) -> None:
-    """ValueError naming the first layer of `params` that is missing, unexpected or misshapen.
-
-    `origin` (a path, a checkpoint) starts the message.
-    """
-    expected = param_shapes(model)
-    name = f"VGG16(width={model.width:g}, head={model.head!r}, num_classes={model.num_classes})"
-    unexpected = sorted(set(params) - set(expected))
-    if unexpected:
-        raise ValueError(f"{origin}: unexpected layer {unexpected[0]!r} for {name} "
-                         f"(layers found: {', '.join(params)})")
-    for layer, weights in expected.items():
-        if layer not in params:
-            raise ValueError(f"{origin}: layer {layer!r} is missing; {name} needs "
-                             f"{', '.join(expected)}")
-        for role, want in weights.items():
-            got = getattr(params[layer].get(role), "shape", None)
-            if got is None:
-                raise ValueError(f"{origin}: layer {layer!r} has no {role}")
-            if tuple(got) != want.shape:
-                raise ValueError(f"{origin}: layer {layer!r} {role} has shape {tuple(got)}, but "
-                                 f"{name} needs {want.shape}")
-        extra = sorted(set(params[layer]) - set(weights))
-        if extra:
-            raise ValueError(f"{origin}: layer {layer!r} has unexpected weights {extra}")

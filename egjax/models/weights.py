@@ -25,7 +25,8 @@ import numpy as np
 
 from egjax.models.download import PUBLISHED, fetch
 from egjax.models.meta import ModelMeta
-from egjax.models.vgg import FC_MAP_SIZE, VGG16, check_params, trunk_layers
+from egjax.models.contract import check_finite, check_params
+from egjax.models.vgg import FC_MAP_SIZE, VGG16, trunk_layers
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -149,20 +150,6 @@ def _infer_model(params: dict, path: str) -> VGG16:
     return VGG16(width=width, head="fc" if has_head else None, num_classes=num_classes)
 
 
-def check_finite(params: dict, origin: str) -> None:
-    """ValueError naming every layer of `params` (`{layer: {role: array}}`) that holds a NaN
-    or an infinity; `origin` (a path, a checkpoint) starts the message."""
-    bad = []
-    for layer, weights in params.items():
-        for role, value in weights.items():
-            count = np.size(value) - np.count_nonzero(np.isfinite(np.asarray(value)))
-            if count:
-                bad.append(f"layer {layer!r} {role} holds {count} of {np.size(value)}")
-    if bad:
-        raise ValueError(f"{origin}: non-finite weights (NaN or Inf): {'; '.join(bad)}; the "
-                         f"weights are corrupt")
-
-
 def load_vgg16(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                quiet: bool = False) -> tuple[VGG16, dict, ModelMeta]:
     """(model, params, meta) from a published name ("keras", "keras-notop", "torchvision",
@@ -181,6 +168,6 @@ def load_vgg16(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     check_params(params, model, name)
     check_finite(params, name)
     params = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), params)
-    meta = ModelMeta(source=name, width=model.width, head=model.head,
+    meta = ModelMeta(source=name, arch="vgg16", width=model.width, head=model.head,
                      num_classes=model.num_classes, preprocessing=preprocessing)
     return model, params, meta

@@ -26,7 +26,7 @@ import pathlib
 
 import numpy as np
 
-from egjax import evaluate, runs
+from egjax import evaluate, geometry, runs
 from egjax.maps import QuantizedMaps
 from egjax.visualize import heatmaps, patches, raster, selection
 from egjax.visualize.graph_figure import edge_offsets
@@ -180,7 +180,7 @@ def _heat_windows(values: np.ndarray, fit, det, nodes) -> list[list]:
     nodes = np.asarray(nodes)
     chosen = _best(det.score[nodes], HEAT_IMAGES)                                    # [B, I]
     flat_nodes = np.repeat(nodes, chosen.shape[1])
-    cells = (det.px[flat_nodes, chosen.reshape(-1)] - cfg.center) / cfg.stride
+    cells = geometry.to_cells(det.px[flat_nodes, chosen.reshape(-1)], cfg.stride, cfg.center)
     deform = np.asarray(fit.deform).reshape(-1)[flat_nodes]
     half = heatmaps.search_half_range(deform, cfg)
     heat = heatmaps.evidence(values[chosen.reshape(-1), :, :, flat_nodes // per_filter], cells,

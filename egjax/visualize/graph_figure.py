@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from egjax import evaluate  # noqa: E402
+from egjax import evaluate, geometry  # noqa: E402
 from egjax.visualize import selection  # noqa: E402
 from egjax.visualize.figures import LAYER_COLOURS  # noqa: E402
 
@@ -27,7 +27,8 @@ DPI = 100
 def pixels(fit) -> np.ndarray:
     """`[V, N, 2]` node positions in pixels in the graph's own frame (image n mirrored where
     `flip[n]`), the frame in which the EM relates children to parents."""
-    return fit.config.center + np.asarray(fit.pos, np.float64) * fit.config.stride
+    return geometry.to_pixels(np.asarray(fit.pos, np.float64), fit.config.stride,
+                              fit.config.center)
 
 
 def edge_offsets(lower, upper) -> np.ndarray:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from egjax import evaluate
+from egjax import evaluate, geometry
 from egjax.config import LayerConfig
 from egjax.visualize import raster, selection
 
@@ -42,7 +42,7 @@ def search_half_range(deform, config: LayerConfig) -> np.ndarray:
 def detected_cells(fit, image_size: int) -> np.ndarray:
     """`[V, N, 2]` fractional cells (h, w) of each node's detection in the unmirrored image."""
     cfg = fit.config
-    return (evaluate.node_detections(fit, image_size).px - cfg.center) / cfg.stride
+    return geometry.to_cells(evaluate.node_detections(fit, image_size).px, cfg.stride, cfg.center)
 
 
 def evidence(values: np.ndarray, cells: np.ndarray, deform: np.ndarray,
@@ -93,7 +93,8 @@ def upsample(heat: np.ndarray, config: LayerConfig, image_size: int) -> np.ndarr
     """`[..., S, S]` -> `[..., image_size, image_size]`: bilinear between cell centres
     (`center + cell * stride` px), the outer cells' values beyond them."""
     pixels = np.arange(image_size)
-    where = np.clip((pixels - config.center) / config.stride, 0, config.map_size - 1)
+    where = np.clip(geometry.to_cells(pixels, config.stride, config.center), 0,
+                    config.map_size - 1)
     low = np.minimum(np.floor(where).astype(int), config.map_size - 2)
     frac = where - low
     rows = heat[..., low, :] * (1 - frac)[:, None] + heat[..., low + 1, :] * frac[:, None]

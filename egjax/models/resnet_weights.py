@@ -1,0 +1,195 @@
+"""Ports ImageNet ResNet-50 weights from Keras, torchvision and timm files to `ResNet50` params,
+folding each batch norm into the conv before it.
+
+Layouts (the file's -> ours):
+* Keras (.h5, legacy layout, see `keras_h5`; tf.keras's `ResNet50` release, variant v1,
+  "caffe" preprocessing): `conv1_conv` + `conv1_bn` -> `conv1`;
+  `conv{s+1}_block{b+1}_{i}_conv` + `_{i}_bn` -> `layer{s}_{b}_conv{i}` (i = 1, 2, 3) and
+  `_0_conv` + `_0_bn` -> `layer{s}_{b}_downsample`; `predictions` -> `logits`. Convs have
+  biases; batch norm epsilon 1.001e-5.
+* torchvision (.pth, see `torch_pickle`; V1 and V2 weights) and timm (.safetensors, same
+  names), variant v1.5, "torch" preprocessing: `conv1` + `bn1`; `layer{s}.{b}.conv{i}` +
+  `.bn{i}`; `layer{s}.{b}.downsample.0` + `.downsample.1`; `fc`. Convs without bias, kernels
+  OIHW -> HWIO, the linear [out, in] -> [in, out]; batch norm epsilon 1e-5.
+Folding: `kernel * g`, `beta + (bias - mean) * g` with `g = gamma / sqrt(variance + eps)`, per
+output channel (exact in real arithmetic). Width, head and classes are read off the file;
+every tensor must find its place, every layer its shape, every weight be finite, else
+ValueError naming the layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egjax.models.contract import check_finite, check_params
+from egjax.models.download import Published, fetch
+from egjax.models.meta import ModelMeta
+from egjax.models.resnet import ResNet50, blocks
+from egjax.models.weights import weights_format
+
+KERAS_EPSILON = 1.001e-5
+TORCH_EPSILON = 1e-5
+_KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+PUBLISHED = {
+    # md5: WEIGHTS_HASHES["resnet50"] of keras/src/applications/resnet.py
+    "keras": Published("resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                       _KERAS_BASE + "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                       "md5", "2cb95161c43110f7111970584f804107", "caffe"),
+    "keras-notop": Published("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                             _KERAS_BASE + "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                             "md5", "4d473c1dd8becc155b73f8504c6f6626", "caffe"),
+    # sha256 prefixes in the file names, as torch.hub checks (ResNet50_Weights.IMAGENET1K_V1/V2)
+    "torchvision": Published("resnet50-0676ba61.pth",
+                             "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+                             "sha256", "0676ba61", "torch"),
+    "torchvision-v2": Published("resnet50-11ad3fa6.pth",
+                                "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+                                "sha256", "11ad3fa6", "torch"),
+    # neither timm nor the Hub pins a hash in code: not verified (its sha256 is printed)
+    "timm": Published("resnet50.a1_in1k.safetensors",
+                      "https://huggingface.co/timm/resnet50.a1_in1k/resolve/main/"
+                      "model.safetensors", "sha256", None, "torch"),
+}
+
+
+def _keras_names() -> dict[str, str]:
+    names = {"conv1_conv": "conv1", "conv1_bn": "conv1", "predictions": "logits"}
+    for block in blocks():
+        stage, index = (int(i) for i in block.tap[len("layer"):].split("."))
+        keras = f"conv{stage + 1}_block{index + 1}"
+        for i in (1, 2, 3):
+            names[f"{keras}_{i}_conv"] = names[f"{keras}_{i}_bn"] = f"{block.prefix}_conv{i}"
+        if block.project:
+            names[f"{keras}_0_conv"] = names[f"{keras}_0_bn"] = f"{block.prefix}_downsample"
+    return names
+
+
+def _torch_names() -> dict[str, str]:
+    names = {"conv1": "conv1", "bn1": "conv1", "fc": "logits"}
+    for block in blocks():
+        for i in (1, 2, 3):
+            names[f"{block.tap}.conv{i}"] = names[f"{block.tap}.bn{i}"] = \
+                f"{block.prefix}_conv{i}"
+        if block.project:
+            names[f"{block.tap}.downsample.0"] = names[f"{block.tap}.downsample.1"] = \
+                f"{block.prefix}_downsample"
+    return names
+
+
+KERAS_NAMES = _keras_names()
+TORCH_NAMES = _torch_names()
+_TORCH_ROLES = {"weight": None, "bias": None, "running_mean": "mean",
+                "running_var": "variance", "num_batches_tracked": "skip"}
+
+
+def fold(layer: dict, epsilon: float, name: str, origin: str) -> dict:
+    """{kernel[, bias], gamma, beta, mean, variance} -> {kernel, bias}: the batch norm folded
+    into the conv (a Dense layer without batch norm passes as it is)."""
+    norm = ("gamma", "beta", "mean", "variance")
+    if not any(role in layer for role in norm):
+        return layer
+    missing = [role for role in ("kernel", *norm) if role not in layer]
+    if missing:
+        raise ValueError(f"{origin}: layer {name!r} lacks {missing} (a conv with its batch norm)")
+    scale = layer["gamma"] / np.sqrt(layer["variance"].astype(np.float64) + epsilon)
+    bias = layer.get("bias", 0.0)
+    return {"kernel": (layer["kernel"] * scale).astype(np.float32),
+            "bias": (layer["beta"] + (bias - layer["mean"]) * scale).astype(np.float32)}
+
+
+def _from_keras(layers: dict, path: str) -> dict:
+    merged: dict[str, dict] = {}
+    for name, weights in layers.items():
+        if name not in KERAS_NAMES:
+            raise ValueError(f"{path}: unexpected layer {name!r}; not a Keras ResNet-50 weights "
+                             f"file (its layers: conv1_conv, conv1_bn, conv2_block1_1_conv, ..., "
+                             f"predictions)")
+        role_of = {"kernel": "kernel", "bias": "bias"} if name.endswith(("_conv", "predictions")) \
+            else {"gamma": "gamma", "beta": "beta", "mean": "mean", "variance": "variance"}
+        target = merged.setdefault(KERAS_NAMES[name], {})
+        for role, value in weights.items():
+            if role not in role_of:
+                raise ValueError(f"{path}: layer {name!r} has a {role}, which it should not")
+            target[role_of[role]] = value
+    return {name: fold(layer, KERAS_EPSILON, name, path) for name, layer in merged.items()}
+
+
+def _from_torch(tensors: dict, path: str) -> dict:
+    merged: dict[str, dict] = {}
+    for key, value in tensors.items():
+        module, _, kind = key.rpartition(".")
+        if module not in TORCH_NAMES or kind not in _TORCH_ROLES:
+            raise ValueError(f"{path}: unexpected tensor {key!r} {tuple(value.shape)}; not a "
+                             "ResNet-50 state dict (another depth or architecture?)")
+        role = _TORCH_ROLES[kind]
+        if role == "skip":
+            continue
+        norm = module.endswith(("bn1", "bn2", "bn3", "downsample.1"))
+        if role is None:
+            role = ({"weight": "gamma", "bias": "beta"} if norm
+                    else {"weight": "kernel", "bias": "bias"})[kind]
+        layer = TORCH_NAMES[module]
+        if role == "kernel":
+            value = value.T if value.ndim == 2 else _oihw_to_hwio(value, layer, path)
+        merged.setdefault(layer, {})[role] = value
+    return {name: fold(layer, TORCH_EPSILON, name, path) for name, layer in merged.items()}
+
+
+def _oihw_to_hwio(kernel: np.ndarray, layer: str, path: str) -> np.ndarray:
+    if kernel.ndim != 4:
+        raise ValueError(f"{path}: layer {layer!r} kernel has shape {kernel.shape}, expected OIHW")
+    return kernel.transpose(2, 3, 1, 0)
+
+
+def read_resnet50_weights(path: str | os.PathLike) -> tuple[dict, str, str]:
+    """A weights file -> (folded params in `ResNet50` naming as numpy, variant, preprocessing)."""
+    path = os.fspath(path)
+    kind = weights_format(path)
+    if kind == "keras":
+        from egjax.models.keras_h5 import read_keras_h5
+        return _from_keras(read_keras_h5(path), path), "v1", "caffe"
+    if kind == "torch":
+        from egjax.models.torch_pickle import read_torch_state_dict
+        return _from_torch(read_torch_state_dict(path), path), "v1.5", "torch"
+    from safetensors.numpy import load_file
+    return _from_torch(load_file(path), path), "v1.5", "torch"
+
+
+def _infer_model(params: dict, variant: str, path: str) -> ResNet50:
+    if "kernel" not in params.get("conv1", {}):
+        raise ValueError(f"{path}: layer 'conv1' is missing; not a ResNet-50 weights file")
+    width = params["conv1"]["kernel"].shape[-1] / 64
+    num_classes = 1000
+    if "kernel" in params.get("logits", {}):
+        num_classes = int(params["logits"]["kernel"].shape[-1])
+    return ResNet50(width=width, head="gap" if "logits" in params else None,
+                    num_classes=num_classes, variant=variant)
+
+
+def load_resnet50(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                  quiet: bool = False) -> tuple[ResNet50, dict, ModelMeta]:
+    """(model, params, meta) from a published name ("keras", "keras-notop": v1;
+    "torchvision", "torchvision-v2", "timm": v1.5; fetched into `cache_dir`, default
+    ~/.cache/egjax, and verified) or a weights file; the variant follows the file."""
+    if isinstance(source, str) and source in PUBLISHED:
+        path, name = fetch(source, cache_dir, quiet=quiet, published=PUBLISHED), source
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights file {path}; give a file or one of the "
+                                    f"published names {', '.join(PUBLISHED)}")
+    params, variant, preprocessing = read_resnet50_weights(path)
+    model = _infer_model(params, variant, name)
+    check_params(params, model, name)
+    check_finite(params, name)
+    params = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), params)
+    meta = ModelMeta(source=name, arch=model.arch, width=model.width, head=model.head,
+                     num_classes=model.num_classes, preprocessing=preprocessing)
+    return model, params, meta
+
