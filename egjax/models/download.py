@@ -95,6 +95,20 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None, *, quiet: bool 
     return path
 
 
+
+def locate(source: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+           quiet: bool = False, published: dict | None = None) -> tuple[Path, str]:
+    """(path, name) of a weights source: a published name of `published` (default VGG-16's
+    `PUBLISHED`; fetched and verified, see `fetch`) or an existing file."""
+    published = PUBLISHED if published is None else published
+    if isinstance(source, str) and source in published:
+        return fetch(source, cache_dir, quiet=quiet, published=published), source
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path}; give a file or one of the "
+                                f"published names {', '.join(published)}")
+    return path, str(path)
+
 def _download(entry: Published, path: Path, *, quiet: bool) -> str:
     """Downloads `entry` to `path` (via a temporary sibling); returns its verified digest."""
     path.parent.mkdir(parents=True, exist_ok=True)

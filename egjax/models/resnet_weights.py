@@ -20,14 +20,13 @@ ValueError naming the layer.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from egjax.models.contract import check_finite, check_params
-from egjax.models.download import Published, fetch
+from egjax.models.download import Published, locate
 from egjax.models.meta import ModelMeta
 from egjax.models.resnet import ResNet50, blocks
 from egjax.models.weights import weights_format
@@ -176,14 +175,7 @@ def load_resnet50(source: str | os.PathLike, *, cache_dir: str | os.PathLike | N
     """(model, params, meta) from a published name ("keras", "keras-notop": v1;
     "torchvision", "torchvision-v2", "timm": v1.5; fetched into `cache_dir`, default
     ~/.cache/egjax, and verified) or a weights file; the variant follows the file."""
-    if isinstance(source, str) and source in PUBLISHED:
-        path, name = fetch(source, cache_dir, quiet=quiet, published=PUBLISHED), source
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights file {path}; give a file or one of the "
-                                    f"published names {', '.join(PUBLISHED)}")
+    path, name = locate(source, cache_dir, quiet=quiet, published=PUBLISHED)
     params, variant, preprocessing = read_resnet50_weights(path)
     model = _infer_model(params, variant, name)
     check_params(params, model, name)

@@ -17,13 +17,12 @@ the layer.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.models.download import PUBLISHED, fetch
+from egjax.models.download import locate
 from egjax.models.meta import ModelMeta
 from egjax.models.contract import check_finite, check_params
 from egjax.models.vgg import FC_MAP_SIZE, VGG16, trunk_layers
@@ -155,14 +154,7 @@ def load_vgg16(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None
     """(model, params, meta) from a published name ("keras", "keras-notop", "torchvision",
     "timm"; fetched into `cache_dir`, default ~/.cache/egjax, and verified) or a weights file.
     """
-    if isinstance(source, str) and source in PUBLISHED:
-        path, name = fetch(source, cache_dir, quiet=quiet), source
-    else:
-        path = Path(source)
-        name = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no weights file {path}; give a file or one of the "
-                                    f"published names {', '.join(PUBLISHED)}")
+    path, name = locate(source, cache_dir, quiet=quiet)
     params, preprocessing = read_weights(path)
     model = _infer_model(params, name)
     check_params(params, model, name)
