@@ -120,14 +120,16 @@ def test_read_only_runs_folder_is_refused(tmp_path, capsys):
 
 def test_ctrl_c_ends_with_one_line_and_keeps_nothing(runs_folder):
     before = snapshot(runs_folder)
+    # As from a terminal: a suite started in the background (`make test &`) passes an ignored
+    # SIGINT down, which Python would leave ignored in the script; restore Python's handler
+    # first (in the child's own Python: a preexec_fn would fork this multithreaded process).
+    start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler);"
+             " sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
     process = subprocess.Popen(
-        [sys.executable, str(VOC), "--runs", str(runs_folder), "--name", "new",
+        [sys.executable, "-c", start, str(VOC), "--runs", str(runs_folder), "--name", "new",
          "--images", "40", "--negatives", "200"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-        # as from a terminal: a suite started in the background (`make test &`) inherits an
-        # ignored SIGINT, which Python would leave ignored in the script
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
     try:
         header = process.stdout.readline()          # printed as the computation starts
         assert header.startswith("egjax"), header
