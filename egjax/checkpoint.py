@@ -29,10 +29,11 @@ import shutil
 import uuid
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.handlers.composite_checkpoint_handler import CompositeOptions
 
-from egjax import runs
+from egjax import distributed, runs
 
 MANIFEST = "manifest.json"
 FORMAT = "egjax.checkpoint/1"
@@ -47,16 +48,30 @@ class _SkipEmptyMerge(logging.Filter):
         return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
 
 
-def _checkpointer() -> ocp.Checkpointer:
+def _checkpointer(together: bool = False) -> ocp.Checkpointer:
     """This process reads or writes the checkpoint alone (under `jax.distributed`, process 0
-    writes run folders while the others wait; orbax would wait for them)."""
-    alone = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
-                                               active_processes={jax.process_index()})
+    writes run folders while the others wait; orbax would wait for them), or, `together`,
+    every process writes its own shards of the arrays that span processes (orbax's
+    default: process 0 writes the rest)."""
+    alone = (ocp.options.MultiprocessingOptions() if together else
+             ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                                active_processes={jax.process_index()}))
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(
         arrays=ocp.StandardCheckpointHandler(use_ocdbt=False, multiprocessing_options=alone),
         meta=ocp.JsonCheckpointHandler(multiprocessing_options=alone),
         composite_options=CompositeOptions(multiprocessing_options=alone)),
         multiprocessing_options=alone)
+
+
+def _spans_processes(a) -> bool:
+    """Whether `a` is a `jax.Array` with shards on other processes' devices."""
+    return isinstance(a, jax.Array) and not a.is_fully_addressable
+
+
+def storable(a):
+    """`a` as a host array, or as it is where it spans processes (every process then writes
+    its own shards, see `save`)."""
+    return a if _spans_processes(a) else np.asarray(a)
 
 
 def check_target(path, *, overwrite: bool) -> pathlib.Path:
@@ -75,20 +90,33 @@ def check_target(path, *, overwrite: bool) -> pathlib.Path:
 
 def save(path, tree, meta: dict, *, kind: str, overwrite: bool = False) -> pathlib.Path:
     """Write `tree` (arrays) and `meta` (JSON-serialisable) to the directory `path`, with a
-    manifest saying it holds a `kind` and the checksums of its files."""
+    manifest saying it holds a `kind` and the checksums of its files.
+
+    Where `tree` holds arrays that span several processes (under `jax.distributed`, e.g. a
+    graph's records sharded over the images), every process calls `save` with the same
+    arguments and writes its own shards; process 0 writes the rest and puts the checkpoint in
+    place, and every process returns once it is there. Else this process writes alone."""
+    together = jax.process_count() > 1 and any(map(_spans_processes, jax.tree.leaves(tree)))
     path = check_target(path, overwrite=overwrite)
-    staging = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    token = distributed.agreed_token() if together else uuid.uuid4().hex
+    staging = path.with_name(f".{path.name}.tmp-{token[:8]}")
+    writer = not together or distributed.is_main()
     quiet = _SkipEmptyMerge()
     logging.getLogger("absl").addFilter(quiet)
     try:
-        _checkpointer().save(staging, ocp.args.Composite(arrays=ocp.args.StandardSave(tree),
-                                                         meta=ocp.args.JsonSave(meta)))
-        manifest = {"format": FORMAT, "kind": kind, "sha256": _digests(staging)}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-        runs.swap_in(staging, path)
+        _checkpointer(together).save(staging, ocp.args.Composite(
+            arrays=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)))
+        if writer:
+            manifest = {"format": FORMAT, "kind": kind, "sha256": _digests(staging)}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True)
+                                            + "\n")
+            runs.swap_in(staging, path)
     finally:
         logging.getLogger("absl").removeFilter(quiet)
-        shutil.rmtree(staging, ignore_errors=True)
+        if writer:
+            shutil.rmtree(staging, ignore_errors=True)
+    if together:
+        distributed.leave_together(f"checkpoint {token}")
     return path
 
 

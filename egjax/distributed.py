@@ -94,6 +94,22 @@ def is_main() -> bool:
     return jax.process_index() == 0
 
 
+def counts(n: int) -> np.ndarray:
+    """Every process's `n` (e.g. its objects), by process index."""
+    if jax.process_count() == 1:
+        return np.asarray([n])
+    return np.asarray(multihost_utils.process_allgather(np.int64(n)))
+
+
+def agreed_token() -> str:
+    """A random hex token, the same on every process (process 0's): names a temporary
+    folder that all processes write into."""
+    token = np.frombuffer(os.urandom(8), np.uint8)
+    if jax.process_count() > 1:
+        token = np.asarray(multihost_utils.broadcast_one_to_all(token))
+    return bytes(token.astype(np.uint8)).hex()
+
+
 def describe() -> str:
     """'8 cpu devices in 2 processes' (for a script's banner)."""
     devices = jax.devices()

@@ -54,7 +54,8 @@ class ExplanatoryGraph:
         """Write the graph to the directory `path` (orbax; atomic; with the checksum of every
         array and of the settings, see `egjax.checkpoint`). Returns the path."""
         # orbax stores no zero-size arrays: the top layer's empty parents are implied.
-        arrays = [{f: np.asarray(getattr(layer, f)) for f in FIELDS
+        # Arrays spanning processes stay as they are: each process writes its shards.
+        arrays = [{f: checkpoint.storable(getattr(layer, f)) for f in FIELDS
                    if np.size(getattr(layer, f))} for layer in self.layers]
         meta = {"format": FORMAT, "config": _config_to_json(self.config)}
         return checkpoint.save(path, arrays, meta, kind=KIND, overwrite=overwrite)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -103,11 +104,12 @@ def parse(argv):
         args.objects = data.iter_objects(
             args.dataset, args.data_dir, args.category, split=args.split,
             image_size=egjax.GraphConfig.vgg16().image_size, limit=args.images,
-            strict=args.strict, quiet=args.quiet, seed=args.seed)
+            strict=args.strict, quiet=args.quiet, seed=args.seed, shard=distributed.shard())
     except (OSError, ValueError) as error:
         cli.data_error(parser, error)
-    if args.objects.total < 2:
-        cli.data_error(parser, f"{args.dataset}: {args.objects.total} object of "
+    args.indexed = distributed.counts(args.objects.total)   # this process's share: every P-th
+    if args.indexed.sum() < 2:
+        cli.data_error(parser, f"{args.dataset}: {args.indexed.sum()} object of "
                                f"{args.category!r} found; the graph needs at least 2")
     parts = args.objects.part_names
     args.landmarks = ([p.strip() for p in args.landmarks.split(",") if p.strip()]
@@ -124,8 +126,9 @@ def parse(argv):
 
 
 def read_data(args):
-    """(objects, uint8 negative images): `egjax.data`'s refusals (a corrupt file with
-    --strict, no negatives) end the script with one line."""
+    """(this process's share of the objects, uint8 negative images (all of them)):
+    `egjax.data`'s refusals (a corrupt file with --strict, no negatives) end the script with
+    one line."""
     try:
         batches = list(args.objects)
         negatives = data.negatives(args.dataset, args.data_dir, args.category, split=args.split,
@@ -134,9 +137,14 @@ def read_data(args):
                                    quiet=args.quiet, seed=args.seed)
     except (OSError, ValueError) as error:
         cli.data_error(args.parser, error)
-    if sum(len(b) for b in batches) < 2:
+    read = distributed.counts(sum(len(b) for b in batches))
+    if read.sum() < 2:
         cli.data_error(args.parser, f"{args.dataset}: fewer than 2 readable objects of "
                                     f"{args.category!r}")
+    if len(read) > 1 and (read != args.indexed).any():
+        cli.data_error(args.parser, f"{args.dataset}: unreadable objects were skipped; under "
+                                    f"several processes each must read its whole share (every "
+                                    f"{len(read)}-th object): remove the files the warning names")
     return data.concatenate(batches), negatives.images
 
 
@@ -147,9 +155,10 @@ def main(argv=None) -> int:
            egjax.GraphConfig.resnet50(model.variant, iterations=args.iterations))
     taps = [layer.tap for layer in cfg.layers]
     started = time.perf_counter()
-    objects, negatives = read_data(args)
+    objects, negatives = read_data(args)   # this process's share of the objects
     landmarks = data.select_parts(objects, args.landmarks) if args.landmarks else None
-    print(f"egjax {args.dataset} / {args.category}: {len(objects)} objects (+ mirrors) from "
+    images = int(distributed.counts(len(objects)).sum())
+    print(f"egjax {args.dataset} / {args.category}: {images} objects (+ mirrors) from "
           f"{args.data_dir or 'the embedded generator'} (split {args.split}), "
           f"{len(negatives)} negatives; landmarks "
           f"{', '.join(args.landmarks) or 'none'}; network "
@@ -159,8 +168,7 @@ def main(argv=None) -> int:
     # and its share of the object images.
     stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
                                 across_processes=False)
-    index, count = distributed.shard()
-    features = extract_features(model, params, meta, objects.images[index::count], taps,
+    features = extract_features(model, params, meta, objects.images, taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)
     maps = [features.maps[t] for t in taps]
@@ -170,27 +178,44 @@ def main(argv=None) -> int:
                             compat=args.compat, quiet=args.quiet)
     jax.block_until_ready(graph.layers[0].pos)
     fit_seconds = time.perf_counter() - fitting
-    graph, maps = distributed.gather_records(graph), distributed.gather_shares(maps)
-    if not distributed.is_main():   # process 0 evaluates and writes; the others wait
+    # Every process writes its shards of the records (orbax); process 0 reads the graph
+    # back to evaluate it and moves it into the run folder, so no other host holds every
+    # record. The images and maps of all processes are put together for the pictures.
+    saved = graph.save(args.out.with_name(f".{args.out.name}.graph-{distributed.agreed_token()}"))
+    try:
+        return write_run(args, saved, objects, landmarks, distributed.gather_shares(maps),
+                         negatives, fit_seconds, started)
+    finally:   # left behind only if the run failed before the graph was moved in
+        if distributed.is_main():
+            shutil.rmtree(saved, ignore_errors=True)
+
+
+def write_run(args, saved, objects, landmarks, maps, negatives, fit_seconds, started) -> int:
+    """Process 0: evaluate the graph checkpoint `saved` and write the run folder (the graph
+    moved into it); the other processes wait until it is written."""
+    images, marks = distributed.gather_shares(
+        (objects.images, None if landmarks is None else (landmarks.landmarks, landmarks.visible)))
+    if not distributed.is_main():
         distributed.leave_together("run written")
         return 0
-    marks = (None, None) if landmarks is None else (landmarks.landmarks, landmarks.visible)
+    graph = egjax.ExplanatoryGraph.load(saved)
+    marks = marks or (None, None)
     metrics = ({"instability": NO_LANDMARKS} if landmarks is None
                else evaluate.compare(graph, maps, *marks))
     metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
-                   split=args.split, category=args.category, images=len(objects),
+                   split=args.split, category=args.category, images=len(images),
                    landmarks=list(args.landmarks), negatives=len(negatives),
-                   iterations=args.iterations, compat=args.compat, model=meta.arch,
+                   iterations=args.iterations, compat=args.compat, model=args.network[2].arch,
                    checkpoint=str(args.checkpoint), seed=args.seed,
                    fit_seconds=fit_seconds, total_seconds=time.perf_counter() - started)
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
-        graph.save(out / "graph")
+        os.replace(saved, out / "graph")
         runs.write_json(out / "metrics.json", metrics)
         if landmarks is not None:
             figures.instability_chart(metrics, out / "instability.png")
-        figures.detections(objects.images, graph, out / "detections.png",
+        figures.detections(images, graph, out / "detections.png",
                            landmarks=marks[0], visible=marks[1])
-        written = pictures.write(out, graph, objects.images, maps, *marks, title=args.name)
+        written = pictures.write(out, graph, images, maps, *marks, title=args.name)
     if landmarks is not None:
         print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location "
               f"instability / image diagonal; lower is better)")

@@ -1,7 +1,8 @@
 """Two processes on localhost under `jax.distributed` (gloo), 2 CPU devices each, each
 holding every other image: `fit_graph`, `infer_graph`, feature extraction and the negative
-statistics give what one process gives on all images; a process that dies makes the other
-exit with a message."""
+statistics give what one process gives on all images; the main job reads only its share of
+the objects; a graph whose records are sharded over both processes is written by both and
+reads back whole; a process that dies makes the other exit with a message."""
 
 import json
 import os
@@ -13,7 +14,7 @@ import textwrap
 import numpy as np
 
 WORKER = textwrap.dedent("""
-    import json, os, sys
+    import dataclasses, json, os, runpy, sys
     process, port = int(sys.argv[1]), sys.argv[2]
     from egjax import distributed
     distributed.initialize(f"localhost:{port}", 2, process, timeout=120)
@@ -91,6 +92,40 @@ WORKER = textwrap.dedent("""
                                              quiet=True).maps["conv5_3"]
         out["features_equal"] = bool(np.array_equal(theirs[0][:4], ref_maps[0::2])
                                      and np.array_equal(theirs[1][:3], ref_maps[1::2]))
+
+    # The graph's records of images 0..7 split over the 4 devices of both processes: each
+    # process writes its shards; read back whole, they are what both hold together.
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("images",))
+    def first8(x, axis):
+        spec = jax.sharding.PartitionSpec(*[None] * axis, "images")
+        cut = (slice(None),) * axis + (slice(0, 8),)
+        return jax.jit(lambda a: a[cut], out_shardings=jax.sharding.NamedSharding(mesh, spec))(x)
+    axes = {"score": 1, "pos": 1, "flip": 0, "alt_score": 1, "alt_pos": 1}
+    split = egjax.ExplanatoryGraph(tuple(dataclasses.replace(l, **{f: first8(getattr(l, f), a)
+                                                                   for f, a in axes.items()})
+                                         for l in graph.layers), graph.config)
+    whole = [{f: everything(getattr(l, f)) for f in fields} for l in split.layers]
+    out["saved_spec"] = str(split.layers[0].score.sharding.spec)
+    path = split.save(os.path.join(os.environ["RUNS"], "graph"))
+    back = egjax.ExplanatoryGraph.load(path)
+    out["saved_equal"] = all(np.array_equal(np.asarray(getattr(b, f)), w[f])
+                             for b, w in zip(back.layers, whole) for f in fields)
+
+    # The main job's data path: each process reads only its share of the 5 objects.
+    from egjax.data import loading
+    read, reader = [], loading._read_group
+    loading._read_group = lambda group, *rest: read.extend(e.id for e in group) or reader(group, *rest)
+    script = runpy.run_path(os.environ["SCRIPT"], run_name="vgg16_voc")
+    args = script["parse"](["--images", "5", "--negatives", "2", "--runs", os.environ["RUNS"],
+                            "--quiet"])
+    objects, negatives = script["read_data"](args)
+    out["objects_read"] = len(read) - len(negatives)
+    out["ids"] = list(objects.ids)
+    together = distributed.gather_shares(objects.images)
+    if process == 0:
+        alone = script["data"].load("synthetic", None, "quadruped", limit=5, quiet=True)
+        out["all_ids"] = list(alone.ids)
+        out["images_equal"] = bool(np.array_equal(together, alone.images))
     print(json.dumps(out))
 """)
 
@@ -116,21 +151,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(script: str, devices: int) -> list[subprocess.Popen]:
+def start(script: str, devices: int, **env) -> list[subprocess.Popen]:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               TESTS=os.path.dirname(__file__), JAX_PLATFORMS="cpu")
+               TESTS=os.path.dirname(__file__), JAX_PLATFORMS="cpu", **env)
     port = str(free_port())
     return [subprocess.Popen([sys.executable, "-c", script, str(i), port], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(2)]
 
 
-def test_two_processes_equal_one():
-    processes = start(WORKER, devices=2)
+def test_two_processes_equal_one(tmp_path):
+    processes = start(WORKER, devices=2, RUNS=str(tmp_path),
+                      SCRIPT=os.path.join(os.path.dirname(__file__), "..", "experiments",
+                                          "vgg16_voc.py"))
     outputs = [p.communicate(timeout=900) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], "\n".join(e[-2000:] for _, e in outputs)
     out, other = (json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs)
     out.update(original_equal=other["original_equal"])
+    other_ids = other["ids"]
     assert out["describe"] == "4 cpu devices in 2 processes" and out["shard"] == [0, 2]
     assert "spec=P()" in out["sharding"]   # 10 images on 4 devices: records replicated
     print(json.dumps(out))
@@ -140,6 +178,10 @@ def test_two_processes_equal_one():
     assert all(out["inferred_flip"])
     assert out["stats_count"] == 7 and out["stats_sd"] < 1e-5, out
     assert out["features_equal"]
+    assert out["saved_spec"] == "P(None, 'images')" and out["saved_equal"]
+    assert [out["objects_read"], other["objects_read"]] == [3, 2]   # every other of 5
+    assert out["ids"] == out["all_ids"][0::2] and other_ids == out["all_ids"][1::2]
+    assert out["images_equal"]
 
 
 def test_a_dead_process_stops_the_other():
