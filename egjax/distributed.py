@@ -5,9 +5,11 @@ environment (SLURM `srun`, Open MPI `mpirun`: `jax.distributed.initialize`'s own
 detection) or from an explicit coordinator. Each process then loads and extracts its own
 share of the images (`shard()`, for `egjax.data.iter_objects(shard=...)`); `fit_graph` and
 `infer_graph` shard them over the devices of all processes and reduce the statistics
-across all of them; only the main process writes run folders. On CPU the collectives use
-gloo. A process that dies or stops answering makes the others stop within `timeout`
-seconds with a message from the coordination service, instead of waiting for ever.
+across all of them; a graph checkpoint is written by all processes, each its own shards
+(`egjax.checkpoint.save`); only the main process writes the rest of a run folder. On CPU
+the collectives use gloo. A process that dies or stops answering makes the others stop
+within `timeout` seconds with a message from the coordination service, instead of waiting
+for ever.
 """
 
 from __future__ import annotations
@@ -137,15 +139,6 @@ def gather_shares(x):
         return whole
 
     return jax.tree.map(one, x)
-
-
-def gather_records(tree):
-    """A pytree of (possibly cross-process) arrays, e.g. an `ExplanatoryGraph`, whole on
-    every process's host (for evaluation and figures, which read every image)."""
-    if jax.process_count() == 1:
-        return tree
-    return jax.tree.map(lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)),
-                        tree)
 
 
 def leave_together(name: str, timeout: int = 3600) -> None:
