@@ -15,12 +15,15 @@ each reconstruction: the fraction of its gradient energy inside the object's mas
 Writes `runs/<name>/synthesis.json` (`foreground_share` means per variant and of the
 originals, per-image values, the patterns - random difference with a bootstrap 95% interval,
 settings, timings) and `runs/<name>/synthesis.png` (original, from all maps, from the top
-patterns, from a random selection; the object's outline on the original), atomically.
+patterns, from a random selection; the object's outline on the original) and
+`runs/<name>/reconstructions.npz` (uint8 originals and reconstructions, bool masks),
+atomically.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pathlib
 import sys
@@ -34,6 +37,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import egjax  # noqa: E402
 from egjax import cli, data, runs, synthesis  # noqa: E402
@@ -44,7 +48,7 @@ from egjax.models import load  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = "quadruped"
 LAYERS = tuple(layer.tap for layer in egjax.GraphConfig.vgg16().layers)
-SHOWN = 6  # images in the figure
+SHOWN = 5  # images in the figure
 RESAMPLES = 10000
 
 
@@ -114,27 +118,39 @@ def bootstrap(values: np.ndarray, seed: int) -> list[float]:
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def stretched(image: np.ndarray) -> np.ndarray:
+    """`image` uint8 with its 0.5-99.5 percentile range stretched to 0..1, for display."""
+    low, high = np.percentile(image, [0.5, 99.5])
+    return np.clip((image - low) / max(high - low, 1.0), 0.0, 1.0)
+
+
 def figure(objects, result, shares: dict, path, title: str) -> None:
-    """Rows: the first images; columns: original (object outlined), all, patterns, random."""
+    """Rows: the first images; columns: original (object outlined), all, patterns, random
+    (each contrast-stretched). Saved as a 256-colour PNG (reconstructions are noisy and
+    compress badly)."""
     rows = min(SHOWN, len(objects))
     columns = [("original", objects.images), *[(v, result.images[v]) for v in synthesis.VARIANTS]]
     labels = {"original": "original", "all": "from all maps",
               "patterns": "from the top patterns", "random": "from random cells"}
-    fig, axes = plt.subplots(rows, 4, figsize=(7.2, 1.85 * rows + 0.5), dpi=72, squeeze=False)
+    fig, axes = plt.subplots(rows, 4, figsize=(6.4, 1.6 * rows + 0.55), dpi=72, squeeze=False)
     for col, (name, images) in enumerate(columns):
-        axes[0, col].set_title(f"{labels[name]}\nforeground {shares[name].mean():.0%}",
+        axes[0, col].set_title(f"{labels[name]}\nforeground share {shares[name].mean():.2f}",
                                fontsize=8)
         for row in range(rows):
             ax = axes[row, col]
-            ax.imshow(images[row])
+            ax.imshow(images[row] if name == "original" else stretched(images[row]))
             if name == "original":
                 ax.contour(objects.masks[row], levels=[0.5], colors="w", linewidths=0.6)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(title, fontsize=8)
+    fig.suptitle(title, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(256).save(path, optimize=True)
 
 
 def main(argv=None) -> int:
@@ -178,10 +194,13 @@ def main(argv=None) -> int:
                     "total": time.perf_counter() - started},
     }
     title = (f"{args.layer}: top {args.keep:.0%} of {result.kept.shape[1]} nodes per image "
-             f"({cells['patterns']:.0%} of the cells kept); {args.steps} Adam steps")
+             f"({cells['patterns']:.0%} of the cells kept); {args.steps} Adam steps\n"
+             f"shares: means over {len(objects)} images; reconstructions contrast-stretched")
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "synthesis.json", report)
         figure(objects, result, shares, out / "synthesis.png", title)
+        np.savez_compressed(out / "reconstructions.npz", original=objects.images,
+                            masks=objects.masks, **result.images)
     low, high = report["patterns_minus_random"]["bootstrap95"]
     print(f"\nforeground share (of the gradient energy; the object covers "
           f"{report['object_area']:.0%} of the pixels): original "
@@ -191,7 +210,7 @@ def main(argv=None) -> int:
           f"{low:+.3f} .. {high:+.3f}; higher in {int(np.sum(difference > 0))} of "
           f"{len(objects)} images)")
     print(f"\n{report['seconds']['total']:.0f} s; wrote {args.out}/ (synthesis.json, "
-          f"synthesis.png)")
+          f"synthesis.png, reconstructions.npz)")
     return 0
 
 
