@@ -279,3 +279,41 @@ def test_render_preview(tmp_path):
     with Image.open(path) as image:
         assert image.size[0] > 100 and image.size[1] > 100
     assert [p.name for p in tmp_path.iterdir()] == ["preview.png"]
+
+
+@pytest.mark.parametrize("category", synthetic.CATEGORIES)
+def test_object_mask_is_exactly_where_the_object_shows(category):
+    """Rendered again without the object's shapes (distractors and occluders kept), an image
+    changes only inside its mask, and almost everywhere inside it (a few anti-aliased edge
+    pixels and colours that match the background by chance stay the same)."""
+    changed = inside = 0
+    for i in range(12):
+        image, flip = sampling.draw(category, i, seed=7, image_size=96)
+        mask = sampling.paint_mask(image, flip, 96)
+        assert mask.dtype == bool and mask.shape == (96, 96) and mask.any()
+        shapes = image.shapes[:image.figure.start] + image.shapes[image.figure.stop:]
+        without = sampling.paint(image._replace(shapes=shapes, figure=range(0)), flip, 96)
+        differs = (sampling.paint(image, flip, 96) != without).any(axis=-1)
+        assert not (differs & ~mask).any(), i
+        changed, inside = changed + differs.sum(), inside + mask.sum()
+    assert changed >= 0.97 * inside, (changed, inside)
+
+
+def test_object_masks_through_the_dataset_contract():
+    """`egjax.data.load("synthetic", ...)` carries the renderer's masks (ObjectSet.masks);
+    mirror flips them; negatives have none."""
+    from egjax import data
+
+    objects = data.load("synthetic", None, "bird", image_size=96, limit=3, seed=2, quiet=True)
+    assert objects.masks.shape == (3, 96, 96) and objects.masks.dtype == bool
+    for i in range(3):
+        np.testing.assert_array_equal(
+            objects.masks[i], sampling.paint_mask(*sampling.draw("bird", i, seed=2,
+                                                                 image_size=96), 96))
+    np.testing.assert_array_equal(data.mirror(objects).masks, objects.masks[:, :, ::-1])
+    assert data.concatenate([objects, objects]).masks.shape == (6, 96, 96)
+    assert data.negatives("synthetic", None, "bird", image_size=96, limit=2,
+                          quiet=True).masks is None
+    with pytest.raises(ValueError, match=r"ObjectSet.masks must be bool"):
+        data.ObjectSet(objects.images, objects.landmarks, objects.visible, objects.part_names,
+                       objects.boxes, objects.ids, objects.category, objects.masks[:, :8])

@@ -61,3 +61,16 @@ def crop_image(image, box: Box, size: int) -> np.ndarray:
         return np.asarray(image, np.uint8)
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR,
                                    box=(x0, y0, x1, y1)), np.uint8)
+
+
+def crop_mask(mask: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """The `box` of a bool [H, W] mask resampled to bool [S, S] (nearest pixel centre, aligned
+    as in `to_crop`); the whole mask at its own size is returned as it is."""
+    from PIL import Image
+
+    y0, x0, y1, x1 = (float(v) for v in box)
+    if (y0, x0, y1, x1) == (0.0, 0.0, *map(float, mask.shape)) and mask.shape == (size, size):
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size, size), Image.Resampling.NEAREST,
+                                   box=(x0, y0, x1, y1))) > 127

@@ -117,8 +117,9 @@ class ObjectStream:
 
 
 def _read_group(group: list[Entry], size: int,
-                bad: BadFiles) -> list[tuple[Entry, tuple, np.ndarray]]:
-    """(entry, box, crop) of entries that share one image (decoded once); a box reaching out
+                bad: BadFiles) -> list[tuple[Entry, tuple, np.ndarray, np.ndarray | None]]:
+    """(entry, box, crop, mask crop or None) of entries that share one image (decoded once);
+    a box reaching out
     of the image is clipped to it, as the original's getI.m does; None: the whole image."""
     source = group[0].image
     image = read_image(source, bad) if isinstance(source, pathlib.Path) else Image.fromarray(
@@ -134,7 +135,8 @@ def _read_group(group: list[Entry], size: int,
             bad.skip(source, f"the box {entry.box} of {entry.id} lies outside the "
                              f"{image.height} x {image.width} image")
             continue
-        read.append((entry, box, crop.crop_image(image, box, size)))
+        read.append((entry, box, crop.crop_image(image, box, size),
+                     None if entry.mask is None else crop.crop_mask(entry.mask(), box, size)))
     return read
 
 
@@ -147,13 +149,15 @@ def _read_batch(entries: Sequence[Entry], index: Index, size: int, bad: BadFiles
         return empty(index.category, index.part_names, size)
     parts = len(index.part_names)
     landmarks = np.zeros((len(read), parts, 2), np.float32)
-    for i, (entry, box, _) in enumerate(read):
+    for i, (entry, box, *_) in enumerate(read):
         if parts:
             landmarks[i] = np.nan_to_num(crop.to_crop(entry.points, box, size))
-    return ObjectSet(np.stack([pixels for *_, pixels in read]), landmarks,
+    masks = [mask for *_, mask in read]
+    return ObjectSet(np.stack([pixels for _, _, pixels, _ in read]), landmarks,
                      np.array([e.visible for e, *_ in read], bool).reshape(len(read), parts),
-                     index.part_names, np.array([box for _, box, _ in read], np.float32),
-                     tuple(e.id for e, *_ in read), index.category)
+                     index.part_names, np.array([box for _, box, *_ in read], np.float32),
+                     tuple(e.id for e, *_ in read), index.category,
+                     None if any(m is None for m in masks) else np.stack(masks))
 
 
 def iter_objects(name: str, root, category: str, *, split: str = "all", image_size: int = 224,
@@ -190,15 +194,20 @@ def _gather(stream: ObjectStream) -> ObjectSet:
     landmarks = np.empty((total, parts, 2), np.float32)
     visible = np.empty((total, parts), bool)
     boxes = np.empty((total, 4), np.float32)
+    masks = np.empty((total, size, size), bool)   # dropped if a batch has none
+    has_masks = True
     ids: list[str] = []
     for batch in stream:
         n, k = len(ids), len(batch)
         images[n:n + k], landmarks[n:n + k] = batch.images, batch.landmarks
         visible[n:n + k], boxes[n:n + k] = batch.visible, batch.boxes
+        has_masks = has_masks and batch.masks is not None
+        if has_masks:
+            masks[n:n + k] = batch.masks
         ids += batch.ids
     n = len(ids)
     return ObjectSet(images[:n], landmarks[:n], visible[:n], stream.part_names, boxes[:n],
-                     tuple(ids), stream.category)
+                     tuple(ids), stream.category, masks[:n] if has_masks and n else None)
 
 
 def load(name: str, root, category: str, *, split: str = "all", image_size: int = 224,

@@ -1,4 +1,5 @@
-"""ObjectSet: object crops with their part landmarks, the one thing every dataset yields."""
+"""ObjectSet: object crops with their part landmarks (and object masks where the source knows
+them), the one thing every dataset yields."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ObjectSet:
     boxes: np.ndarray  # float32 [N, 4] (y0, x0, y1, x1) source-image pixels, y1 / x1 exclusive
     ids: tuple[str, ...]  # [N] "<image id>/<object index>", the index as in the source annotation
     category: str
+    masks: np.ndarray | None = None  # bool [N, S, S] the object's crop pixels; None: unknown
 
     def __post_init__(self):
         n = len(self.ids)
@@ -30,6 +32,8 @@ class ObjectSet:
         expected = {"images": ((n, None, None, 3), np.uint8),
                     "landmarks": ((n, parts, 2), np.float32), "visible": ((n, parts), np.bool_),
                     "boxes": ((n, 4), np.float32)}
+        if self.masks is not None:
+            expected["masks"] = ((n, self.images.shape[1], self.images.shape[2]), np.bool_)
         for field, (shape, dtype) in expected.items():
             value = getattr(self, field)
             if value.dtype != dtype or value.ndim != len(shape) or any(
@@ -56,7 +60,8 @@ def empty(category: str, part_names: Sequence[str], image_size: int) -> ObjectSe
 
 
 def concatenate(sets: Sequence[ObjectSet]) -> ObjectSet:
-    """The objects of `sets` in order; they must share category, parts and image size."""
+    """The objects of `sets` in order; they must share category, parts and image size (masks
+    are kept if every set has them)."""
     first = sets[0]
     for other in sets[1:]:
         if (other.category, other.part_names, other.image_size) != (
@@ -66,16 +71,19 @@ def concatenate(sets: Sequence[ObjectSet]) -> ObjectSet:
                      np.concatenate([s.landmarks for s in sets]),
                      np.concatenate([s.visible for s in sets]), first.part_names,
                      np.concatenate([s.boxes for s in sets]),
-                     tuple(i for s in sets for i in s.ids), first.category)
+                     tuple(i for s in sets for i in s.ids), first.category,
+                     None if any(s.masks is None for s in sets)
+                     else np.concatenate([s.masks for s in sets]))
 
 
 def mirror(objects: ObjectSet) -> ObjectSet:
-    """The objects flipped left-right: images W-reversed, landmarks w -> S - 1 - w (boxes and
-    ids stay those of the source object)."""
+    """The objects flipped left-right: images and masks W-reversed, landmarks w -> S - 1 - w
+    (boxes and ids stay those of the source object)."""
     landmarks = objects.landmarks.copy()
     landmarks[..., 1] = objects.image_size - 1 - landmarks[..., 1]
+    masks = None if objects.masks is None else np.ascontiguousarray(objects.masks[:, :, ::-1])
     return dataclasses.replace(objects, images=np.ascontiguousarray(objects.images[:, :, ::-1]),
-                               landmarks=landmarks)
+                               landmarks=landmarks, masks=masks)
 
 
 def select_parts(objects: ObjectSet, names: Sequence[str]) -> ObjectSet:

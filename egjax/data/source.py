@@ -4,7 +4,8 @@ A source module defines
 * `DESCRIPTION`: a `Description` (categories, parts, splits, default landmarks, layout);
 * `index(root, category, *, split, min_area, image_size, limit, seed, bad, quiet) -> Index`:
   every object of `category` in `split` whose box area is >= min_area, in a fixed order, with
-  its part landmarks in source pixels; no pixel is read. It raises ValueError for an unknown
+  its part landmarks in source pixels (and, optionally, the object's exact pixel mask, read
+  lazily: `Entry.mask`); no pixel is read. It raises ValueError for an unknown
   category (listing the valid ones) and FileNotFoundError for a missing folder or file (naming
   the archive to extract and where); unreadable files go to `bad`. `limit` (None or an int)
   is applied by the caller; a source that generates its objects needs it.
@@ -32,6 +33,7 @@ class Entry(NamedTuple):
     box: tuple[float, float, float, float] | None  # (y0, x0, y1, x1) source px; None: whole image
     points: np.ndarray  # float64 [P, 2] (h, w) source pixels; NaN where unknown (not visible)
     visible: np.ndarray  # bool [P]
+    mask: Callable[[], np.ndarray] | None = None  # the object's pixels, bool [H, W]; None: unknown
 
 
 class Index(NamedTuple):

@@ -2,7 +2,8 @@
 
 Object i of (category, seed) is image i of `synthetic.sample(category, n, seed=seed,
 image_size=S)`: the same pixels, landmarks and visibility, with box = the whole S x S image
-(so the crop is the image itself). No files; `root` is ignored and `limit` is the number of
+(so the crop is the image itself), and the object's exact pixel mask from the renderer
+(`ObjectSet.masks`, `scene.object_mask`). No files; `root` is ignored and `limit` is the number of
 objects to draw (required). Negatives are `synthetic.negatives(n, seed=seed)`.
 """
 
@@ -45,7 +46,9 @@ def _entry(category: str | None, i: int, seed: int, image_size: int) -> Entry:
     whole = (0.0, 0.0, float(image_size), float(image_size))
     render = functools.partial(sampling.paint, image, flip, image_size)
     visible = scene.visibility(image, image_size)
-    return Entry(f"seed{seed}-{i:06d}/0", render, whole, points, visible)
+    mask = None if category is None else functools.partial(sampling.paint_mask, image, flip,
+                                                            image_size)
+    return Entry(f"seed{seed}-{i:06d}/0", render, whole, points, visible, mask)
 
 
 def index(root, category: str, *, split: str, min_area: float, image_size: int,

@@ -151,15 +151,33 @@ def distance_at(shape: Shape, points: np.ndarray) -> np.ndarray:
     return signed_distance(shape, pts[:, 0], pts[:, 1])[0]
 
 
+def _window(shape: Shape, size_h: int, size_w: int) -> tuple[int, int, int, int] | None:
+    """(h0, h1, w0, w1): the pixels a shape may touch in a size_h x size_w canvas (None: none)."""
+    lo_h, hi_h, lo_w, hi_w = bounds(shape)
+    h0, h1 = max(int(lo_h) - 1, 0), min(int(hi_h) + 2, size_h)
+    w0, w1 = max(int(lo_w) - 1, 0), min(int(hi_w) + 2, size_w)
+    return None if h0 >= h1 or w0 >= w1 else (h0, h1, w0, w1)
+
+
+def coverage(shape: Shape, size_h: int, size_w: int):
+    """(window (h0, h1, w0, w1), alpha float32 [h1 - h0, w1 - w0]): the weight `draw` gives
+    the shape's colour at each pixel of its window; None if the shape misses the canvas."""
+    window = _window(shape, size_h, size_w)
+    if window is None:
+        return None
+    h0, h1, w0, w1 = window
+    d = signed_distance(shape, _PIXELS[h0:h1, None], _PIXELS[None, w0:w1])[0]
+    return window, np.clip(0.5 - d, 0.0, 1.0)
+
+
 def draw(canvas: np.ndarray, shape: Shape) -> None:
     """Composite `shape` onto `canvas` float32 [3, S, S] in place (anti-aliased over 1 px,
     textured, its outline band darkened)."""
     _, size_h, size_w = canvas.shape
-    lo_h, hi_h, lo_w, hi_w = bounds(shape)
-    h0, h1 = max(int(lo_h) - 1, 0), min(int(hi_h) + 2, size_h)
-    w0, w1 = max(int(lo_w) - 1, 0), min(int(hi_w) + 2, size_w)
-    if h0 >= h1 or w0 >= w1:
+    window = _window(shape, size_h, size_w)
+    if window is None:
         return
+    h0, h1, w0, w1 = window
     d, u, v = signed_distance(shape, _PIXELS[h0:h1, None], _PIXELS[None, w0:w1])
     alpha = 0.5 - d
     np.clip(alpha, 0.0, 1.0, out=alpha)

@@ -70,6 +70,13 @@ def paint(image: scene.Scene, flip: bool, image_size: int) -> np.ndarray:
     return out
 
 
+def paint_mask(image: scene.Scene, flip: bool, image_size: int) -> np.ndarray:
+    """The object's pixels in `paint(image, flip, image_size)`: bool [S, S]
+    (`scene.object_mask`, W-reversed if `flip`; all False without an object)."""
+    mask = scene.object_mask(image, image_size)
+    return np.ascontiguousarray(mask[:, ::-1]) if flip else mask
+
+
 def _paint(out: np.ndarray, image: scene.Scene, flip: bool, canvas: np.ndarray) -> None:
     """Render `image` on the scratch `canvas` float32 [3, S, S] and store it rounded into
     `out` uint8 [S, S, 3], W-reversed if `flip`."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from egjax.data.synthetic import backgrounds, categories, palette
 from egjax.data.synthetic.raster import (PLAIN, Box, Capsule, Ellipse, Shape, Texture, bounds,
-                                         distance_at, draw)
+                                         coverage, distance_at, draw)
 
 SCALE_RANGE = (0.78, 1.2)  # object scale at 224 px (x image_size / 224)
 MAX_ROTATION = 20.0  # degrees
@@ -28,6 +28,7 @@ class Scene(NamedTuple):
     shapes: tuple[Shape, ...]  # painter's order: distractors, object, occluders
     landmarks: np.ndarray  # [P, 2] float32 (h, w) px; P = 0 without an object
     owners: np.ndarray  # [P] int, index into shapes of the shape each landmark lies on
+    figure: range = range(0)  # indices into shapes of the object's shapes (empty: no object)
 
 
 def _transform(shape: Shape, scale: float, angle: float, shift) -> Shape:
@@ -125,6 +126,7 @@ def make_scene(rng: np.random.Generator, category: str | None, size: int) -> Sce
     figure = categories.BUILDERS[category](rng)
     scale, angle, shift = _place(rng, figure, size)
     owners = figure.owners + len(shapes)
+    placed = range(len(shapes), len(shapes) + len(figure.shapes))
     shapes += [_transform(s, scale, angle, shift) for s in figure.shapes]
     s, c = math.sin(angle), math.cos(angle)
     local = figure.landmarks
@@ -134,7 +136,7 @@ def make_scene(rng: np.random.Generator, category: str | None, size: int) -> Sce
         for _ in range(int(rng.integers(1, 3))):
             target = landmarks[rng.integers(len(landmarks))] + rng.normal(0, 12, 2) * scale
             shapes += _clutter(rng, size, tuple(target), "bbrs")
-    return Scene(background, tuple(shapes), landmarks.astype(np.float32), owners)
+    return Scene(background, tuple(shapes), landmarks.astype(np.float32), owners, placed)
 
 
 def render(scene: Scene, canvas: np.ndarray) -> None:
@@ -142,6 +144,23 @@ def render(scene: Scene, canvas: np.ndarray) -> None:
     backgrounds.render(scene.background, canvas)
     for shape in scene.shapes:
         draw(canvas, shape)
+
+
+def object_mask(scene: Scene, size: int) -> np.ndarray:
+    """bool [S, S]: the pixels the object shows in, exactly as `render` paints them: covered
+    by one of its shapes (alpha > 0) and not wholly covered (alpha = 1) by a shape drawn later."""
+    mask = np.zeros((size, size), bool)
+    for index in scene.figure:
+        covered = coverage(scene.shapes[index], size, size)
+        if covered is not None:
+            (h0, h1, w0, w1), alpha = covered
+            mask[h0:h1, w0:w1] |= alpha > 0.0
+    for shape in scene.shapes[scene.figure.stop:] if scene.figure else ():
+        covered = coverage(shape, size, size)
+        if covered is not None:
+            (h0, h1, w0, w1), alpha = covered
+            mask[h0:h1, w0:w1] &= alpha < 1.0
+    return mask
 
 
 def visibility(scene: Scene, size: int) -> np.ndarray:
