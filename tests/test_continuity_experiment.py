@@ -64,7 +64,7 @@ def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
             low, high = result["accuracy"]["wilson95"]
             assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
             assert result["accuracy"]["images"] == 40
-            assert set(result["triplet_consistency"]) == set(script.TRIPLET_TAPS)
+            assert set(result["triplet_consistency"]) == set(script.TAPS["vgg16"])
             for tap in result["triplet_consistency"].values():
                 assert tap["wilson95"][0] <= tap["consistency"] <= tap["wilson95"][1]
                 assert tap["triplets"] == 16

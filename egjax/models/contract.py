@@ -13,6 +13,8 @@ A network is a Flax module (frozen and hashable, so it can be a static `jit` arg
   `LayerConfig(stride=..., center=...)`;
 * optionally `prepare(params) -> {collection: tree}`: variables derived from the params once
   per run of batches and passed to `apply` beside them (VGG-16's Winograd kernels on CPU).
+* optionally `initialize(params) -> params`: freshly drawn params adjusted for training from
+  scratch (`egjax.train.initial_params`; ResNet-50 zeroes each block's last conv).
 
 Registered in `egjax.models.registry` (a builder from `ModelMeta` and a weights loader), a
 network works with `egjax.models.load`, checkpoints, features, training and the main job.
