@@ -144,8 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--resamples must be >= 2, got {args.resamples}")
     if args.graph_images < 2:
         parser.error(f"--graph-images must be >= 2, got {args.graph_images}")
-    stride = receptive_field(ModelMeta("synthetic", arch=args.model, head="gap").model(),
-                             TAPS[args.model][-1]).stride
+    stride = int(receptive_field(ModelMeta("synthetic", arch=args.model, head="gap").model(),
+                                 TAPS[args.model][-1]).stride)
     if args.size % stride:
         parser.error(f"--size must be a multiple of {stride} ({TAPS[args.model][-1]} cells "
                      f"then cover the image exactly), got {args.size}")
