@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -104,6 +104,9 @@ class ResNet50(nn.Module):
     num_classes: int = 1000
     variant: str = "v1.5"
     batch_norm: bool = False
+    # features on CPU: the whole batch at once, not image by image as VGG-16 (its maps are
+    # small enough to stay in the caches; benchmarks/bench_features.py)
+    cpu_whole_batch: ClassVar[bool] = True
 
     def __post_init__(self):
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
@@ -233,7 +236,8 @@ class ResNet50(nn.Module):
         def conv(x, features, kernel, stride, padding, name):
             x = nn.Conv(features, (kernel, kernel), (stride, stride),
                         padding=((padding, padding),) * 2,
-                        precision=jax.lax.Precision.HIGHEST, name=name)(x)
+                        precision=jax.lax.Precision.HIGHEST, conv_general_dilated=conv_nhwc,
+                        name=name)(x)
             if not self.batch_norm:
                 return x
             return nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM[self.variant],
@@ -261,6 +265,21 @@ class ResNet50(nn.Module):
             keep("logits", nn.Dense(self.num_classes, precision=jax.lax.Precision.HIGHEST,
                                     name="logits")(x))
         return out
+
+
+def conv_nhwc(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, precision=None, **kwargs):
+    """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels, a 1x1 kernel as a matrix
+    product of the (strided) pixels: the same sums, which XLA:CPU runs as one GEMM instead
+    of a convolution (bottleneck blocks are 2/3 1x1 convs)."""
+    unpadded = padding == "VALID" or all(tuple(p) == (0, 0) for p in padding)
+    if (rhs.shape[:2] == (1, 1) and unpadded and feature_group_count == 1
+            and not any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+        sh, sw = window_strides
+        return jnp.einsum("nhwi,io->nhwo", lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision, **kwargs)
 
 
 def fold_conv(layer: dict, epsilon: float, name: str, origin: str) -> dict:

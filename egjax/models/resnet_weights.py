@@ -5,8 +5,9 @@ Layouts (the file's -> ours):
 * Keras (.h5, legacy layout, see `keras_h5`; tf.keras's `ResNet50` release, variant v1,
   "caffe" preprocessing): `conv1_conv` + `conv1_bn` -> `conv1`;
   `conv{s+1}_block{b+1}_{i}_conv` + `_{i}_bn` -> `layer{s}_{b}_conv{i}` (i = 1, 2, 3) and
-  `_0_conv` + `_0_bn` -> `layer{s}_{b}_downsample`; `predictions` -> `logits`. Convs have
-  biases; batch norm epsilon 1.001e-5.
+  `_0_conv` + `_0_bn` -> `layer{s}_{b}_downsample`; `probs` (the release files, written by
+  keras-applications' `resnet_common.py`, whose md5s Keras pins) or `predictions` (tf.keras's
+  `ResNet50` and files it writes) -> `logits`. Convs have biases; batch norm epsilon 1.001e-5.
 * torchvision (.pth, see `torch_pickle`; V1 and V2 weights) and timm (.safetensors, same
   names), variant v1.5, "torch" preprocessing: `conv1` + `bn1`; `layer{s}.{b}.conv{i}` +
   `.bn{i}`; `layer{s}.{b}.downsample.0` + `.downsample.1`; `fc`. Convs without bias, kernels
@@ -56,7 +57,8 @@ PUBLISHED = {
 
 
 def _keras_names() -> dict[str, str]:
-    names = {"conv1_conv": "conv1", "conv1_bn": "conv1", "predictions": "logits"}
+    names = {"conv1_conv": "conv1", "conv1_bn": "conv1", "probs": "logits",
+             "predictions": "logits"}
     for block in blocks():
         stage, index = (int(i) for i in block.tap[len("layer"):].split("."))
         keras = f"conv{stage + 1}_block{index + 1}"
@@ -91,8 +93,9 @@ def _from_keras(layers: dict, path: str) -> dict:
         if name not in KERAS_NAMES:
             raise ValueError(f"{path}: unexpected layer {name!r}; not a Keras ResNet-50 weights "
                              f"file (its layers: conv1_conv, conv1_bn, conv2_block1_1_conv, ..., "
-                             f"predictions)")
-        role_of = {"kernel": "kernel", "bias": "bias"} if name.endswith(("_conv", "predictions")) \
+                             f"probs)")
+        linear = ("_conv", "probs", "predictions")
+        role_of = {"kernel": "kernel", "bias": "bias"} if name.endswith(linear) \
             else {"gamma": "gamma", "beta": "beta", "mean": "mean", "variance": "variance"}
         target = merged.setdefault(KERAS_NAMES[name], {})
         for role, value in weights.items():
