@@ -11,9 +11,9 @@ The network's last layer is replaced by a 2-way classifier {negative, category}
 without it (pascal_part: VOC images without the category; others: `--negatives-dir`),
 mirrored at random, in the weights' own preprocessing, with SGD + momentum (0.9, lr 1e-4, as
 the authors did). A random `--held-out` fraction of the source images (objects of one image
-stay together) is kept out of training; its accuracy is reported with a 95% Wilson interval. ResNet-50 from a weights
-file trains with its batch norm unfolded, as Flax does (batch statistics, the running ones
-updated each step); the saved network has it folded again.
+stay together) is kept out of training; its accuracy is reported with a 95% Wilson interval.
+ResNet-50 from a weights file trains with its batch norm unfolded, as Flax does (batch
+statistics, the running ones updated each step); the saved network has it folded again.
 
 Training states are saved every `--save-every` steps by an orbax CheckpointManager in
 `--state` (default `runs/<name>.state/`): rerunning the same command resumes there, and ends

@@ -50,8 +50,8 @@ from egjax.models.contract import (Layer, Residual, check_images, perturbation_n
 
 VARIANTS = {"v1.5": "resnet50", "v1": "resnet50_v1"}       # variant -> arch name
 EPSILON = {"v1.5": 1e-5, "v1": 1.001e-5}                   # batch norm: torchvision's, Keras's
-MOMENTUM = {"v1.5": 0.9, "v1": 0.99}
-WINOGRAD = "winograd"   # variable collection of pre-transformed 3x3 kernels (`prepare`)                       # running <- m * running + (1 - m) * batch
+MOMENTUM = {"v1.5": 0.9, "v1": 0.99}         # running <- m * running + (1 - m) * batch
+WINOGRAD = "winograd"   # variable collection of pre-transformed 3x3 kernels (`prepare`)
 HEADS = ("gap", None)
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))          # bottleneck width, blocks
 EXPANSION = 4

@@ -32,7 +32,6 @@ from egjax.models.meta import ModelMeta
 from egjax.models.resnet import EPSILON, ResNet50, blocks, fold_conv
 from egjax.models.weights import weights_format
 
-KERAS_EPSILON, TORCH_EPSILON = EPSILON["v1"], EPSILON["v1.5"]
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 PUBLISHED = {
     # md5: WEIGHTS_HASHES["resnet50"] of keras/src/applications/resnet.py
