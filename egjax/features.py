@@ -90,8 +90,9 @@ def _padded(batch: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _apply(model, variables: dict, images: jax.Array, taps: tuple) -> dict:
     """`model.apply` at `taps`; on CPU one image at a time (`lax.map`), whose activations stay
-    in the caches where a whole batch's do not (~1.3x faster for VGG-16 at 224 px)."""
-    if jax.default_backend() != "cpu":
+    in the caches where a whole batch's do not (~1.3x faster for VGG-16 at 224 px), unless
+    the model says a whole batch runs faster (`cpu_whole_batch`, ResNet-50's small maps)."""
+    if jax.default_backend() != "cpu" or getattr(model, "cpu_whole_batch", False):
         return model.apply(variables, images, taps=taps)
     maps = jax.lax.map(lambda image: model.apply(variables, image[None], taps=taps), images)
     return {tap: m[:, 0] for tap, m in maps.items()}

@@ -1,17 +1,24 @@
 """Per-category fine-tuning: the paper's networks (DATA.md, "Networks the authors used";
 partGraphForCNN `step_fineTune.m`).
 
-An ImageNet VGG-16 gets its last layer replaced by a 2-way classifier {negative, category}
-and is fine-tuned on object crops (label 1) and images without the category (label 0),
-mirrored at random, in the weights' own preprocessing, with SGD + momentum 0.9 at lr 1e-4:
+An ImageNet network (VGG-16 as in the paper, ResNet-50, any registered one) gets its last
+layer replaced by a 2-way classifier {negative, category} and is fine-tuned on object crops
+(label 1) and images without the category (label 0), mirrored at random, in the weights' own
+preprocessing, with SGD + momentum 0.9 at lr 1e-4:
 
-    model, params, meta = finetune.two_way(*egjax.models.load_vgg16("keras"), "cow", key)
+    model, variables, meta = egjax.models.load("vgg16", "keras", training=True)
+    model, params, meta = finetune.two_way(model, variables["params"], meta, "cow", key)
     train_set, held_out = finetune.split(finetune.examples(cows, negatives), 0.2, seed=0)
-    state = train.create_state(model, key, finetune.sgd_momentum(), params)
+    state = train.create_state(model, key, finetune.sgd_momentum(), params,
+                               variables.get("batch_stats", {}))
     with finetune.manager("runs/cow.state") as saved:            # resumable
         state, history = finetune.fit(state, train_set, meta, steps, batch_size=32, seed=0,
                                       manager=saved, settings={...})
-    finetune.accuracy(model, state.params, meta, held_out)       # with a 95% Wilson interval
+    model, params = train.inference(model, state)               # batch norm folded, if any
+    finetune.accuracy(model, params, meta, held_out)             # with a 95% Wilson interval
+
+A network with batch norm (ResNet-50 from a weights file) trains it as Flax does: batch
+statistics in each step, the running ones updated (`egjax.train`), folded afterwards.
 
 Training is deterministic by seed: step k's batch (indices and mirror flags) depends only on
 (seed, k), so a run resumed from an orbax checkpoint at step k ends where an uninterrupted
@@ -21,6 +28,7 @@ run does.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import pathlib
@@ -31,11 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from flax.training.train_state import TrainState
-
 from egjax import train
-from egjax.models import ModelMeta, preprocess
+from egjax.models import ModelMeta, param_shapes, preprocess
 from egjax.progress import Step
+from egjax.train import TrainState
 
 if TYPE_CHECKING:  # egjax.data needs the data extra (pillow); fine-tuning itself does not
     from egjax.data import ObjectSet
@@ -90,16 +97,14 @@ def split(data: Examples, held_out: float, *, seed: int) -> tuple[Examples, Exam
 def two_way(model, params: dict, meta: ModelMeta, category: str,
             key: jax.Array) -> tuple:
     """(model, params, meta) of the network with its last layer (`logits`) replaced by a
-    fresh 2-way layer, classes ("negative", category); the weights' preprocessing is kept.
-    A network without a classifier head (e.g. "keras-notop") gets global average pooling and
-    the new layer on it."""
+    fresh 2-way layer, classes ("negative", category); the architecture and the weights'
+    preprocessing are kept (every other field of the module too). A network without a
+    classifier head (e.g. "keras-notop") gets global average pooling and the new layer on it."""
     head = meta.head or "gap"
-    two = ModelMeta(source=f"{meta.source}, fine-tuned: {category} vs negatives",
-                    width=meta.width, head=head, num_classes=2,
-                    preprocessing=meta.preprocessing, classes=("negative", category))
-    new_model = two.model()
-    shapes = jax.eval_shape(new_model.init, jax.random.key(0),
-                            jnp.zeros((1, 224, 224, 3)))["params"]["logits"]
+    two = dataclasses.replace(meta, source=f"{meta.source}, fine-tuned: {category} vs negatives",
+                              head=head, num_classes=2, classes=("negative", category))
+    new_model = model.clone(head=head, num_classes=2)
+    shapes = param_shapes(new_model)["logits"]
     params = {name: value for name, value in params.items() if name != "logits"}
     params["logits"] = {
         "kernel": HEAD_INIT_SD * jax.random.normal(key, shapes["kernel"].shape, jnp.float32),
@@ -163,7 +168,8 @@ def manager(directory, *, keep: int = 1):
 
 
 def _tree(state: TrainState) -> dict:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    return {"params": state.params, "batch_stats": state.batch_stats,
+            "opt_state": state.opt_state, "step": state.step}
 
 
 def restore(saved: ocp.CheckpointManager, state: TrainState,
@@ -185,8 +191,8 @@ def restore(saved: ocp.CheckpointManager, state: TrainState,
                                      for k, (old, new) in changed.items())
                          + "; use those settings to resume it, or delete the folder")
     tree = restored["state"]
-    return state.replace(params=tree["params"], opt_state=tree["opt_state"],
-                         step=tree["step"]), record["history"]
+    return state.replace(params=tree["params"], batch_stats=tree["batch_stats"],
+                         opt_state=tree["opt_state"], step=tree["step"]), record["history"]
 
 
 def fit(state: TrainState, data: Examples, meta: ModelMeta, steps: int, *, batch_size: int,

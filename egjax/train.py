@@ -20,24 +20,39 @@ other taps, e.g. a contrastive loss on conv features (see `egjax.contrastive`):
 `extra_loss` and `extra_taps` are static: pass the same function object every step, or each
 call compiles anew. Any model following the egjax protocol trains
 (`apply({"params": p}, images, taps=names) -> {name: array}` with a `"logits"` tap).
+
+A network with batch norm (e.g. `ResNet50(batch_norm=True)`, from `egjax.models.load(...,
+training=True)`) trains as Flax's do: the state keeps its `batch_stats`, each step applies it
+with `train=True, mutable=["batch_stats"]` (normalised by the batch's statistics, the running
+ones moved toward them) and keeps the updated statistics; `inference(model, state)` then
+folds them into the network that `predict`, features and checkpoints take.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax.training.train_state import TrainState
+from flax import struct
+from flax.training import train_state
 
 from egjax import continuity
 from egjax.models import ModelMeta, preprocess
 from egjax.progress import Step
 
 ExtraLoss = Callable[[dict, jax.Array], jax.Array]
+
+
+class TrainState(train_state.TrainState):
+    """Flax's `TrainState` and the model's `batch_stats` ({} for a network without batch
+    norm)."""
+
+    batch_stats: Any = struct.field(default_factory=dict)
 
 
 def he_normal_params(model, key: jax.Array, image_shape=(1, 224, 224, 3)) -> dict:
@@ -50,8 +65,8 @@ def he_normal_params(model, key: jax.Array, image_shape=(1, 224, 224, 3)) -> dic
     params = dict(model.init(init_key, images, taps=("logits",))["params"])
     he_normal = jax.nn.initializers.he_normal()
     for name, layer_key in zip(sorted(params), jax.random.split(conv_key, len(params))):
-        kernel = params[name]["kernel"]
-        if kernel.ndim == 4:
+        kernel = params[name].get("kernel")
+        if kernel is not None and kernel.ndim == 4:
             params[name] = {**params[name], "kernel": he_normal(layer_key, kernel.shape)}
     return params
 
@@ -76,38 +91,78 @@ def adamw_cosine(learning_rate: float, steps: int, *, warmup: int | None = None,
     return adamw if clip_norm is None else optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
 
 
+def initial_params(model, key: jax.Array, image_shape=(1, 224, 224, 3)) -> dict:
+    """Parameters to train `model` from scratch: `he_normal_params`, then the model's own
+    `initialize(params)` where it defines one (ResNet-50: every block starts as the identity)."""
+    params = he_normal_params(model, key, image_shape)
+    initialize = getattr(model, "initialize", None)
+    return params if initialize is None else initialize(params)
+
+
 def create_state(model, key: jax.Array, optimizer: optax.GradientTransformation,
-                 params: dict | None = None) -> TrainState:
-    """A flax `TrainState` of `model` at step 0: `params`, or He-normal ones drawn with `key`."""
+                 params: dict | None = None, batch_stats: dict | None = None) -> TrainState:
+    """A `TrainState` of `model` at step 0: `params`, or `initial_params` drawn with `key`;
+    `batch_stats` (a network with batch norm), or those of a fresh init of `model`."""
     if params is None:
-        params = he_normal_params(model, key)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer)
+        params = initial_params(model, key)
+    if batch_stats is None:
+        batch_stats = _initial_batch_stats(model, key)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=optimizer,
+                             batch_stats=batch_stats)
+
+
+def _initial_batch_stats(model, key: jax.Array) -> dict:
+    """`model`'s `batch_stats` as `init` makes them ({} for a network without batch norm)."""
+    init = functools.partial(model.init, taps=("logits",))
+    images = jnp.zeros((1, 224, 224, 3), jnp.float32)
+    if "batch_stats" not in jax.eval_shape(init, key, images):
+        return {}
+    return init(key, images)["batch_stats"]
+
+
+def inference(model, state: TrainState) -> tuple[object, dict]:
+    """(model, params) to use after training: with batch statistics, the model's
+    `fold(variables)` (batch norm folded with its running statistics), else as trained."""
+    if not state.batch_stats:
+        return model, state.params
+    return model.fold({"params": state.params, "batch_stats": state.batch_stats})
 
 
 def loss_fn(params, apply_fn, images: jax.Array, labels: jax.Array, *,
-            extra_loss: ExtraLoss | None = None,
-            extra_taps: Sequence[str] = ()) -> tuple[jax.Array, dict]:
-    """(loss, metrics): mean softmax cross-entropy of the logits (+ `extra_loss(outputs,
-    labels)` on the taps `extra_taps` and the logits); images `[B, H, W, 3]`, labels int `[B]`."""
-    outputs = apply_fn({"params": params}, images, taps=(*extra_taps, "logits"))
+            batch_stats: dict | None = None, extra_loss: ExtraLoss | None = None,
+            extra_taps: Sequence[str] = ()) -> tuple[jax.Array, tuple[dict, dict]]:
+    """(loss, (metrics, batch_stats)): mean softmax cross-entropy of the logits (+
+    `extra_loss(outputs, labels)` on the taps `extra_taps` and the logits); images
+    `[B, H, W, 3]`, labels int `[B]`. With `batch_stats`, the model runs in train mode
+    (batch statistics) and the updated running statistics come back; else {}."""
+    taps = (*extra_taps, "logits")
+    if batch_stats:
+        outputs, updates = apply_fn({"params": params, "batch_stats": batch_stats}, images,
+                                    taps=taps, train=True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+    else:
+        outputs, batch_stats = apply_fn({"params": params}, images, taps=taps), {}
     logits = outputs["logits"]
     cross_entropy = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     extra = jnp.zeros(()) if extra_loss is None else extra_loss(outputs, labels)
     metrics = {"cross_entropy": cross_entropy, "extra": extra,
                "accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == labels)}
-    return cross_entropy + extra, metrics
+    return cross_entropy + extra, (metrics, batch_stats)
 
 
 @functools.partial(jax.jit, static_argnames=("extra_loss", "extra_taps"), donate_argnums=0)
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                extra_loss: ExtraLoss | None = None,
                extra_taps: tuple[str, ...] = ()) -> tuple[TrainState, dict]:
-    """One optimiser step on `loss_fn`; returns the new state and the batch's metrics
-    (`loss`, `cross_entropy`, `extra`, `accuracy`, all before the update)."""
+    """One optimiser step on `loss_fn` (and the batch statistics updated, if any); returns
+    the new state and the batch's metrics (`loss`, `cross_entropy`, `extra`, `accuracy`, all
+    before the update)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, state.apply_fn, images, labels,
-                                     extra_loss=extra_loss, extra_taps=extra_taps)
-    return state.apply_gradients(grads=grads), {"loss": loss, **metrics}
+    (loss, (metrics, batch_stats)), grads = grad_fn(
+        state.params, state.apply_fn, images, labels, batch_stats=state.batch_stats,
+        extra_loss=extra_loss, extra_taps=extra_taps)
+    state = state.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+    return state, {"loss": loss, **metrics}
 
 
 def fit(state: TrainState, batches: Iterable, meta: ModelMeta, steps: int, *,
@@ -160,7 +215,8 @@ def _record(metrics: dict, history: list, bar: Step) -> dict:
 
 def predict(model, params: dict, images, meta: ModelMeta, *, batch_size: int = 64,
             quiet: bool = False) -> np.ndarray:
-    """Predicted classes int `[N]` of uint8 images `[N, H, W, 3]` (argmax of the logits)."""
+    """Predicted classes int `[N]` of uint8 images `[N, H, W, 3]` (argmax of the logits);
+    a network trained with batch norm: `inference(model, state)` first."""
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     images = np.asarray(images)

@@ -11,7 +11,8 @@ Scaled by pixels (x3.1), steps (4500 vs 1500) and pairs (x4.2), and by the machi
 the default run needs about 75 min on a quiet 2-core CPU (an extrapolation, +-30%);
 `--steps 600` brings it to about 60 min, at an accuracy not measured here.
 
-Trains `--seeds` pairs of narrow VGG-16s (GAP head) on negatives + quadruped, bird, vehicle:
+Trains `--seeds` pairs of narrow VGG-16s (or `--model resnet50`: ResNet-50s; GAP head) on
+negatives + quadruped, bird, vehicle:
 per seed, one network with plain cross-entropy and one with cross-entropy plus, from step
 `--triplet-start` on, a margin triplet loss on the last conv map relu5_3
 (`contrastive.triplet_loss` on the whole map). The two networks of a seed share their
@@ -41,7 +42,8 @@ triplet / plain of a score, per seed on the same pairs; the table marks with `*`
 ratios whose interval excludes 1.
 
 The graph has one layer, on relu5_3: the map the GAP head pools and CAM and Grad-CAM read,
-so every explainer explains the same map.
+so every explainer explains the same map. ResNet-50 takes layer3 and layer4 where VGG-16
+takes relu4_3 and relu5_3.
 
 Writes `runs/<name>/continuity.json` (settings, every ratio of every network, the
 intervals, timings) and `runs/<name>/continuity.png` (atomically) and prints the tables.
@@ -66,13 +68,15 @@ from egjax import cli, continuity, contrastive, graph_explainer, runs, saliency,
 from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, negatives, sample, sample_mixed
 from egjax.features import extract_features, negative_statistics
+from egjax.geometry import layer_config, receptive_field
 from egjax.models import ModelMeta, preprocess
 from egjax.progress import Step
 
 VARIANTS = ("plain", "triplet")
 LABELS = {"plain": "cross-entropy", "triplet": "+ triplet"}
-TRIPLET_TAPS = ("relu4_3", "relu5_3")
-GRAPH_TAP = "relu5_3"
+# per architecture, the taps of triplet consistency; the last one is the map the GAP head
+# pools: the triplet loss's, the graph's, CAM's and Grad-CAM's
+TAPS = {"vgg16": ("relu4_3", "relu5_3"), "resnet50": ("layer3", "layer4")}
 PAIRS = ("shift", "noise", "neighbour")
 EXPLAINERS = ("lrp_composite", "lrp_epsilon", "sensitivity", "gradient", "gradient_x_input",
               "cam", "grad_cam", "graph_nodes", "graph_positions")
@@ -83,8 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_run_arguments(parser, name="continuity", runs_folder="runs")
     parser.add_argument("--seeds", type=positive_int, default=3,
                         help="training runs per arm (each arm trains its own network per seed)")
+    parser.add_argument("--model", choices=tuple(TAPS), default="vgg16",
+                        help="the architecture each arm trains (default vgg16)")
     parser.add_argument("--width", type=positive_float, default=0.25,
-                        help="channel multiplier of VGG-16")
+                        help="channel multiplier of the network")
     parser.add_argument("--size", type=image_size, default=112, help="image side (px)")
     parser.add_argument("--steps", type=positive_int, default=800, help="training steps")
     parser.add_argument("--batch", type=positive_int, default=32)
@@ -138,17 +144,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--resamples must be >= 2, got {args.resamples}")
     if args.graph_images < 2:
         parser.error(f"--graph-images must be >= 2, got {args.graph_images}")
-    if args.size % 16:
-        parser.error(f"--size must be a multiple of 16 (relu5_3 cells then cover the image "
-                     f"exactly), got {args.size}")
+    stride = int(receptive_field(ModelMeta("synthetic", arch=args.model, head="gap").model(),
+                                 TAPS[args.model][-1]).stride)
+    if args.size % stride:
+        parser.error(f"--size must be a multiple of {stride} ({TAPS[args.model][-1]} cells "
+                     f"then cover the image exactly), got {args.size}")
     args.out = cli.run_folder(parser, args)
     return args
 
 
-def triplet_term(weight: float):
+def triplet_term(weight: float, tap: str):
     """`extra_loss(outputs, labels)` for `train.fit`: `weight` times the batch-hard triplet
-    loss on the whole relu5_3 map."""
-    return lambda outputs, labels: weight * contrastive.triplet_loss(outputs["relu5_3"], labels)
+    loss on the whole map `tap`."""
+    return lambda outputs, labels: weight * contrastive.triplet_loss(outputs[tap], labels)
 
 
 def train_pair(meta: ModelMeta, args, seed: int) -> dict:
@@ -169,13 +177,14 @@ def train_pair(meta: ModelMeta, args, seed: int) -> dict:
     out = {}
     for variant in VARIANTS:
         started = time.perf_counter()
-        extra = None if variant == "plain" else triplet_term(args.triplet_weight)
+        tap = TAPS[meta.arch][-1]
+        extra = None if variant == "plain" else triplet_term(args.triplet_weight, tap)
         batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
                                 seed + args.triplet_start)
         branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
         final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
                                 extra_loss=extra,
-                                extra_taps=() if extra is None else ("relu5_3",),
+                                extra_taps=() if extra is None else (tap,),
                                 desc=f"seed {seed} {variant} {args.triplet_start}.."
                                      f"{args.steps - 1}", quiet=args.quiet)
         out[variant] = (final.params, shared + part,
@@ -183,29 +192,29 @@ def train_pair(meta: ModelMeta, args, seed: int) -> dict:
     return out
 
 
-def graph_config(size: int, iterations: int) -> egjax.GraphConfig:
-    """One graph layer on relu5_3 of a `size`-px input (stride 16, the paper's conv5 density)."""
-    layer = egjax.LayerConfig(map_size=size // 16, stride=16, center=7.5, density=0.1,
-                              iterations=iterations, tap=GRAPH_TAP)
+def graph_config(model, tap: str, size: int, iterations: int) -> egjax.GraphConfig:
+    """One graph layer on `tap` of a `size`-px input (the paper's conv5 density; geometry
+    derived from `model`)."""
+    layer = layer_config(model, tap, size, density=0.1, iterations=iterations)
     return egjax.GraphConfig(layers=(layer,), image_size=size)
 
 
 def fit_graph(model, params, meta: ModelMeta, args, seed: int):
-    """The explanatory graph on relu5_3 of `--graph-images` images of `--graph-category`,
-    and the sd of the negatives' maps it was normalised with."""
-    taps = (GRAPH_TAP,)
+    """The explanatory graph on the pooled map of `--graph-images` images of
+    `--graph-category`, and the sd of the negatives' maps it was normalised with."""
+    tap = TAPS[meta.arch][-1]
+    taps = (tap,)
     stats = negative_statistics(model, params, meta,
                                 negatives(args.graph_negatives, seed=seed,
                                           image_size=args.size),
                                 taps, batch_size=args.batch_size, quiet=args.quiet)
-    sd = {GRAPH_TAP: stats[GRAPH_TAP].sd}
+    sd = {tap: stats[tap].sd}
     objects = sample(args.graph_category, args.graph_images, seed=seed, image_size=args.size)
     features = extract_features(model, params, meta, objects.images, taps, sd=sd,
                                 batch_size=args.batch_size, quiet=args.quiet)
-    graph = egjax.fit_graph([features.maps[GRAPH_TAP]],
-                            graph_config(args.size, args.graph_iterations),
-                            key=jax.random.key(seed),
-                            flipped_maps=[features.flipped[GRAPH_TAP]])
+    graph = egjax.fit_graph([features.maps[tap]],
+                            graph_config(model, tap, args.size, args.graph_iterations),
+                            key=jax.random.key(seed), flipped_maps=[features.flipped[tap]])
     return graph, sd
 
 
@@ -223,14 +232,16 @@ def explainers(model, params, graph, sd, meta: ModelMeta, batch_size: int) -> di
     def method(function, **kwargs):
         return functools.partial(function, model, params, batch_size=batch_size, **kwargs)
 
+    tap = TAPS[meta.arch][-1]
+
     return {
         "lrp_composite": method(saliency.lrp, bounds=pixel_bounds(meta)),
         "lrp_epsilon": method(saliency.lrp, rule="epsilon"),
         "sensitivity": method(saliency.sensitivity),
         "gradient": method(saliency.gradient),
         "gradient_x_input": method(saliency.gradient_x_input),
-        "cam": method(saliency.cam),
-        "grad_cam": method(saliency.grad_cam),
+        "cam": method(saliency.cam, tap=tap),
+        "grad_cam": method(saliency.grad_cam, tap=tap),
         "graph_nodes": lambda images, targets: scores(images),
         "graph_positions": lambda images, targets: positions(images),
     }
@@ -263,7 +274,7 @@ def measure(meta: ModelMeta, params, args, heldout, seed: int) -> dict:
     low, high = train.wilson_interval(correct, len(labels))
     inputs = preprocess(jnp.asarray(images_u8), meta)
     consistency = continuity.triplet_consistency(
-        continuity.tap_embedding(model, params, TRIPLET_TAPS), inputs, labels,
+        continuity.tap_embedding(model, params, TAPS[meta.arch]), inputs, labels,
         jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
         batch_size=args.batch_size)
     graph, sd = fit_graph(model, params, meta, args, seed)
@@ -293,7 +304,7 @@ def measure(meta: ModelMeta, params, args, heldout, seed: int) -> dict:
             tap: {"consistency": float(r.consistency), "wilson95": [float(r.low), float(r.high)],
                   "ties": float(r.ties), "triplets": int(r.count)}
             for tap, r in consistency.items()},
-        "graph": {"tap": GRAPH_TAP, "category": args.graph_category,
+        "graph": {"tap": TAPS[meta.arch][-1], "category": args.graph_category,
                   "images": args.graph_images, "iterations": args.graph_iterations,
                   "nodes": int(graph.layers[0].score.shape[0])},
         "ratios": ratios,
@@ -367,7 +378,7 @@ def tables(record: dict) -> str:
     lines.append("| held-out accuracy | " + " | ".join(
         spread([r["accuracy"]["accuracy"] for r in results[v]], "{:.1%}") for v in VARIANTS)
         + " |")
-    for tap in TRIPLET_TAPS:
+    for tap in TAPS[record["settings"]["model"]]:
         lines.append(f"| triplet consistency {tap} | " + " | ".join(
             spread([r["triplet_consistency"][tap]["consistency"] for r in results[v]],
                    "{:.3f}") for v in VARIANTS) + " |")
@@ -421,7 +432,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     started, load_before = time.perf_counter(), os.getloadavg()
     categories = tuple(CATEGORIES)
-    meta = ModelMeta(source="synthetic", width=args.width, head="gap",
+    meta = ModelMeta(source="synthetic", arch=args.model, width=args.width, head="gap",
                      num_classes=len(categories) + 1, preprocessing="torch",
                      classes=("negative", *categories))
     results = {v: [] for v in VARIANTS}

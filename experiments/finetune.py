@@ -1,9 +1,10 @@
-"""Fine-tune an ImageNet VGG-16 for one category: the paper's network for the explanatory graph.
+"""Fine-tune an ImageNet VGG-16 or ResNet-50 for one category: the explained network.
 
     python experiments/finetune.py --dataset pascal_part --data-dir ~/data/pascal \\
-        --category cow --weights keras
+        --category cow --weights keras                     # VGG-16, the paper's network
     python experiments/vgg16_voc.py --dataset pascal_part --data-dir ~/data/pascal \\
         --category cow --checkpoint runs/finetune_cow/network
+    python experiments/finetune.py --model resnet50 --weights torchvision ...   # ResNet-50
 
 The network's last layer is replaced by a 2-way classifier {negative, category}
 (`egjax.finetune.two_way`); it is trained on the category's object crops and on images
@@ -11,6 +12,8 @@ without it (pascal_part: VOC images without the category; others: `--negatives-d
 mirrored at random, in the weights' own preprocessing, with SGD + momentum (0.9, lr 1e-4, as
 the authors did). A random `--held-out` fraction of the source images (objects of one image
 stay together) is kept out of training; its accuracy is reported with a 95% Wilson interval.
+ResNet-50 from a weights file trains with its batch norm unfolded, as Flax does (batch
+statistics, the running ones updated each step); the saved network has it folded again.
 
 Training states are saved every `--save-every` steps by an orbax CheckpointManager in
 `--state` (default `runs/<name>.state/`): rerunning the same command resumes there, and ends
@@ -19,10 +22,11 @@ larger `--steps` continues a finished run. `runs/<name>/` gets `network/` (a net
 checkpoint for `--checkpoint` of the other scripts) and `finetune.json` (settings, loss per
 step, held-out accuracy).
 
-`--weights`: keras (the original Oxford/caffe weights, what the paper used), keras-notop,
-torchvision, timm, a weights file (.h5, .pth, .safetensors), or an egjax network checkpoint
-folder. Published weights are downloaded into ~/.cache/egjax on first use; without a network
-the error says which file to put where.
+`--weights`: a published name of `--model` (vgg16: keras, the original Oxford/caffe weights
+the paper used, keras-notop, torchvision, timm; resnet50: keras, keras-notop, torchvision,
+torchvision-v2, timm), a weights file (.h5, .pth, .safetensors), or an egjax network
+checkpoint folder of that architecture. Published weights are downloaded into ~/.cache/egjax
+on first use; without a network the error says which file to put where.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import numpy as np
 
 from egjax import cli, data, finetune, runs, train
 from egjax.cli import positive_float, positive_int
-from egjax.models import PUBLISHED, load_checkpoint, load_vgg16, save_checkpoint
+from egjax.models import load, save_checkpoint
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SYNTHETIC_IMAGES = 200  # synthetic objects are drawn, so they need a count
@@ -63,9 +67,12 @@ def parse(argv) -> argparse.Namespace:
     """Every flag checked, the weights read and the run folder checked, before training."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_data_arguments(parser)
+    parser.add_argument("--model", choices=("vgg16", "resnet50"), default="vgg16",
+                        help="the network's architecture (default vgg16)")
     parser.add_argument("--weights", default="keras",
-                        help=f"one of {', '.join(PUBLISHED)} (downloaded to ~/.cache/egjax), "
-                        "a weights file, or an egjax network checkpoint folder (default keras)")
+                        help="a published name of --model (downloaded to ~/.cache/egjax; see "
+                        "above), a weights file, or an egjax network checkpoint folder "
+                        "(default keras)")
     parser.add_argument("--split", default="all",
                         help="the dataset split the objects come from (default all)")
     parser.add_argument("--images", type=positive_int, default=None,
@@ -104,18 +111,11 @@ def parse(argv) -> argparse.Namespace:
     args.out = cli.run_folder(parser, args)
     args.state = (args.state or args.runs / f"{args.name}.state").absolute()
     try:
-        args.network = read_weights(args.weights, args.quiet)
+        args.network = load(args.model, args.weights, quiet=args.quiet, training=True)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: --weights {args.weights}: {error}\n")
     args.parser = parser
     return args
-
-
-def read_weights(source: str, quiet: bool):
-    """(model, params, meta) of a published name, a weights file or a checkpoint folder."""
-    if source not in PUBLISHED and pathlib.Path(source).is_dir():
-        return load_checkpoint(source)
-    return load_vgg16(source, quiet=quiet)
 
 
 def read_data(args) -> finetune.Examples:
@@ -139,25 +139,27 @@ def read_data(args) -> finetune.Examples:
 def main(argv=None) -> int:
     args = parse(argv)
     started = time.perf_counter()
-    model, params, meta = args.network
-    print(f"egjax fine-tuning {args.dataset} / {args.category}: VGG-16 ({meta.source}, width "
-          f"{meta.width:g}, {meta.preprocessing} preprocessing) -> 2-way; {args.steps} steps "
+    model, variables, meta = args.network
+    print(f"egjax fine-tuning {args.dataset} / {args.category}: {meta.arch} ({meta.source}, "
+          f"width {meta.width:g}, {meta.preprocessing} preprocessing) -> 2-way; {args.steps} steps "
           f"of {args.batch_size}, SGD lr {args.lr:g} momentum {args.momentum:g}, seed "
           f"{args.seed}; device {jax.devices()[0].platform}")
     try:
         training, held_out = finetune.split(read_data(args), args.held_out, seed=args.seed)
     except ValueError as error:
         cli.data_error(args.parser, error)
-    model, params, meta = finetune.two_way(model, params, meta, args.category,
+    model, params, meta = finetune.two_way(model, variables["params"], meta, args.category,
                                            jax.random.key(args.seed))
     state = train.create_state(model, jax.random.key(args.seed),
-                               finetune.sgd_momentum(args.lr, args.momentum), params)
+                               finetune.sgd_momentum(args.lr, args.momentum), params,
+                               variables.get("batch_stats", {}))
     settings = {"dataset": args.dataset, "data_dir": args.data_dir and str(args.data_dir),
                 "category": args.category, "split": args.split, "images": args.images,
                 "negatives": args.negatives,
                 "negatives_dir": args.negatives_dir and str(args.negatives_dir),
                 "image_size": args.image_size, "held_out": args.held_out,
-                "weights": args.weights, "lr": args.lr, "momentum": args.momentum}
+                "model": args.model, "weights": args.weights, "lr": args.lr,
+                "momentum": args.momentum}
     print(f"training on {len(training.labels)} images ({int(training.labels.sum())} objects),"
           f" {len(held_out.labels)} held out; state in {args.state}")
     try:
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
                                           settings=settings, quiet=args.quiet)
     except ValueError as error:
         cli.data_error(args.parser, error)
-    result = finetune.accuracy(model, state.params, meta, held_out, quiet=args.quiet)
+    model, params = train.inference(model, state)        # batch norm folded, if any
+    result = finetune.accuracy(model, params, meta, held_out, quiet=args.quiet)
     low, high = result["wilson95"]
     last = history[-50:]
     record = {"command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
@@ -183,7 +186,7 @@ def main(argv=None) -> int:
               "loss": [h["loss"] for h in history],
               "seconds": round(time.perf_counter() - started, 1)}
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
-        save_checkpoint(out / "network", state.params, meta)
+        save_checkpoint(out / "network", params, meta)
         runs.write_json(out / "finetune.json", record)
     print(f"held-out accuracy {result['correct']}/{result['total']} = {result['accuracy']:.2%} "
           f"(95% Wilson interval {low:.2%}..{high:.2%}); per class "
@@ -191,7 +194,8 @@ def main(argv=None) -> int:
     print(f"wrote {args.out}/ (network/, finetune.json); next:\n  python experiments/"
           f"vgg16_voc.py --dataset {args.dataset}"
           + (f" --data-dir {args.data_dir}" if args.data_dir else "")
-          + f" --category {args.category} --checkpoint {args.out / 'network'}")
+          + f" --category {args.category} --model {args.model} --checkpoint "
+          f"{args.out / 'network'}")
     return 0
 
 

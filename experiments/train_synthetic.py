@@ -5,7 +5,8 @@
     python experiments/train_synthetic.py --model resnet50         # ResNet-50 (v1.5)
 
 ResNet-50 has no batch norm here (folded for inference): it starts with every block's last
-conv zeroed (`models.resnet.zero_residual`), so each block starts as the identity.
+conv zeroed (`train.initial_params`, `models.resnet.zero_residual`), so each block starts as
+the identity.
 
 One category: that category vs negatives (the paper's setting, label 0 = negative). Several:
 one class per category plus negatives. Every batch is fresh: training step k draws
@@ -32,7 +33,6 @@ from egjax import checkpoint, cli, runs, train
 from egjax.cli import image_size, non_negative_int, positive_float, positive_int
 from egjax.data.synthetic import CATEGORIES, mixed_batches, sample_mixed
 from egjax.models import ModelMeta, load_checkpoint, save_checkpoint
-from egjax.models.resnet import zero_residual
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,8 +125,8 @@ def main(argv=None) -> None:
                      num_classes=len(classes), preprocessing="torch", classes=classes)
     model = meta.model()
     params, started_from, phases = initial_params(args.init, meta), init_record(args.init), []
-    if params is None and args.model == "resnet50":
-        params = zero_residual(train.he_normal_params(model, jax.random.key(args.seed)))
+    if params is None:
+        params = train.initial_params(model, jax.random.key(args.seed))
     schedule = [("low", args.low_size, args.low_steps, args.low_batch, args.low_lr, args.seed),
                 ("high", args.size, args.steps, args.batch, args.lr, args.seed + args.low_steps)]
     for name, size, steps, batch, lr, first_seed in schedule:

@@ -37,12 +37,28 @@ def script():
     (["--seeds", "0"], ">= 1"),
     (["--resamples", "1"], "--resamples must be >= 2"),
     (["--steps", "50", "--triplet-start", "50"], "--triplet-start must be below"),
+    (["--model", "resnet50", "--size", "80"], "multiple of 32 (layer4 cells"),
+    (["--model", "alexnet"], "invalid choice"),
 ])
 def test_bad_flags_are_refused(script, capsys, tmp_path, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         script.parse_args(["--runs", str(tmp_path), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_graph_layer_geometry_is_derived_from_each_network(script):
+    """VGG-16's relu5_3: the paper's stride 16 and centre 7.5 px; ResNet-50's layer4:
+    stride 32 (each arm of `--model resnet50` trains and explains a ResNet-50)."""
+    from egjax.models import ModelMeta
+    vgg = ModelMeta("t", arch="vgg16", head="gap").model()
+    layer = script.graph_config(vgg, script.TAPS["vgg16"][-1], 112, 2).layers[0]
+    assert (layer.tap, layer.map_size, layer.stride, layer.center) == ("relu5_3", 7, 16, 7.5)
+    resnet = ModelMeta("t", arch="resnet50", head="gap").model()
+    layer = script.graph_config(resnet, script.TAPS["resnet50"][-1], 128, 2).layers[0]
+    assert (layer.tap, layer.map_size, layer.stride) == ("layer4", 4, 32)
+    args = script.parse_args(["--model", "resnet50", "--size", "64", "--runs", "/nonexistent"])
+    assert ModelMeta("t", arch=args.model, head="gap").model().arch == "resnet50"
 
 
 def test_an_existing_run_is_kept_unless_overwritten(script, capsys, tmp_path):
@@ -64,7 +80,7 @@ def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
             low, high = result["accuracy"]["wilson95"]
             assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
             assert result["accuracy"]["images"] == 40
-            assert set(result["triplet_consistency"]) == set(script.TRIPLET_TAPS)
+            assert set(result["triplet_consistency"]) == set(script.TAPS["vgg16"])
             for tap in result["triplet_consistency"].values():
                 assert tap["wilson95"][0] <= tap["consistency"] <= tap["wilson95"][1]
                 assert tap["triplets"] == 16

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from egjax import data, finetune, train
+from egjax import data, finetune, models, train
 from egjax.features import extract_features
 from egjax.models import load_checkpoint, preprocess
 from egjax.models import download
@@ -232,3 +232,32 @@ def test_bad_flags_are_refused_before_any_work(argv, message, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_script_fine_tunes_a_resnet50_file_with_its_batch_norm(tmp_path, capsys):
+    """`--model resnet50` on a torchvision-layout file: loaded for training with batch norm
+    unfolded (folded, exactly the inference port), fine-tuned, saved folded as a 2-way
+    ResNet-50 whose batch-norm statistics moved toward the cow tree's."""
+    from test_resnet import torchvision_state_dict as resnet_state_dict
+    weights = tmp_path / "resnet50-narrow.pth"
+    write_torch_zip(weights, resnet_state_dict(1 / 16, num_classes=1000))
+    model, variables, _ = models.load("resnet50", weights, training=True)
+    assert model.batch_norm and set(variables) == {"params", "batch_stats"}
+    _, params, _ = models.load("resnet50", weights)
+    _, folded = model.fold(variables)
+    assert sorted(folded) == sorted(params)
+    for a, b in zip(jax.tree.leaves(folded), jax.tree.leaves(params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    write_cow_tree(tmp_path / "pascal", cows=4, others=4)
+    with pytest.raises(SystemExit) as exit_info:
+        run(SCRIPT, ["--model", "resnet50", "--dataset", "pascal_part", "--data-dir",
+                     str(tmp_path / "pascal"), "--category", "cow", "--weights", str(weights),
+                     "--image-size", "64", "--steps", "2", "--batch-size", "4", "--held-out",
+                     "0.5", "--runs", str(tmp_path / "runs"), "--name", "cow", "--quiet"])
+    assert exit_info.value.code == 0
+    assert "resnet50" in capsys.readouterr().out
+    tuned, tuned_params, meta = load_checkpoint(tmp_path / "runs" / "cow" / "network")
+    assert (meta.arch, meta.classes, meta.head) == ("resnet50", ("negative", "cow"), "gap")
+    assert not tuned.batch_norm and tuned_params["logits"]["kernel"].shape == (128, 2)
+    moved = np.abs(np.asarray(tuned_params["conv1"]["bias"]) - np.asarray(params["conv1"]["bias"]))
+    assert moved.max() > 1e-2          # lr 1e-4 alone would move it by far less

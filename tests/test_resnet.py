@@ -70,6 +70,26 @@ def test_keras_port_matches_keras_at_every_tap(keras_port):
         assert np.abs(np.asarray(got[tap]) - want).max() <= 1e-4 * scale, tap
 
 
+def test_the_release_files_top_layer_name_probs_is_read(keras_port, tmp_path):
+    """The published `resnet50_weights_tf_dim_ordering_tf_kernels.h5` was written by
+    keras-applications' `resnet_common.py` (the md5 Keras pins), whose classifier is named
+    `probs`; tf.keras names it `predictions`. The same file with that layer renamed ports to
+    the same params."""
+    import shutil
+    import h5py
+    path = tmp_path / "probs.h5"
+    shutil.copy(keras_port[0], path)
+    with h5py.File(path, "r+") as f:
+        f.move("predictions", "probs")
+        names = [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+        f.attrs["layer_names"] = [("probs" if n == "predictions" else n).encode()
+                                  for n in names]
+    _, params, _ = load_resnet50(path)
+    _, want, _ = load_resnet50(keras_port[0])
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # -- torchvision and timm ------------------------------------------------------------------------
 
 def torchvision_state_dict(width: float, num_classes: int, seed: int = 0) -> dict:

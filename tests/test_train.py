@@ -3,6 +3,7 @@ checkpoints load and classify fresh images; bad arguments are refused."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import pathlib
 
@@ -158,3 +159,49 @@ def test_script_defaults(script):
     assert args.categories == ["quadruped"] and args.out.endswith("synthetic_quadruped")
     assert args.size == 224 and args.width <= 0.25
     assert script.parse_args(["--categories", *CATEGORIES]).out.endswith("synthetic_all")
+
+
+# -- batch norm ------------------------------------------------------------------------------
+
+def test_a_step_moves_batch_norm_statistics_toward_the_batch_by_the_momentum(tiny_batch):
+    """ResNet50(batch_norm=True), one step at learning rate 0: conv1's running mean and
+    (biased) variance become 0.9 * old + 0.1 * the batch's (torchvision's momentum 0.1),
+    the batch's computed here by a numpy convolution; the params stay; every batch norm's
+    statistics move; the folded network computes what the unfolded one does at inference."""
+    import optax
+    from egjax.models import ResNet50
+
+    model = ResNet50(width=1 / 16, head="gap", num_classes=2, batch_norm=True)
+    images, labels = tiny_batch
+    variables = model.init(jax.random.key(0), images[:1])
+    rng = np.random.default_rng(1)
+    stats = jax.tree.map(np.asarray, variables["batch_stats"])
+    old = {"mean": rng.normal(0, 1, 4).astype(np.float32),
+           "var": rng.uniform(0.5, 2.0, 4).astype(np.float32)}
+    stats["conv1_bn"] = old
+    params = jax.tree.map(np.asarray, variables["params"])
+    params["conv1"]["bias"] = rng.normal(0, 0.5, 4).astype(np.float32)
+    state = train.create_state(model, jax.random.key(0), optax.sgd(0.0),
+                               *jax.tree.map(jnp.asarray, (params, stats)))
+    state, _ = train.train_step(state, images, labels)
+
+    x = np.pad(np.asarray(images, np.float64), ((0, 0), (3, 3), (3, 3), (0, 0)))
+    kernel = params["conv1"]["kernel"].astype(np.float64)                # [7, 7, 3, 4]
+    z = sum(x[:, i:i + 32:2, j:j + 32:2] @ kernel[i, j] for i in range(7) for j in range(7))
+    z = z + params["conv1"]["bias"]                                      # [8, 16, 16, 4]
+    got = state.batch_stats["conv1_bn"]
+    np.testing.assert_allclose(got["mean"], 0.9 * old["mean"] + 0.1 * z.mean((0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["var"], 0.9 * old["var"] + 0.1 * z.var((0, 1, 2)),
+                               rtol=1e-4, atol=1e-5)
+    for name, layer in state.batch_stats.items():
+        assert not np.allclose(layer["mean"], stats[name]["mean"]), name
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    folded_model, folded = train.inference(model, state)
+    assert not folded_model.batch_norm and not any(n.endswith("_bn") for n in folded)
+    apply = functools.partial(jax.jit, static_argnames="taps")
+    want = apply(model.apply)({"params": state.params, "batch_stats": state.batch_stats},
+                              images, taps=("logits",))["logits"]
+    got = apply(folded_model.apply)({"params": folded}, images, taps=("logits",))["logits"]
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())

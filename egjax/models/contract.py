@@ -13,6 +13,10 @@ A network is a Flax module (frozen and hashable, so it can be a static `jit` arg
   `LayerConfig(stride=..., center=...)`;
 * optionally `prepare(params) -> {collection: tree}`: variables derived from the params once
   per run of batches and passed to `apply` beside them (VGG-16's Winograd kernels on CPU).
+* optionally `initialize(params) -> params`: freshly drawn params adjusted for training from
+  scratch (`egjax.train.initial_params`; ResNet-50 zeroes each block's last conv).
+* optionally `cpu_whole_batch = True` (a class attribute): `egjax.features` runs a batch at
+  once on CPU instead of image by image (faster for ResNet-50, slower for VGG-16).
 
 Registered in `egjax.models.registry` (a builder from `ModelMeta` and a weights loader), a
 network works with `egjax.models.load`, checkpoints, features, training and the main job.

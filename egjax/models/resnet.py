@@ -10,8 +10,20 @@ differ in which conv of that block has stride 2:
 Head "gap": the global average `pool` and a Dense `logits`; or None.
 
 Batch norm is folded into the convs for inference: every conv has a kernel and a bias, the
-ported weights already carry `gamma * (x - mean) / sqrt(var + eps) + beta`; fine-tuning
-(`egjax.train`) updates those folded kernels and biases (no batch statistics are kept).
+ported weights already carry `gamma * (x - mean) / sqrt(var + eps) + beta`. For training,
+`batch_norm=True` keeps it unfolded, as Flax does: after every conv an `nn.BatchNorm`
+(`{conv}_bn`: params `scale`, `bias`; collection `batch_stats`: `mean`, `var`) that, called
+with `train=True`, normalises by the batch's statistics and moves the running ones toward
+them by the momentum (`mutable=["batch_stats"]`, see `egjax.train`); `fold` turns it back
+into the inference network. Epsilon and momentum are those of the framework each variant's
+weights come from (v1: Keras, 1.001e-5 and 0.99; v1.5: torchvision, 1e-5 and 0.9, i.e.
+torch's momentum 0.1); the running variance is the batch's biased one, as Flax and Keras
+keep it.
+
+On CPU (`conv_nhwc`) the 1x1 convs run as matrix products and the wide stride-1 3x3 ones as
+Winograd F(2x2, 3x3) (`winograd`; kernels transformed once by `prepare`), and `egjax.features`
+runs a whole batch at once (`cpu_whole_batch`): with those, feature extraction went from
+0.83x to 0.94x tf.keras's CPU time per image at batch 8 (`benchmarks/bench_features.py`).
 
 Taps, bottom to top: `conv1` (after its ReLU), `maxpool`, `layer{s}.{b}` (block b of stage
 s, 0-based b, after the ReLU), `pool`, `logits`. Aliases: `layer{s}` is the stage's last
@@ -22,19 +34,24 @@ block (`layer3` = `layer3.5`); the Keras names `conv1_relu`, `pool1_pool`,
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from egjax.models import propagation
+from egjax.models import propagation, winograd
 from egjax.models.contract import (Layer, Residual, check_images, perturbation_name, scaled,
                                    select_taps)
 
 VARIANTS = {"v1.5": "resnet50", "v1": "resnet50_v1"}       # variant -> arch name
+EPSILON = {"v1.5": 1e-5, "v1": 1.001e-5}                   # batch norm: torchvision's, Keras's
+MOMENTUM = {"v1.5": 0.9, "v1": 0.99}         # running <- m * running + (1 - m) * batch
+WINOGRAD = "winograd"   # variable collection of pre-transformed 3x3 kernels (`prepare`)
 HEADS = ("gap", None)
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))          # bottleneck width, blocks
 EXPANSION = 4
@@ -93,6 +110,10 @@ class ResNet50(nn.Module):
     head: str | None = "gap"
     num_classes: int = 1000
     variant: str = "v1.5"
+    batch_norm: bool = False
+    # features on CPU: the whole batch at once, not image by image as VGG-16 (its maps are
+    # small enough to stay in the caches; benchmarks/bench_features.py)
+    cpu_whole_batch: ClassVar[bool] = True
 
     def __post_init__(self):
         if not (isinstance(self.width, (int, float)) and math.isfinite(self.width)
@@ -169,8 +190,51 @@ class ResNet50(nn.Module):
             layers += [propagation.Residual(main, shortcut), propagation.ReLU()]
         return (*layers, propagation.GlobalMean(), propagation.Dense("logits"))
 
+    def initialize(self, params: dict) -> dict:
+        """Freshly drawn `params` made ready for training from scratch (`egjax.train.
+        initial_params`): every block starts as the identity (Goyal et al., 2017), by a zero
+        scale of its last batch norm, or without batch norm by `zero_residual`."""
+        if not self.batch_norm:
+            return zero_residual(params)
+        return {name: ({**layer, "scale": jnp.zeros_like(layer["scale"])}
+                       if name.endswith("_conv3_bn") else layer)
+                for name, layer in params.items()}
+
+    def prepare(self, params) -> dict:
+        """The `WINOGRAD` collection: each stride-1 3x3 kernel that runs by Winograd on this
+        backend (`winograd.pays`) transformed once (`winograd.transform_kernel`), for `apply`
+        on many batches (`egjax.features` does so)."""
+        kernels = {}
+        for block in blocks(self.width):
+            name = f"{block.prefix}_conv2"
+            kernel = params[name]["kernel"]
+            if self._strides(block)[1] == 1 and winograd.pays(kernel.shape):
+                kernels[name] = winograd.transform_kernel(kernel)
+        return {WINOGRAD: kernels}
+
+    def fold(self, variables: dict) -> tuple["ResNet50", dict]:
+        """(inference module, params) of a `batch_norm=True` network's `variables`
+        (`{"params", "batch_stats"}`): each batch norm, with its running statistics, folded
+        into the conv before it (`fold_conv`)."""
+        if not self.batch_norm:
+            return self, variables["params"]
+        params, stats = variables["params"], variables["batch_stats"]
+        folded = {}
+        for name, layer in params.items():
+            if name.endswith("_bn"):
+                continue
+            norm = params.get(f"{name}_bn")
+            folded[name] = layer if norm is None else fold_conv(
+                {**layer, "gamma": norm["scale"], "beta": norm["bias"],
+                 "mean": stats[f"{name}_bn"]["mean"], "variance": stats[f"{name}_bn"]["var"]},
+                EPSILON[self.variant], name, "batch_norm=True variables")
+        return self.clone(batch_norm=False), jax.tree.map(jnp.asarray, folded)
+
     @nn.compact
-    def __call__(self, images: jax.Array, taps: Sequence[str] | None = None) -> dict:
+    def __call__(self, images: jax.Array, taps: Sequence[str] | None = None,
+                 train: bool = False) -> dict:
+        """`train` (with `batch_norm=True`): batch norm uses and updates the batch's
+        statistics (apply with `mutable=["batch_stats"]`); else it uses the running ones."""
         requested = self.check_taps(taps)
         check_images(images)
         asked = {}                            # tap -> the names it was requested by
@@ -189,9 +253,17 @@ class ResNet50(nn.Module):
             return value, self.tap_names.index(tap) >= last and not run_all
 
         def conv(x, features, kernel, stride, padding, name):
-            return nn.Conv(features, (kernel, kernel), (stride, stride),
-                           padding=((padding, padding),) * 2,
-                           precision=jax.lax.Precision.HIGHEST, name=name)(x)
+            transformed = (self.get_variable(WINOGRAD, name)
+                           if self.has_variable(WINOGRAD, name) else None)
+            x = nn.Conv(features, (kernel, kernel), (stride, stride),
+                        padding=((padding, padding),) * 2, precision=jax.lax.Precision.HIGHEST,
+                        conv_general_dilated=functools.partial(conv_nhwc,
+                                                               transformed=transformed),
+                        name=name)(x)
+            if not self.batch_norm:
+                return x
+            return nn.BatchNorm(use_running_average=not train, momentum=MOMENTUM[self.variant],
+                                epsilon=EPSILON[self.variant], name=f"{name}_bn")(x)
 
         x = nn.relu(conv(images, scaled(64, self.width), 7, 2, 3, "conv1"))
         x, done = keep("conv1", x)
@@ -215,6 +287,42 @@ class ResNet50(nn.Module):
             keep("logits", nn.Dense(self.num_classes, precision=jax.lax.Precision.HIGHEST,
                                     name="logits")(x))
         return out
+
+
+def conv_nhwc(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+              dimension_numbers=None, feature_group_count=1, precision=None, transformed=None,
+              **kwargs):
+    """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels: a 1x1 kernel as a matrix
+    product of the (strided) pixels, the same sums, which XLA:CPU runs as one GEMM instead of
+    a convolution (bottleneck blocks are 2/3 1x1 convs); a 3x3 one by
+    `winograd.conv_general_dilated` (F(2x2, 3x3) where it pays on CPU, from the
+    `transformed` kernel where given)."""
+    unpadded = padding == "VALID" or all(tuple(p) == (0, 0) for p in padding)
+    if (rhs.shape[:2] == (1, 1) and unpadded and feature_group_count == 1
+            and not any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+        sh, sw = window_strides
+        return jnp.einsum("nhwi,io->nhwo", lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
+    return winograd.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                         rhs_dilation, dimension_numbers, feature_group_count,
+                                         precision=precision, transformed=transformed, **kwargs)
+
+
+def fold_conv(layer: dict, epsilon: float, name: str, origin: str) -> dict:
+    """{kernel[, bias], gamma, beta, mean, variance} -> {kernel, bias}: the batch norm folded
+    into the conv, `kernel * g`, `beta + (bias - mean) * g` with `g = gamma / sqrt(variance +
+    eps)` per output channel (exact in real arithmetic); a layer without batch norm passes
+    as it is. ValueError naming the layer (from `origin`) when it has only part of one."""
+    norm = ("gamma", "beta", "mean", "variance")
+    if not any(role in layer for role in norm):
+        return layer
+    missing = [role for role in ("kernel", *norm) if role not in layer]
+    if missing:
+        raise ValueError(f"{origin}: layer {name!r} lacks {missing} (a conv with its batch norm)")
+    layer = {role: np.asarray(value) for role, value in layer.items()}
+    scale = layer["gamma"] / np.sqrt(layer["variance"].astype(np.float64) + epsilon)
+    bias = layer.get("bias", 0.0)
+    return {"kernel": (layer["kernel"] * scale).astype(np.float32),
+            "bias": (layer["beta"] + (bias - layer["mean"]) * scale).astype(np.float32)}
 
 
 def zero_residual(params: dict) -> dict:

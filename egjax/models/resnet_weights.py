@@ -1,12 +1,13 @@
 """Ports ImageNet ResNet-50 weights from Keras, torchvision and timm files to `ResNet50` params,
-folding each batch norm into the conv before it.
+folding each batch norm into the conv before it (or, for training, keeping it unfolded).
 
 Layouts (the file's -> ours):
 * Keras (.h5, legacy layout, see `keras_h5`; tf.keras's `ResNet50` release, variant v1,
   "caffe" preprocessing): `conv1_conv` + `conv1_bn` -> `conv1`;
   `conv{s+1}_block{b+1}_{i}_conv` + `_{i}_bn` -> `layer{s}_{b}_conv{i}` (i = 1, 2, 3) and
-  `_0_conv` + `_0_bn` -> `layer{s}_{b}_downsample`; `predictions` -> `logits`. Convs have
-  biases; batch norm epsilon 1.001e-5.
+  `_0_conv` + `_0_bn` -> `layer{s}_{b}_downsample`; `probs` (the release files, written by
+  keras-applications' `resnet_common.py`, whose md5s Keras pins) or `predictions` (tf.keras's
+  `ResNet50` and files it writes) -> `logits`. Convs have biases; batch norm epsilon 1.001e-5.
 * torchvision (.pth, see `torch_pickle`; V1 and V2 weights) and timm (.safetensors, same
   names), variant v1.5, "torch" preprocessing: `conv1` + `bn1`; `layer{s}.{b}.conv{i}` +
   `.bn{i}`; `layer{s}.{b}.downsample.0` + `.downsample.1`; `fc`. Convs without bias, kernels
@@ -28,11 +29,9 @@ import numpy as np
 from egjax.models.contract import check_finite, check_params
 from egjax.models.download import Published, locate
 from egjax.models.meta import ModelMeta
-from egjax.models.resnet import ResNet50, blocks
+from egjax.models.resnet import EPSILON, ResNet50, blocks, fold_conv
 from egjax.models.weights import weights_format
 
-KERAS_EPSILON = 1.001e-5
-TORCH_EPSILON = 1e-5
 _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 PUBLISHED = {
     # md5: WEIGHTS_HASHES["resnet50"] of keras/src/applications/resnet.py
@@ -57,7 +56,8 @@ PUBLISHED = {
 
 
 def _keras_names() -> dict[str, str]:
-    names = {"conv1_conv": "conv1", "conv1_bn": "conv1", "predictions": "logits"}
+    names = {"conv1_conv": "conv1", "conv1_bn": "conv1", "probs": "logits",
+             "predictions": "logits"}
     for block in blocks():
         stage, index = (int(i) for i in block.tap[len("layer"):].split("."))
         keras = f"conv{stage + 1}_block{index + 1}"
@@ -86,36 +86,22 @@ _TORCH_ROLES = {"weight": None, "bias": None, "running_mean": "mean",
                 "running_var": "variance", "num_batches_tracked": "skip"}
 
 
-def fold(layer: dict, epsilon: float, name: str, origin: str) -> dict:
-    """{kernel[, bias], gamma, beta, mean, variance} -> {kernel, bias}: the batch norm folded
-    into the conv (a Dense layer without batch norm passes as it is)."""
-    norm = ("gamma", "beta", "mean", "variance")
-    if not any(role in layer for role in norm):
-        return layer
-    missing = [role for role in ("kernel", *norm) if role not in layer]
-    if missing:
-        raise ValueError(f"{origin}: layer {name!r} lacks {missing} (a conv with its batch norm)")
-    scale = layer["gamma"] / np.sqrt(layer["variance"].astype(np.float64) + epsilon)
-    bias = layer.get("bias", 0.0)
-    return {"kernel": (layer["kernel"] * scale).astype(np.float32),
-            "bias": (layer["beta"] + (bias - layer["mean"]) * scale).astype(np.float32)}
-
-
 def _from_keras(layers: dict, path: str) -> dict:
     merged: dict[str, dict] = {}
     for name, weights in layers.items():
         if name not in KERAS_NAMES:
             raise ValueError(f"{path}: unexpected layer {name!r}; not a Keras ResNet-50 weights "
                              f"file (its layers: conv1_conv, conv1_bn, conv2_block1_1_conv, ..., "
-                             f"predictions)")
-        role_of = {"kernel": "kernel", "bias": "bias"} if name.endswith(("_conv", "predictions")) \
+                             f"probs)")
+        linear = ("_conv", "probs", "predictions")
+        role_of = {"kernel": "kernel", "bias": "bias"} if name.endswith(linear) \
             else {"gamma": "gamma", "beta": "beta", "mean": "mean", "variance": "variance"}
         target = merged.setdefault(KERAS_NAMES[name], {})
         for role, value in weights.items():
             if role not in role_of:
                 raise ValueError(f"{path}: layer {name!r} has a {role}, which it should not")
             target[role_of[role]] = value
-    return {name: fold(layer, KERAS_EPSILON, name, path) for name, layer in merged.items()}
+    return merged
 
 
 def _from_torch(tensors: dict, path: str) -> dict:
@@ -136,7 +122,7 @@ def _from_torch(tensors: dict, path: str) -> dict:
         if role == "kernel":
             value = value.T if value.ndim == 2 else _oihw_to_hwio(value, layer, path)
         merged.setdefault(layer, {})[role] = value
-    return {name: fold(layer, TORCH_EPSILON, name, path) for name, layer in merged.items()}
+    return merged
 
 
 def _oihw_to_hwio(kernel: np.ndarray, layer: str, path: str) -> np.ndarray:
@@ -145,21 +131,46 @@ def _oihw_to_hwio(kernel: np.ndarray, layer: str, path: str) -> np.ndarray:
     return kernel.transpose(2, 3, 1, 0)
 
 
-def read_resnet50_weights(path: str | os.PathLike) -> tuple[dict, str, str]:
-    """A weights file -> (folded params in `ResNet50` naming as numpy, variant, preprocessing)."""
+def read_resnet50_weights(path: str | os.PathLike, *,
+                          batch_norm: bool = False) -> tuple[dict, str, str]:
+    """A weights file -> (params in `ResNet50` naming as numpy, variant, preprocessing): batch
+    norm folded, or with `batch_norm` the variables of `ResNet50(batch_norm=True)`
+    (`unfolded`)."""
     path = os.fspath(path)
     kind = weights_format(path)
     if kind == "keras":
         from egjax.models.keras_h5 import read_keras_h5
-        return _from_keras(read_keras_h5(path), path), "v1", "caffe"
-    if kind == "torch":
+        layers, variant, preprocessing = _from_keras(read_keras_h5(path), path), "v1", "caffe"
+    elif kind == "torch":
         from egjax.models.torch_pickle import read_torch_state_dict
-        return _from_torch(read_torch_state_dict(path), path), "v1.5", "torch"
-    from safetensors.numpy import load_file
-    return _from_torch(load_file(path), path), "v1.5", "torch"
+        layers, variant, preprocessing = (_from_torch(read_torch_state_dict(path), path),
+                                          "v1.5", "torch")
+    else:
+        from safetensors.numpy import load_file
+        layers, variant, preprocessing = _from_torch(load_file(path), path), "v1.5", "torch"
+    folded = {name: fold_conv(layer, EPSILON[variant], name, path)
+              for name, layer in layers.items()}       # checks every batch norm is whole
+    return (unfolded(layers) if batch_norm else folded), variant, preprocessing
 
 
-def _infer_model(params: dict, variant: str, path: str) -> ResNet50:
+def unfolded(layers: dict) -> dict:
+    """{layer: {kernel[, bias], gamma, beta, mean, variance}} -> the variables of
+    `ResNet50(batch_norm=True)`: `{"params": {layer: {kernel, bias}, layer_bn: {scale,
+    bias}}, "batch_stats": {layer_bn: {mean, var}}}` (a conv without bias gets zeros)."""
+    params, stats = {}, {}
+    for name, layer in layers.items():
+        if "gamma" not in layer:
+            params[name] = layer
+            continue
+        kernel = layer["kernel"]
+        params[name] = {"kernel": kernel,
+                        "bias": layer.get("bias", np.zeros(kernel.shape[-1], kernel.dtype))}
+        params[f"{name}_bn"] = {"scale": layer["gamma"], "bias": layer["beta"]}
+        stats[f"{name}_bn"] = {"mean": layer["mean"], "var": layer["variance"]}
+    return {"params": params, "batch_stats": stats}
+
+
+def _infer_model(params: dict, variant: str, path: str, batch_norm: bool) -> ResNet50:
     if "kernel" not in params.get("conv1", {}):
         raise ValueError(f"{path}: layer 'conv1' is missing; not a ResNet-50 weights file")
     width = params["conv1"]["kernel"].shape[-1] / 64
@@ -167,21 +178,26 @@ def _infer_model(params: dict, variant: str, path: str) -> ResNet50:
     if "kernel" in params.get("logits", {}):
         num_classes = int(params["logits"]["kernel"].shape[-1])
     return ResNet50(width=width, head="gap" if "logits" in params else None,
-                    num_classes=num_classes, variant=variant)
+                    num_classes=num_classes, variant=variant, batch_norm=batch_norm)
 
 
 def load_resnet50(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                  quiet: bool = False) -> tuple[ResNet50, dict, ModelMeta]:
+                  quiet: bool = False,
+                  batch_norm: bool = False) -> tuple[ResNet50, dict, ModelMeta]:
     """(model, params, meta) from a published name ("keras", "keras-notop": v1;
     "torchvision", "torchvision-v2", "timm": v1.5; fetched into `cache_dir`, default
-    ~/.cache/egjax, and verified) or a weights file; the variant follows the file."""
+    ~/.cache/egjax, and verified) or a weights file; the variant follows the file.
+    `batch_norm`: for training, `ResNet50(batch_norm=True)` and its variables `{"params",
+    "batch_stats"}` in place of params, the file's batch norms unfolded."""
     path, name = locate(source, cache_dir, quiet=quiet, published=PUBLISHED)
-    params, variant, preprocessing = read_resnet50_weights(path)
-    model = _infer_model(params, variant, name)
+    loaded, variant, preprocessing = read_resnet50_weights(path, batch_norm=batch_norm)
+    params = loaded["params"] if batch_norm else loaded
+    model = _infer_model(params, variant, name, batch_norm)
     check_params(params, model, name)
     check_finite(params, name)
-    params = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), params)
+    if batch_norm:
+        check_finite(loaded["batch_stats"], name)
+    loaded = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), loaded)
     meta = ModelMeta(source=name, arch=model.arch, width=model.width, head=model.head,
                      num_classes=model.num_classes, preprocessing=preprocessing)
-    return model, params, meta
-
+    return model, loaded, meta
