@@ -32,6 +32,10 @@ def node_detections(fit, image_size: int) -> Detections:
     """A fitted layer's detections: each node takes the orientation with the higher score,
     and positions found in a mirrored image are mirrored back in pixels (`getAlterProbPos`;
     `geometry.cells_to_pixels`)."""
+    if not fit.has_records:
+        raise ValueError("node_detections needs the layer's records of its training images, "
+                         "and this graph was saved without them (`save(path, "
+                         "records=False)`); use a graph saved with its records")
     cfg = fit.config
     score, alt_score = np.asarray(fit.score), np.asarray(fit.alt_score)
     use_alt = alt_score > score
@@ -117,6 +121,7 @@ def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray) -> dict:
     decoded); `landmarks [N, P, 2]` pixels, `visible [N, P]`. Values are divided by the image
     diagonal; `ratio` is nodes / filters (below 1: nodes are more stable).
     """
+    graph.require_records("evaluate.compare")
     size = graph.config.image_size
     rows = []
     for fit, layer_maps in zip(graph.layers, maps):

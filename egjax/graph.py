@@ -10,9 +10,12 @@ import numpy as np
 from egjax import checkpoint
 from egjax.config import GraphConfig, LayerConfig
 
-FORMAT = "egjax.ExplanatoryGraph/1"
+FORMAT = "egjax.ExplanatoryGraph/2"
+OLD_FORMATS = ("egjax.ExplanatoryGraph/1",)   # without the candidates: read from the records
 KIND = "explanatory graph"
-FIELDS = ("coord", "deform", "parents", "score", "pos", "flip", "alt_score", "alt_pos")
+MODEL = ("coord", "deform", "parents", "candidates", "candidate_mean")
+RECORDS = ("score", "pos", "flip", "alt_score", "alt_pos")
+FIELDS = MODEL + RECORDS
 
 
 @jax.tree_util.register_dataclass
@@ -20,11 +23,19 @@ FIELDS = ("coord", "deform", "parents", "score", "pos", "flip", "alt_score", "al
 class LayerFit:
     """A fitted graph layer (V = C*K nodes, node v = c*K + k; N images; cells 0-based).
 
-    `coord [C,K,2]` prior positions (h, w); `deform [C,K]` deformation scales (cells);
-    `parents [V, top_n]` flat indices into the layer above (`[V, 0]` for the top layer, -1
-    where none was selected); `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]`
-    inferred positions in the frame of `flip [N]` (True: the mirrored image was used);
-    `alt_score`, `alt_pos` the other orientation; `config` the layer's settings.
+    The model, all that inference on new images needs: `coord [C,K,2]` prior positions
+    (h, w); `deform [C,K]` deformation scales (cells); `parents [V, top_n]` flat indices into
+    the layer above (`[V, 0]` for the top layer, -1 where none was selected); `config` the
+    layer's settings; and the one summary of the training records that the parent prior
+    needs, the candidate parents the fit chose from: `candidates [M]` indices into the layer
+    above (-1 for an empty slot; `[0]` for the top layer) and `candidate_mean [M, 2]` their
+    mean positions over the training images (None in a layer built by hand: then they are
+    recomputed from the records of the layer above, as the fit computed them).
+
+    The records of the training images (None when the graph was saved without them):
+    `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]` inferred positions in the
+    frame of `flip [N]` (True: the mirrored image was used); `alt_score`, `alt_pos` the
+    other orientation.
     """
 
     coord: jax.Array
@@ -36,10 +47,24 @@ class LayerFit:
     alt_score: jax.Array
     alt_pos: jax.Array
     config: LayerConfig = dataclasses.field(metadata=dict(static=True))
+    candidates: jax.Array | None = None
+    candidate_mean: jax.Array | None = None
 
     @property
-    def num_images(self) -> int:
-        return self.score.shape[1]
+    def num_images(self) -> int | None:
+        """Training images recorded (None without records)."""
+        return None if self.score is None else self.score.shape[1]
+
+    @property
+    def num_nodes(self) -> int:
+        return int(np.size(self.deform))
+
+    @property
+    def has_records(self) -> bool:
+        return self.score is not None
+
+    def without_records(self) -> "LayerFit":
+        return dataclasses.replace(self, **dict.fromkeys(RECORDS))
 
 
 @jax.tree_util.register_dataclass
@@ -50,14 +75,36 @@ class ExplanatoryGraph:
     layers: tuple[LayerFit, ...]
     config: GraphConfig = dataclasses.field(metadata=dict(static=True))
 
-    def save(self, path, *, overwrite: bool = False):
+    @property
+    def has_records(self) -> bool:
+        return all(layer.has_records for layer in self.layers)
+
+    def require_records(self, what: str) -> None:
+        """ValueError unless the graph holds the training records, which `what` needs."""
+        if not self.has_records:
+            raise ValueError(f"{what} needs the graph's records of its training images, and "
+                             f"this graph was saved without them (`save(path, "
+                             f"records=False)`); use a graph saved with its records")
+
+    def save(self, path, *, records: bool = True, overwrite: bool = False):
         """Write the graph to the directory `path` (orbax; atomic; with the checksum of every
-        array and of the settings, see `egjax.checkpoint`). Returns the path."""
+        array and of the settings, see `egjax.checkpoint`). Returns the path.
+        `records=False` writes the model only (what inference on new images needs: see
+        `LayerFit`), not the records of the training images (most of the size)."""
+        if records and not self.has_records:
+            raise ValueError("this graph holds no records (it was saved without them); save "
+                             "it with records=False")
+        fields = FIELDS if records else MODEL
+        layers = self.layers
+        if any(layer.candidates is None for layer in layers[:-1]):
+            from egjax.em.inference import with_candidates   # the em package imports this one
+            layers = with_candidates(self).layers
         # orbax stores no zero-size arrays: the top layer's empty parents are implied.
         # Arrays spanning processes stay as they are: each process writes its shards.
-        arrays = [{f: checkpoint.storable(getattr(layer, f)) for f in FIELDS
-                   if np.size(getattr(layer, f))} for layer in self.layers]
-        meta = {"format": FORMAT, "config": _config_to_json(self.config)}
+        arrays = [{f: checkpoint.storable(getattr(layer, f)) for f in fields
+                   if getattr(layer, f) is not None and np.size(getattr(layer, f))}
+                  for layer in layers]
+        meta = {"format": FORMAT, "config": _config_to_json(self.config), "records": records}
         return checkpoint.save(path, arrays, meta, kind=KIND, overwrite=overwrite)
 
     @classmethod
@@ -65,7 +112,7 @@ class ExplanatoryGraph:
         """Read a graph written by `save`; refuses a corrupt or inconsistent checkpoint (a
         file that fails its checksum is named by its array, `<layer>.<field>`)."""
         arrays, meta = checkpoint.load(path, kind=KIND)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
             raise ValueError(f"{path} is not an explanatory graph checkpoint "
                              f"(format {meta.get('format') if isinstance(meta, dict) else None!r},"
                              f" expected {FORMAT!r})")
@@ -76,14 +123,20 @@ class ExplanatoryGraph:
         if not isinstance(arrays, list) or len(arrays) != len(config.layers):
             raise ValueError(f"{path}: {len(config.layers)} layers configured but "
                              f"{len(arrays) if isinstance(arrays, list) else 'no'} stored")
+        old, records = meta["format"] in OLD_FORMATS, meta.get("records", True)
         layers = []
         for index, (stored, cfg) in enumerate(zip(arrays, config.layers)):
-            if index == len(arrays) - 1 and "parents" not in stored and "score" in stored:
-                stored = {**stored, "parents": np.zeros((len(stored["score"]), 0), np.int32)}
-            missing = [f for f in FIELDS if f not in stored]
+            top = index == len(arrays) - 1
+            if top and "parents" not in stored and "deform" in stored:   # zero-size arrays
+                v = int(np.size(stored["deform"]))
+                stored = {"parents": np.zeros((v, 0), np.int32),
+                          "candidates": np.zeros(0, np.int32),
+                          "candidate_mean": np.zeros((0, 2)), **stored}
+            needed = ((MODEL[:3] if old else MODEL) + (RECORDS if records or old else ()))
+            missing = [f for f in needed if f not in stored]
             if missing:
                 raise ValueError(f"{path}: layer {index} lacks {missing}")
-            layers.append(LayerFit(**{f: stored[f] for f in FIELDS}, config=cfg))
+            layers.append(LayerFit(**{f: stored.get(f) for f in FIELDS}, config=cfg))
         graph = cls(layers=tuple(layers), config=config)
         validate(graph, str(path))
         return graph
@@ -96,9 +149,14 @@ def validate(graph: ExplanatoryGraph, where: str = "graph") -> None:
         c, k = np.shape(layer.deform) if np.ndim(layer.deform) == 2 else (None, None)
         cfg = layer.config
         v = None if c is None else c * k
-        expected = {"coord": (c, cfg.nodes_per_filter, 2), "deform": (c, cfg.nodes_per_filter),
-                    "score": (v, num_images), "pos": (v, num_images, 2), "flip": (num_images,),
-                    "alt_score": (v, num_images), "alt_pos": (v, num_images, 2)}
+        expected = {"coord": (c, cfg.nodes_per_filter, 2), "deform": (c, cfg.nodes_per_filter)}
+        if layer.has_records or num_images is not None:
+            expected.update({"score": (v, num_images), "pos": (v, num_images, 2),
+                             "flip": (num_images,), "alt_score": (v, num_images),
+                             "alt_pos": (v, num_images, 2)})
+        if layer.candidates is not None:
+            m = np.shape(layer.candidates)[:1]
+            expected.update({"candidates": m, "candidate_mean": (*m, 2)})
         for name, shape in expected.items():
             if np.shape(getattr(layer, name)) != shape:
                 raise ValueError(f"{where}: layer {index} {name} has shape "
@@ -110,10 +168,13 @@ def validate(graph: ExplanatoryGraph, where: str = "graph") -> None:
             raise ValueError(f"{where}: layer {index} parents has shape {parents.shape}, "
                              f"expected {(v, width)}")
         if not top and parents.size:
-            upper = graph.layers[index + 1].score.shape[0]
-            if parents.min() < -1 or parents.max() >= upper:
-                raise ValueError(f"{where}: layer {index} parents index outside the "
-                                 f"{upper} nodes of the layer above")
+            upper = graph.layers[index + 1].num_nodes
+            for name in ("parents", "candidates"):
+                values = getattr(layer, name)
+                if values is not None and np.size(values) and (
+                        np.min(values) < -1 or np.max(values) >= upper):
+                    raise ValueError(f"{where}: layer {index} {name} index outside the "
+                                     f"{upper} nodes of the layer above")
 
 
 def _config_to_json(config: GraphConfig) -> dict:

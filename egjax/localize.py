@@ -122,7 +122,7 @@ def node_patterns(graph, inference) -> list[Patterns]:
     out = []
     for fitted, inferred in zip(graph.layers, inference):
         cfg = fitted.config
-        nodes = np.shape(fitted.score)[0]
+        nodes = fitted.num_nodes
         score, pos, flip = (np.asarray(a) for a in inferred)
         if score.ndim != 2 or score.shape[0] != nodes or pos.shape != (*score.shape, 2):
             raise ValueError(f"inference of layer {cfg.tap or len(out)} must hold score "

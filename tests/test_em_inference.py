@@ -101,3 +101,18 @@ def test_bad_maps_are_refused(data, graph):
     with pytest.raises(ValueError, match="chunk"):
         egjax.infer_layer(top, maps[1], chunk=0)
 
+
+
+def test_inference_needs_only_the_model(data, graph, tmp_path):
+    """A graph saved without its records (the model: node parameters, parents, candidate
+    parents and their mean positions) infers new images exactly as the full graph; what
+    needs the records says so."""
+    maps, flipped = data
+    new = [m[:5] for m in maps], [f[:5] for f in flipped]
+    model = egjax.ExplanatoryGraph.load(graph.save(tmp_path / "model", records=False))
+    assert not model.has_records and model.layers[0].score is None
+    for a, b in zip(egjax.infer_graph(graph, *new), egjax.infer_graph(model, *new)):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="saved without"):
+        egjax.evaluate.compare(model, maps, np.zeros((8, 1, 2)), np.ones((8, 1), bool))

@@ -41,12 +41,16 @@ def scan_chunks(fn: Callable, inputs, chunk: int, into=None):
     return jax.lax.fori_loop(0, -(-num // chunk), body, (zeros, into))
 
 
-def map_images(fn: Callable, *args):
+def map_images(fn: Callable, *args, batch: int | None = 1):
     """`fn(*args_of_one_image)` over the leading (image) axis of `args` (None entries pass
-    through as None), one image at a time: a vmapped batch multiplies every per-image
-    intermediate (`[J, K, C]` arrays of several MB) by the batch size and pushes it out of
-    cache; one image's stay there."""
-    return jax.lax.map(lambda per_image: fn(*per_image), args)
+    through as None), `batch` images at a time, vmapped (None: all at once;
+    `schedule.Schedule.images`). On CPU one at a time: a vmapped batch multiplies every
+    per-image intermediate (`[J, K, C]` arrays of several MB) by the batch size and pushes it
+    out of cache; one image's stay there."""
+    if batch is None:
+        return jax.vmap(fn)(*args)
+    return jax.lax.map(lambda per_image: fn(*per_image), args,
+                       batch_size=None if batch == 1 else batch)
 
 
 def masked_sum(x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:

@@ -52,19 +52,20 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 
 
 def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
-                exact: bool, block: int = 8, unroll: int = 4, filters: int = 128) -> jnp.ndarray:
+                exact: bool, block: int = 8, unroll: int = 4,
+                filters: int | None = 128) -> jnp.ndarray:
     """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
 
     `positions [2, P, K, C]` candidate positions per axis (h, w), `prior_axis [P, K, C]` the
     per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
     candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
     order, as the original computes and adds it. Filters are independent and taken at most
-    `filters` at a time, target nodes at most `block` at a time (divisors of C and K, so
+    `filters` at a time (None: all; `schedule.Schedule.filters`), target nodes at most `block` at a time (divisors of C and K, so
     nothing is padded), so that the intermediates stay in cache; the loop over u adds
     `unroll` terms per pass over the accumulator.
     """
     c = positions.shape[-1]
-    filters = _divisor_at_most(c, filters)
+    filters = _divisor_at_most(c, filters or c)
     if filters == c:
         return _competition(positions, prior_axis, scale, exact, block, unroll)
     groups = c // filters

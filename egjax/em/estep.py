@@ -139,7 +139,7 @@ def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) ->
     return jax.lax.optimization_barrier(num * center[:, None] + offsets[None])
 
 
-def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
+def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
     """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`).
 
     With `nodes.exact_offsets`, candidates are compared as the original compares them: by
@@ -148,15 +148,17 @@ def competing_mass(inference: Inference, nodes: Nodes) -> jnp.ndarray:
     box, or halfway between two of its candidates), and the original's float64 rounding
     decides them. float32 rounding decides some of them the other way (30 of the 1152
     competing masses of `small`'s top layer in its first iteration, off by up to 38 %),
-    which sends the whole fit elsewhere.
+    which sends the whole fit elsewhere. `filters` per group (`competition`).
     """
     if nodes.exact_offsets is None:
         positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
-        return competition(positions, nodes.prior_axis, inference.scale, exact=False)
+        return competition(positions, nodes.prior_axis, inference.scale, exact=False,
+                           filters=filters)
     with jax.enable_x64(True):
         positions = competition_positions(inference.center.astype(jnp.float64),
                                           nodes.exact_offsets)
-        return competition(positions, nodes.prior_axis, inference.scale, exact=True)
+        return competition(positions, nodes.prior_axis, inference.scale, exact=True,
+                           filters=filters)
 
 
 def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,

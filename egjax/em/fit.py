@@ -18,8 +18,9 @@ import numpy as np
 from egjax.config import GraphConfig, LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em import windows
+from egjax.em import inputs, layout, windows
 from egjax.em import sharding
+from egjax.em.schedule import Schedule, for_devices
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
 from egjax.progress import Step, duration
@@ -27,15 +28,10 @@ from egjax.progress import Step, duration
 COMPAT = ("fixed", "original")
 
 
-def compute_dtype():
-    """float64 when `jax_enable_x64` is on, else float32."""
-    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
-
-
 def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> dict:
     """Each filter's K nodes at K distinct random cells, deformation `init_delta * S`
     (`initializeModel.m`). Returns `dict(coord=[C,K,2], deform=[C,K])`."""
-    dtype = dtype or compute_dtype()
+    dtype = dtype or inputs.compute_dtype()
     s, k = cfg.map_size, cfg.nodes_per_filter
     cells = jax.vmap(lambda kk: jax.random.permutation(kk, s * s)[:k])(
         jax.random.split(key, channels))
@@ -44,30 +40,8 @@ def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> 
     return {"coord": coord, "deform": deform}
 
 
-def _as_device(maps, dtype):
-    """Float maps in the compute dtype; uint8 `QuantizedMaps` as they are; None stays None."""
-    if maps is None:
-        return None
-    if isinstance(maps, QuantizedMaps):
-        return QuantizedMaps(*(_device_array(x) for x in maps))
-    return _device_array(maps, dtype)
-
-
-def _device_array(x, dtype=None) -> jax.Array:
-    """`x` on the default device. A host array is used in place where the platform allows it
-    (CPU, 64-byte aligned: `maps.host_empty`) instead of being copied, so the maps of a
-    large data set are held once."""
-    if isinstance(x, jax.Array):
-        return x if dtype is None else x.astype(dtype)
-    return jax.device_put(np.asarray(x, dtype), may_alias=True)
-
-
-def _map_shape(maps):
-    return np.shape(maps.data) if isinstance(maps, QuantizedMaps) else np.shape(maps)
-
-
 def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
-    shape = _map_shape(maps)
+    shape = inputs.map_shape(maps)
     if len(shape) != 4:
         raise ValueError(f"{name} must have rank 4 [N, S, S, C] (channels last), got shape "
                          f"{shape}")
@@ -82,48 +56,26 @@ def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
         if np.shape(maps.minimum) != (shape[0], shape[3]) or np.shape(maps.range) != (shape[0], shape[3]):
             raise ValueError(f"{name}: QuantizedMaps minimum and range must be [N, C] = "
                              f"{[shape[0], shape[3]]}")
-        if not (_all_finite(maps.minimum) and _all_finite(maps.range)):
+        if not (inputs.all_finite(maps.minimum) and inputs.all_finite(maps.range)):
             raise ValueError(f"{name} contains NaN or Inf")
-    elif not _all_finite(maps):
+    elif not inputs.all_finite(maps):
         raise ValueError(f"{name} contains NaN or Inf")
-
-
-def _all_finite(x, chunk: int = 64) -> bool:
-    """NaN/Inf check over the leading axis in chunks (no full-size temporary)."""
-    return all(bool(np.isfinite(np.asarray(x[i:i + chunk])).all())
-               for i in range(0, np.shape(x)[0], chunk))
-
-
-def _check_evidence(name: str, maps, flipped_maps) -> None:
-    """ValueError unless some map value is positive: with no evidence every node score is 0
-    and their normalisation to mean 1 is 0/0."""
-    if not any(_has_positive(m) for m in (maps, flipped_maps) if m is not None):
-        raise ValueError(f"{name} hold no positive value (no evidence), so every node score "
-                         f"would be 0 and its normalisation 0/0 (NaN); pass the layer's "
-                         f"normalised activations (`features.normalize`)")
-
-
-def _has_positive(maps, chunk: int = 64) -> bool:
-    if isinstance(maps, QuantizedMaps):   # the largest decoded value is minimum + range
-        return bool(np.any(np.asarray(maps.minimum) + np.asarray(maps.range) > 0))
-    return any(bool((np.asarray(maps[i:i + chunk]) > 0).any())
-               for i in range(0, np.shape(maps)[0], chunk))
 
 
 def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
     if compat not in COMPAT:
         raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
     _check_maps("maps", maps, cfg)
-    n, _, _, c = _map_shape(maps)
+    n, _, _, c = inputs.map_shape(maps)
     if flipped_maps is not None:
         _check_maps("flipped_maps", flipped_maps, cfg)
-        flipped_shape = _map_shape(flipped_maps)
+        flipped_shape = inputs.map_shape(flipped_maps)
         if flipped_shape[-1] != c:
             raise ValueError(f"flipped_maps has {flipped_shape[-1]} channels but maps has {c}")
         if flipped_shape[0] != n:
             raise ValueError(f"flipped_maps has {flipped_shape[0]} images but maps has {n}")
-    _check_evidence("maps" if flipped_maps is None else "maps and flipped_maps", maps,
-                    flipped_maps)
+    inputs.check_evidence("maps" if flipped_maps is None else "maps and flipped_maps", maps,
+                          flipped_maps)
     if parent is not None and not isinstance(parent, LayerFit):
         raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
     if init is not None:
@@ -180,8 +132,7 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     parents = jnp.zeros((k * c, 0), jnp.int32)
     if cands is not None:
         parents = jnp.where(state.parents >= 0, cands.index[state.parents], -1)
-    public_parents = jnp.transpose(parents.reshape(k, c, -1), (1, 0, 2)).reshape(k * c, -1)
-    return jnp.transpose(state.coord, (2, 1, 0)), state.deform.T, public_parents, rec
+    return *layout.params_out(state.coord, state.deform), layout.rows_out(parents, c), rec
 
 
 class LayerCall(NamedTuple):
@@ -191,6 +142,7 @@ class LayerCall(NamedTuple):
 
     function: Callable
     args: tuple
+    candidates: tuple | None = None   # `parents.candidate_list` (None in the top layer)
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,7 +160,8 @@ def compiled_fit(setup: layer_lib.Setup, mesh, quantized: bool, flips: bool,
 
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
               parent: LayerFit | None = None, init: dict | None = None,
-              compat: str = "fixed", chunk: int = 8, devices=None) -> LayerFit:
+              compat: str = "fixed", chunk: int = 8, devices=None,
+              schedule: Schedule | None = None) -> LayerFit:
     """Fit one graph layer by EM (`learn_explanatoryGraph.m`, one `layerID`).
 
     `maps [N,S,S,C]` normalised maps (`features.normalise`); `flipped_maps` the same for the
@@ -220,64 +173,70 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     (default: all devices of all processes; N padded with masked images to a multiple of
     their count). Under several processes (`egjax.distributed`), `maps` and `flipped_maps`
     hold this process's share of the images (`egjax.em.sharding`) and the records come
-    back for all images, in image order.
+    back for all images, in image order. `schedule` shapes the loops (`em.schedule`;
+    default: the one for the devices' backend); it does not change the results.
     """
     sharding.check_together(devices, _check_layer_inputs, maps, cfg, flipped_maps, parent,
                             init, compat)
     if parent is not None:   # on records that may span processes: after the local checks
-        n = sharding.total_images(_map_shape(maps)[0], devices)
+        n = sharding.total_images(inputs.map_shape(maps)[0], devices)
         if parent.score.shape[1] != n:
             raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
         if flipped_maps is None and bool(jnp.any(parent.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
-    call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices)
-    # Done before returning: the call may read the caller's maps in place (`_device_array`).
-    return layer_fit(jax.block_until_ready(call.function(*call.args)), cfg)
+    call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices,
+                      schedule)
+    # Done before returning: the call may read the caller's maps in place (`inputs.device_array`).
+    return layer_fit(jax.block_until_ready(call.function(*call.args)), cfg, call.candidates)
 
 
 def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
-               devices=None) -> LayerCall:
+               devices=None, schedule: Schedule | None = None) -> LayerCall:
     """The jitted call that fits one layer, and its arguments (inputs already checked)."""
     original = compat == "original"
-    dtype = compute_dtype()
-    n, _, _, c = _map_shape(maps)
-    slots = _candidate_slots(parent, cfg, original) if parent is not None else 0
+    dtype = inputs.compute_dtype()
+    n, _, _, c = inputs.map_shape(maps)
+    slots, candidates = 0, None
+    if parent is not None:
+        slots = _candidate_slots(parent, cfg, original)
+        candidates = _candidate_list(parent.score, parent.pos, slots, cfg, parent.config,
+                                     original)
     if init is None:
         init = random_init(key, cfg, c, dtype)
-    coord = np.transpose(np.asarray(init["coord"], dtype), (2, 1, 0))
-    deform = np.asarray(init["deform"], dtype).T
+    coord, deform = layout.params_in(np.asarray(init["coord"], dtype),
+                                     np.asarray(init["deform"], dtype))
     mesh = sharding.image_mesh(devices)
     images = None if mesh is None else sharding.image_layout(mesh, n)
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
                             flips=flipped_maps is not None, original=original,
                             num_images=n if images is None else images.num_images,
-                            slots=slots, images=images, chunk=chunk)
+                            slots=slots, images=images, chunk=chunk,
+                            schedule=schedule or for_devices(devices))
     function = compiled_fit(setup, mesh, isinstance(maps, QuantizedMaps),
                             flipped_maps is not None, setup.parent)
     if mesh is None:
-        args = (jnp.asarray(coord), jnp.asarray(deform), _as_device(maps, dtype),
-                _as_device(flipped_maps, dtype), parent)
+        args = (jnp.asarray(coord), jnp.asarray(deform), inputs.as_device(maps, dtype),
+                inputs.as_device(flipped_maps, dtype), parent)
     else:
         args = (sharding.replicated(coord, mesh), sharding.replicated(deform, mesh),
-                _as_sharded(maps, mesh, images, dtype),
-                _as_sharded(flipped_maps, mesh, images, dtype), parent)
-    return LayerCall(function, args)
+                inputs.as_sharded(maps, mesh, images, dtype),
+                inputs.as_sharded(flipped_maps, mesh, images, dtype), parent)
+    return LayerCall(function, args, candidates)
 
 
-def _as_sharded(maps, mesh, images, dtype):
-    """`_as_device`, but split over the images along `mesh` (`sharding.put_images`)."""
-    if maps is None:
-        return None
-    return sharding.put_images(maps, mesh, images,
-                               None if isinstance(maps, QuantizedMaps) else dtype)
+_candidate_list = jax.jit(parents_lib.candidate_list,
+                          static_argnames=("slots", "child", "parent", "original"))
 
 
-_public_nodes = jax.jit(layer_lib.public_nodes)
+# Read by tests/test_em_fit.py.
+_device_array = inputs.device_array
+
+_records_out = jax.jit(layout.records_out)
 
 
-def layer_fit(outputs, cfg: LayerConfig) -> LayerFit:
-    """The LayerFit from the outputs of a `LayerCall`.
+def layer_fit(outputs, cfg: LayerConfig, candidates: tuple | None = None) -> LayerFit:
+    """The LayerFit from the outputs of a `LayerCall` and its `candidates`.
 
     The fit returns its records image-major (`layer.Records`); they are put in the public
     node-major layout here, outside the fit, one at a time, each freed once moved (so pass
@@ -287,9 +246,12 @@ def layer_fit(outputs, cfg: LayerConfig) -> LayerFit:
     coord, deform, parents, records = outputs
     del outputs
     records = records._asdict()
-    public = {name: _public_nodes(records.pop(name)) if name != "flip" else records.pop(name)
+    public = {name: _records_out(records.pop(name)) if name != "flip" else records.pop(name)
               for name in list(records)}
-    return LayerFit(coord=coord, deform=deform, parents=parents, config=cfg, **public)
+    if candidates is None:   # the top layer
+        candidates = (jnp.zeros(0, jnp.int32), jnp.zeros((0, 2), coord.dtype))
+    return LayerFit(coord=coord, deform=deform, parents=parents, config=cfg, **public,
+                    candidates=candidates[0], candidate_mean=candidates[1])
 
 
 def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:
@@ -297,7 +259,7 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
     for name, seq in (("maps", maps), ("flipped_maps", flipped_maps), ("init", init)):
         if seq is not None and len(seq) != num:
             raise ValueError(f"{name} needs one entry per graph layer ({num}), got {len(seq)}")
-    counts = {_map_shape(m)[0] for m in maps if len(_map_shape(m)) == 4}
+    counts = {inputs.map_shape(m)[0] for m in maps if len(inputs.map_shape(m)) == 4}
     if len(counts) > 1:
         raise ValueError(f"every layer's maps must hold the same images, got counts {sorted(counts)}")
     for index, layer_cfg in enumerate(cfg.layers):
@@ -310,7 +272,7 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
     if compat == "original":
         for index in range(num - 1):
             upper = cfg.layers[index + 1]
-            nodes = _map_shape(maps[index + 1])[-1] * upper.nodes_per_filter
+            nodes = inputs.map_shape(maps[index + 1])[-1] * upper.nodes_per_filter
             slots = parents_lib.candidate_slots(nodes, cfg.layers[index].top_m)
             if cfg.layers[index].top_m > slots:
                 raise ValueError(
@@ -323,12 +285,13 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
 def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
               flipped_maps: Sequence | None = None, init: Sequence | None = None,
               compat: str = "fixed", chunk: int = 8, devices=None,
-              quiet: bool = False) -> ExplanatoryGraph:
+              quiet: bool = False, schedule: Schedule | None = None) -> ExplanatoryGraph:
     """Fit every layer of an explanatory graph, top layer first (`learn_explanatoryGraph.m`).
 
     `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
-    are checked before any layer is fitted. A progress bar counts the fitted layers
-    (`quiet=True`: none); a line on stderr gives the time of each (`egjax.progress`).
+    are checked before any layer is fitted; `schedule` as in `fit_layer`. A progress bar
+    counts the fitted layers (`quiet=True`: none); a line on stderr gives the time of each
+    (`egjax.progress`).
     """
     sharding.check_together(devices, _check_graph_inputs, maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
@@ -342,12 +305,13 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
             try:
                 call = layer_call(maps[index], cfg.layers[index], jax.random.fold_in(key, index),
                                   None if flipped_maps is None else flipped_maps[index], parent,
-                                  None if init is None else init[index], compat, chunk, devices)
+                                  None if init is None else init[index], compat, chunk, devices,
+                                  schedule)
             except ValueError as error:
                 raise ValueError(f"layer {index} ({cfg.layers[index].tap or 'untapped'}): "
                                  f"{error}") from None
             parent = layer_fit(jax.block_until_ready(call.function(*call.args)),
-                               cfg.layers[index])
+                               cfg.layers[index], call.candidates)
             fits[index] = parent
             times.append(f"{name} {duration(time.perf_counter() - started)}")
             bar.describe(note=", ".join(times))

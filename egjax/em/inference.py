@@ -6,13 +6,15 @@ AAAI 2018, eq. 3-4: each node's spatial prior pi and evidence F over its candida
 positions; its score `S = sum_cand pi F` and position the candidate maximising `pi F`).
 Top layer first: it decides each image's orientation as the fit does (compat "fixed"); each
 lower layer's prior is shifted and scaled by its parents' inferred positions in the new
-images. The parents' mean positions, against which those deviations are taken, and the
-candidate list the parent slots index, are recomputed from the training records stored in
-the graph, exactly as the fit computed them.
+images. Only the graph's model is read (`LayerFit`): node parameters, parents, and the
+candidate parents with their mean positions over the training images, against which the
+deviations are taken (recomputed from the records of the layer above, as the fit computed
+them, in a layer built without them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple, Sequence
 
@@ -23,10 +25,9 @@ import numpy as np
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em import sharding, windows
-from egjax.em.fit import (_all_finite, _as_device, _as_sharded, _check_evidence, _map_shape,
-                          compute_dtype)
-from egjax.em.reduce import image_mean, image_sum
+from egjax.em import inputs, layout, sharding, windows
+from egjax.em.reduce import image_sum
+from egjax.em.schedule import for_devices
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
 
@@ -77,32 +78,37 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     sharding.check_together(devices, _check_layer_call, fitted, maps, flipped_maps, upper,
                             above, chunk)
     mesh = sharding.image_mesh(devices)
-    local = _map_shape(maps)[0]
+    local = inputs.map_shape(maps)[0]
     images = None if mesh is None else sharding.image_layout(mesh, local)
     num = local if images is None else images.num_images
     if upper is not None:
-        expected = (upper.score.shape[0], num, 2)
+        expected = (upper.num_nodes, num, 2)
         if np.shape(above.pos) != expected or np.shape(above.flip) != (num,):
             raise ValueError(f"above must hold the layer above in these {num} images: pos "
                              f"{expected}, got {np.shape(above.pos)}")
         if flipped_maps is None and bool(jnp.any(above.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
-    dtype = compute_dtype()
-    slots = 0 if upper is None else parents_lib.candidate_slots(upper.score.shape[0],
+    dtype = inputs.compute_dtype()
+    slots = 0 if upper is None else parents_lib.candidate_slots(upper.num_nodes,
                                                                 fitted.config.top_m)
+    if upper is not None:
+        fitted = with_candidates_of(fitted, upper)
+        upper = upper.without_records()
+    fitted = fitted.without_records()
     setup = layer_lib.Setup(cfg=fitted.config, parent=None if upper is None else upper.config,
                             flips=flipped_maps is not None, original=False,
-                            num_images=num, slots=slots, images=images, chunk=chunk)
+                            num_images=num, slots=slots, images=images, chunk=chunk,
+                            schedule=for_devices(devices))
     if mesh is None:
-        maps, flipped_maps = _as_device(maps, dtype), _as_device(flipped_maps, dtype)
+        maps, flipped_maps = inputs.as_device(maps, dtype), inputs.as_device(flipped_maps, dtype)
     else:
-        maps = _as_sharded(maps, mesh, images, dtype)
-        flipped_maps = _as_sharded(flipped_maps, mesh, images, dtype)
+        maps = inputs.as_sharded(maps, mesh, images, dtype)
+        flipped_maps = inputs.as_sharded(flipped_maps, mesh, images, dtype)
     score, pos, flip = _infer_layer(fitted, upper, None if above is None else above.pos,
                                     None if above is None else above.flip, maps, flipped_maps,
                                     setup, mesh)
-    # Done before returning: the call may read the caller's maps in place (`_as_device`).
+    # Done before returning: the call may read the caller's maps in place (`inputs.as_device`).
     return LayerInference(*jax.block_until_ready((score, pos, flip)))
 
 
@@ -115,27 +121,23 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
     cfg = setup.cfg
     dtype = fitted.coord.dtype
     c, k = fitted.deform.shape
-    coord, deform = jnp.transpose(fitted.coord, (2, 1, 0)), fitted.deform.T
+    coord, deform = layout.params_in(fitted.coord, fitted.deform)
     plain = windows.as_maps(maps, dtype)
     mirrored = None if flipped is None else windows.as_maps(flipped, dtype)
-    sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, dtype)
-    weights, deviation, active = None, None, jnp.asarray(False)
+    prior = layer_lib.parent_prior(None, None, False, (k, c), dtype, setup)
+    deviation = None
     if upper is not None:
-        cands = parents_lib.candidates(upper.score, upper.pos, upper.deform.reshape(-1),
-                                       setup.slots, cfg, setup.parent, False,
-                                       upper.num_images, None)
-        slot_parents = _candidate_slot_of(fitted.parents, cands.index, c, k)
-        active = jnp.asarray(cfg.iterations >= 2)
-        weights = parents_lib.prior_weights(jnp.maximum(slot_parents, 0), cands.deform,
-                                            setup.slots, setup.scale_to_child)
-        sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
-        mean = image_mean(upper.pos[cands.index], 1, upper.num_images, None)
-        deviation = jnp.swapaxes(upper_pos[cands.index] - mean[:, None], 0, 1)   # [N, M, 2]
-    node_q = layer_lib.nodes(coord, deform, sigma, setup)
+        index = jnp.maximum(fitted.candidates, 0)
+        slot_parents = layout.rows_in(_candidate_slot_of(fitted.parents, index), c)
+        prior = layer_lib.parent_prior(slot_parents, upper.deform.reshape(-1)[index],
+                                       cfg.iterations >= 2, (k, c), dtype, setup)
+        deviation = upper_pos[index] - fitted.candidate_mean[:, None]
+        deviation = jnp.swapaxes(deviation, 0, 1)                                # [N, M, 2]
+    node_q = layer_lib.nodes(coord, deform, prior.sigma, setup)
 
-    def per_image(plain, mirrored, flip, deviation, node_q, weights, active):
+    def per_image(plain, mirrored, flip, deviation, node_q, prior):
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
-                                                      weights, active, cfg.iterations, setup)
+                                                      prior, cfg.iterations, setup)
         norm = image_sum(jnp.sum(score, axis=(1, 2)), 0, setup.images) / (
             setup.num_images * score.shape[1] * score.shape[2])
         return score, pos, new_flip, norm
@@ -143,35 +145,34 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
     images = setup.images
     if mesh is None:
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
-                                                      weights, active, cfg.iterations, setup)
+                                                      prior, cfg.iterations, setup)
         norm = jnp.mean(score)
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         at_slot, slot_of = images.image_at_slot(), images.slot_of_image()
         slot_flip, slot_deviation = jax.tree.map(
             lambda x: jnp.take(x, at_slot, axis=0, mode="fill", fill_value=0), (flip, deviation))
         split, whole = jax.sharding.PartitionSpec(sharding.AXIS), jax.sharding.PartitionSpec()
-        args = (plain, mirrored, slot_flip, slot_deviation, node_q, weights, active)
+        args = (plain, mirrored, slot_flip, slot_deviation, node_q, prior)
         in_specs = tuple(None if x is None else spec
-                         for x, spec in zip(args, (split,) * 4 + (whole,) * 3))
+                         for x, spec in zip(args, (split,) * 4 + (whole,) * 2))
         score, pos, new_flip, norm = jax.shard_map(
             per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
         score, pos, new_flip = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0),
                                             (score, pos, new_flip))
     flip = new_flip if upper is None else flip
-    out = layer_lib.public_nodes(score / norm), layer_lib.public_nodes(pos), flip
+    out = layout.records_out(score / norm), layout.records_out(pos), flip
     if mesh is not None:
         out = jax.lax.with_sharding_constraint(
             out, tuple(sharding.record_sharding(mesh, images, axis) for axis in (1, 1, 0)))
     return out
 
 
-def _candidate_slot_of(parents: jax.Array, index: jax.Array, filters: int, k: int) -> jax.Array:
-    """Stored parents `[C*K, T]` (indices into the layer above, -1 for none) -> the candidate
-    slots they occupy `[K*C, T]` in the EM's internal node order (-1 stays -1)."""
+def _candidate_slot_of(parents: jax.Array, index: jax.Array) -> jax.Array:
+    """Stored parents (indices into the layer above, -1 for none) -> the candidate slots
+    they occupy (-1 stays -1)."""
     slot = jnp.argmax(parents[..., None] == index, axis=-1)
-    slot = jnp.where(parents >= 0, slot, -1).astype(jnp.int32)
-    return jnp.transpose(slot.reshape(filters, k, -1), (1, 0, 2)).reshape(filters * k, -1)
+    return jnp.where(parents >= 0, slot, -1).astype(jnp.int32)
 
 
 def _check_layer_call(fitted: LayerFit, maps, flipped_maps, upper, above, chunk) -> None:
@@ -181,7 +182,7 @@ def _check_layer_call(fitted: LayerFit, maps, flipped_maps, upper, above, chunk)
     if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
                                                       fitted) != local:
         raise ValueError("flipped_maps must hold as many images as maps")
-    _check_evidence("maps", maps, flipped_maps)
+    inputs.check_evidence("maps", maps, flipped_maps)
     if (upper is None) != (above is None):
         raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
                          "(its inference); the top layer neither")
@@ -198,7 +199,7 @@ def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
         for name, seq in (("maps", maps), ("flipped_maps", flipped_maps)):
             if seq is not None:
                 counts.add(_check_layer_maps(f"layer {index} {name}", seq[index], fitted))
-        _check_evidence(f"layer {index} maps", maps[index],
+        inputs.check_evidence(f"layer {index} maps", maps[index],
                         None if flipped_maps is None else flipped_maps[index])
     if len(counts) > 1:
         raise ValueError(f"every layer's maps must hold the same images, got counts "
@@ -206,7 +207,7 @@ def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
 
 
 def _check_layer_maps(where: str, maps, fitted: LayerFit) -> int:
-    shape = _map_shape(maps)
+    shape = inputs.map_shape(maps)
     cfg: LayerConfig = fitted.config
     filters = np.shape(fitted.deform)[0]
     if len(shape) != 4 or shape[0] < 1:
@@ -216,27 +217,49 @@ def _check_layer_maps(where: str, maps, fitted: LayerFit) -> int:
                          f"{cfg.map_size}, {filters}] as the graph layer was fitted on, got "
                          f"shape {shape}")
     arrays = (maps.minimum, maps.range) if isinstance(maps, QuantizedMaps) else (maps,)
-    if not all(_all_finite(a) for a in arrays):
+    if not all(inputs.all_finite(a) for a in arrays):
         raise ValueError(f"{where} contains NaN or Inf")
     return shape[0]
+
+
+def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
+    """`fitted` with its candidate parents (`LayerFit.candidates`, `candidate_mean`): as
+    stored, or if it has none (a layer built by hand, or saved by egjax before they were
+    stored) computed from the records of `upper` as a fit with compat "fixed" computes them."""
+    if fitted.candidates is not None:
+        return fitted
+    if not upper.has_records:
+        raise ValueError("a layer without its candidate parents needs the records of the "
+                         "layer above")
+    slots = parents_lib.candidate_slots(upper.num_nodes, fitted.config.top_m)
+    index, mean = _candidate_list(upper.score, upper.pos, slots, fitted.config, upper.config,
+                                  False)
+    return dataclasses.replace(fitted, candidates=index, candidate_mean=mean)
+
+
+_candidate_list = jax.jit(parents_lib.candidate_list,
+                          static_argnames=("slots", "child", "parent", "original"))
+
+
+def with_candidates(graph: ExplanatoryGraph) -> ExplanatoryGraph:
+    """`graph` with the candidate parents of every layer (`with_candidates_of`)."""
+    layers = [with_candidates_of(low, up) for low, up in zip(graph.layers, graph.layers[1:])]
+    return dataclasses.replace(graph, layers=(*layers, graph.layers[-1]))
 
 
 def _check_parents_are_candidates(index: int, fitted: LayerFit, upper: LayerFit) -> None:
     """Every stored parent must be one of the candidates the fit chose from."""
     if fitted.config.iterations < 2 or not fitted.parents.size:
         return
-    slots = parents_lib.candidate_slots(upper.score.shape[0], fitted.config.top_m)
-    if not bool(_parents_are_candidates(fitted.parents, upper, fitted.config, slots)):
+    fitted = with_candidates_of(fitted, upper)
+    if not bool(_parents_are_candidates(fitted.parents, fitted.candidates)):
         raise ValueError(f"layer {index}: parents outside the candidate list of the layer "
-                         f"above; the graph was not fitted with compat='fixed' on these "
-                         f"layers")
+                         f"above (a graph fitted with compat='original' stored without its "
+                         f"candidates, or built by hand)")
 
 
-@functools.partial(jax.jit, static_argnames=("child", "slots"))
-def _parents_are_candidates(parents, upper: LayerFit, child: LayerConfig, slots: int):
-    """Whether every stored parent is a valid candidate (one replicated bool: no host reads
-    records that may span processes)."""
-    cands = parents_lib.candidates(upper.score, upper.pos, upper.deform.reshape(-1), slots,
-                                   child, upper.config, False, upper.num_images, None)
-    allowed = jnp.where(cands.valid, cands.index, -2)
+@jax.jit
+def _parents_are_candidates(parents, candidates):
+    """Whether every stored parent is a valid candidate (one replicated bool)."""
+    allowed = jnp.where(candidates >= 0, candidates, -2)
     return jnp.all(jnp.any(parents[..., None] == allowed, axis=-1))

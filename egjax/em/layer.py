@@ -23,6 +23,7 @@ from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, all_images, image_mean, real
+from egjax.em.schedule import CPU, Schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +34,8 @@ class Setup:
     mirrored maps are given; `original` reproduces the released learner's quirks;
     `num_images` counts the images on all devices; `slots` the candidate parents (M);
     `images` how they are sharded over devices (`reduce.Images`; None on one device);
-    `chunk` images per batch of parent priors (one matrix product); the E-step itself runs
-    image by image.
+    `chunk` images per batch of parent priors (one matrix product); `schedule` how the
+    loops are shaped for the backend (`schedule.Schedule`).
     """
 
     cfg: LayerConfig
@@ -45,6 +46,7 @@ class Setup:
     slots: int = 0
     images: Images | None = None
     chunk: int = 8
+    schedule: Schedule = CPU
 
     @property
     def scale_to_child(self) -> float:
@@ -99,13 +101,6 @@ class Sums(NamedTuple):
     gradient: jnp.ndarray
     score: jnp.ndarray
     spread: jnp.ndarray
-
-
-def public_nodes(x: jnp.ndarray) -> jnp.ndarray:
-    """Records `[N, K, C]` or `[N, 2, K, C]` -> `[C*K, N]` or `[C*K, N, 2]` (node c*K + k)."""
-    if x.ndim == 3:
-        return jnp.transpose(x, (2, 1, 0)).reshape(-1, x.shape[0])
-    return jnp.transpose(x, (3, 2, 0, 1)).reshape(-1, x.shape[0], 2)
 
 
 def candidate_step(deform: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
@@ -186,16 +181,41 @@ def _oriented_inference(image: Maps, mirrored: Maps | None, flip, choose: bool, 
     return inference, flip
 
 
-def _chunk_priors(weights, deviation, active, shape, setup: Setup):
+class Prior(NamedTuple):
+    """What the parents make of each node's spatial prior (docs/algorithm.md, "Parent
+    prior"): its scale `sigma [K,C]`, the parents' `weights` (`parents.PriorWeights`; None
+    in the top layer), and whether they are `active` (from iteration 2 on): before, sigma is
+    `init_delta * S`, with no shift and unit scale."""
+
+    sigma: jnp.ndarray
+    weights: parents_lib.PriorWeights | None
+    active: jnp.ndarray
+
+
+def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | None, active,
+                 shape: tuple[int, int], dtype, setup: Setup) -> Prior:
+    """The `Prior` of nodes `[K, C]` (`shape`) whose `parents [K*C, T]` are candidate slots
+    (-1: none yet) of candidates with `candidate_deform [M]`; `parents` None in the top
+    layer. The one place the fit and inference build it."""
+    sigma = jnp.full(shape, setup.cfg.init_delta * setup.cfg.map_size, dtype)
+    if parents is None:
+        return Prior(sigma, None, jnp.asarray(False))
+    weights = parents_lib.prior_weights(jnp.maximum(parents, 0), candidate_deform, setup.slots,
+                                        setup.scale_to_child, setup.original)
+    return Prior(jnp.where(active, weights.sigma.reshape(shape), sigma), weights,
+                 jnp.asarray(active))
+
+
+def _chunk_priors(prior: Prior, deviation, shape, setup: Setup):
     """Per image of a chunk: `(shift [n,2,K,C], scale [n,K,C])` from the parents (zero shift
     and unit scale before they are active); `(None, None)` in the top layer."""
-    if weights is None:
+    if prior.weights is None:
         return None, None
     n, (k, c) = deviation.shape[0], shape
-    shift, scale = parents_lib.shift_and_scale(weights, jnp.swapaxes(deviation, 0, 1),
+    shift, scale = parents_lib.shift_and_scale(prior.weights, jnp.swapaxes(deviation, 0, 1),
                                                setup.scale_to_child, setup.original)
-    shift = jnp.where(active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
-    scale = jnp.where(active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
+    shift = jnp.where(prior.active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
+    scale = jnp.where(prior.active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
     return shift, scale
 
 
@@ -206,26 +226,25 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     n = state.pos.shape[0]
     top = data.candidates is None
     active = jnp.asarray(False) if top else t >= 2
-    sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
-    weights = None
     if not top:
         parents = jax.lax.cond(
             active,
             lambda: parents_lib.select(
                 state.pos.reshape(n, 2, k * c), state.best.reshape(n, k * c), data.candidates,
                 cfg.top_n, cfg, setup.parent, setup.original, setup.num_images,
-                setup.images).astype(jnp.int32),
+                setup.images, setup.schedule.children).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
-        weights = parents_lib.prior_weights(jnp.maximum(parents, 0), data.candidates.deform,
-                                            setup.slots, setup.scale_to_child, setup.original)
-        sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
+    prior = parent_prior(None if top else state.parents,
+                         None if top else data.candidates.deform, active, (k, c),
+                         state.coord.dtype, setup)
+    sigma = prior.sigma
     node_q = nodes(state.coord, state.deform, sigma, setup)
     if top:
         # The prior is the same in every image, and so is the competition.
         ones = jnp.ones((k, c), state.coord.dtype)
         fixed = Inference(state.coord, ones, None, None)
-        competing = competing_mass(fixed, node_q)
+        competing = competing_mass(fixed, node_q, setup.schedule.filters)
 
     choose = data.flip is None    # else each image's orientation is given
 
@@ -234,18 +253,19 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
             shift, scale = jnp.zeros_like(state.coord), ones
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
                                               scale, t, setup.original)
-        rivals = competing if top else competing_mass(inference, node_q)
+        rivals = competing if top else competing_mass(inference, node_q,
+                                                      setup.schedule.filters)
         stats = statistics(inference, node_q, rivals, cfg.tau_rate, setup.original)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)
 
     def one_chunk(inputs, valid):
         deviation = inputs.get("deviation")
-        shift, scale = _chunk_priors(weights, deviation, active, (k, c), setup)
+        shift, scale = _chunk_priors(prior, deviation, (k, c), setup)
         n = valid.shape[0]
         flip = inputs.get("flip", jnp.zeros((n,), bool))
         summed, recorded = map_images(one_image, inputs["maps"], inputs.get("mirrored"), flip,
-                                      shift, scale)
+                                      shift, scale, batch=setup.schedule.images)
         if setup.original:   # kept per image, added in image order below
             return (), (recorded, summed)
         if "real" in inputs:   # padding images (several devices) count for nothing
@@ -336,36 +356,27 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     if data.mirrored is None:
         return Records(normalise(state.score), state.pos, state.flip, normalise(state.score),
                        state.pos)
-    cfg = setup.cfg
-    sigma = jnp.full((k, c), cfg.init_delta * cfg.map_size, state.coord.dtype)
-    weights = None
-    active = jnp.asarray(data.candidates is not None and cfg.iterations >= 2)
-    if data.candidates is not None:
-        weights = parents_lib.prior_weights(jnp.maximum(state.parents, 0),
-                                            data.candidates.deform, setup.slots,
-                                            setup.scale_to_child, setup.original)
-        sigma = jnp.where(active, weights.sigma.reshape(k, c), sigma)
-    node_q = nodes(state.last_coord, state.last_deform, sigma, setup)
-    deviation = None
-    if data.candidates is not None:
-        deviation = jnp.swapaxes(data.candidates.deviation, 0, 1)
+    cfg, top = setup.cfg, data.candidates is None
+    prior = parent_prior(None if top else state.parents,
+                         None if top else data.candidates.deform, cfg.iterations >= 2, (k, c),
+                         state.coord.dtype, setup)
+    node_q = nodes(state.last_coord, state.last_deform, prior.sigma, setup)
+    deviation = None if top else jnp.swapaxes(data.candidates.deviation, 0, 1)
     alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
-                                         node_q, weights, active, cfg.iterations, setup)
+                                         node_q, prior, cfg.iterations, setup)
     if setup.original:
         alt_pos = state.pos
     return Records(normalise(state.score), state.pos, state.flip, normalise(alt_score), alt_pos)
 
 
 def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
-                 deviation: jnp.ndarray | None, node_q: Nodes,
-                 weights: parents_lib.PriorWeights | None, active, t,
+                 deviation: jnp.ndarray | None, node_q: Nodes, prior: Prior, t,
                  setup: Setup) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Each image's node scores `sum_cand pi F` `[N,K,C]` (unnormalised), inferred positions
     `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters.
 
-    `deviation [N, M, 2]` the candidate parents' deviations in each image and `weights`
-    their prior weights (both None in the top layer; the prior is shifted and scaled only
-    where `active`); `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if
+    `deviation [N, M, 2]` the candidate parents' deviations in each image (None in the top
+    layer) and `prior` what the parents make of the spatial prior (`parent_prior`); `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if
     `flip` is None, where `_choose_orientation` at iteration `t` prefers them.
     """
     _, k, c = node_q.coord.shape
@@ -379,12 +390,13 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
 
     def one_chunk(inputs, valid):
         n = valid.shape[0]
-        shift, scale = _chunk_priors(weights, inputs.get("deviation"), active, (k, c), setup)
+        shift, scale = _chunk_priors(prior, inputs.get("deviation"), (k, c), setup)
         if shift is None:
             shift = jnp.zeros((n, 2, k, c), node_q.coord.dtype)
             scale = jnp.ones((n, k, c), node_q.coord.dtype)
         return (), map_images(one_image, inputs["maps"], inputs.get("mirrored"),
-                              inputs.get("flip", jnp.zeros((n,), bool)), shift, scale)
+                              inputs.get("flip", jnp.zeros((n,), bool)), shift, scale,
+                              batch=setup.schedule.images)
 
     inputs = {"maps": maps}
     if mirrored is not None:

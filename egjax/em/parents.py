@@ -92,9 +92,8 @@ def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots:
 
     `score [U, N]`, `pos [U, N, 2]`, `deform [U]` of the fitted upper layer.
     """
-    order, kept = survivors(score, pos, child, parent, original, num_images, images)
-    first_kept = jnp.argsort(~kept, stable=True)[:slots]
-    index = order[first_kept]
+    index, valid = _first_survivors(score, pos, slots, child, parent, original, num_images,
+                                    images)
     if original:   # as the original: 1-based positions, their mean added image by image
         chosen = pos[index] + 1
         mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, images), 0, 1))
@@ -102,7 +101,25 @@ def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots:
         chosen = pos[index]
         mean = image_mean(chosen, 1, num_images, images)
     deviation = chosen - mean[:, None]
-    return Candidates(index, kept[first_kept], deviation, deform[index])
+    return Candidates(index, valid, deviation, deform[index])
+
+
+def _first_survivors(score, pos, slots, child, parent, original, num_images, images):
+    """`(index [slots], valid [slots])`: the first `slots` nodes of `survivors`' order that
+    survive (then, if fewer survive, others, not `valid`)."""
+    order, kept = survivors(score, pos, child, parent, original, num_images, images)
+    first_kept = jnp.argsort(~kept, stable=True)[:slots]
+    return order[first_kept], kept[first_kept]
+
+
+def candidate_list(score: jnp.ndarray, pos: jnp.ndarray, slots: int, child: LayerConfig,
+                   parent: LayerConfig, original: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The model's summary of the candidates (`LayerFit.candidates`, `candidate_mean`) from
+    the records `score [U, N]`, `pos [U, N, 2]` of the upper layer (all images on one
+    device): their indices `[M]` (-1 for an empty slot) and mean positions `[M, 2]`."""
+    num = score.shape[1]
+    index, valid = _first_survivors(score, pos, slots, child, parent, original, num, None)
+    return jnp.where(valid, index, -1), image_mean(pos[index], 1, num, None)
 
 
 def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) -> jnp.ndarray:
@@ -115,16 +132,16 @@ def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig, original: bool) ->
 
 def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, top_n: int,
            child: LayerConfig, parent: LayerConfig, original: bool, num_images: int,
-           images: Images | None, block: int = 256) -> jnp.ndarray:
+           images: Images | None, block: int | None = 256) -> jnp.ndarray:
     """Parents `[V, top_n]` (indices into the candidate slots) of every child node.
 
     `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
     distance between the child's and the candidate's deviations; the top_n largest, ties to
     the better-scored candidate. `child_pos [N, 2, V]`, `child_best [N, V]` from the child's
     previous iteration, images first as the E-step records them. `A` is accumulated for
-    `block` children at a time, image by image, so that the block's affinities stay in cache
-    and nothing of size `[N, V]` is built besides the inputs. `original` computes it as the
-    original does (`_select_in_order`).
+    `block` children at a time (None: all; `schedule.Schedule.children`), image by image,
+    so that the block's affinities stay in cache and nothing of size `[N, V]` is built
+    besides the inputs. `original` computes it as the original does (`_select_in_order`).
     """
     if original:
         deviation = all_images(cands.deviation, 1, images)
@@ -132,7 +149,7 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
                                 all_images(child_best, 0, images), deviation, cands.valid,
                                 top_n, child, parent, block)
     num_nodes = child_pos.shape[-1]
-    block = min(block, num_nodes)
+    block = min(block or num_nodes, num_nodes)
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
     b = pixel_deviation(cands.deviation, parent, original)                  # [M, N, 2]
@@ -187,7 +204,7 @@ def _select_in_order(child_pos, child_best, deviation, valid, top_n: int, child:
     sums are sequential).
     """
     num_nodes = child_pos.shape[-1]
-    block = min(block, num_nodes)
+    block = min(block or num_nodes, num_nodes)
     pos = child_pos + 1                                                     # 1-based, [N, 2, V]
     a = pixel_deviation(pos - in_order_mean(pos), child, True)
     b = pixel_deviation(deviation, parent, True)                            # [M, N, 2]

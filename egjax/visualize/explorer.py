@@ -66,6 +66,7 @@ def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=No
 
 
 def _check(graph, images, maps, landmarks, visible) -> None:
+    graph.require_records("the explorer")
     size, count = graph.config.image_size, graph.layers[0].num_images
     if np.ndim(images) != 4 or np.shape(images)[1:] != (size, size, 3) or len(images) != count:
         raise ValueError(f"images must be [{count}, {size}, {size}, 3] (the graph's images), "
@@ -102,7 +103,7 @@ def _emit(path: pathlib.Path, name: str, data) -> None:
 def _children(graph, index: int) -> list[list[tuple[int, int]]]:
     """Per node of layer `index`: (child, parent slot) pairs of the live nodes of the layer
     below that take it as a parent, best first."""
-    found = [[] for _ in range(np.shape(graph.layers[index].score)[0])]
+    found = [[] for _ in range(graph.layers[index].num_nodes)]
     if index == 0:
         return found
     below = graph.layers[index - 1]
