@@ -50,6 +50,7 @@ intervals, timings) and `runs/<name>/continuity.png` (atomically) and prints the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import pathlib
@@ -76,6 +77,7 @@ GRAPH_TAP = "relu5_3"
 PAIRS = ("shift", "noise", "neighbour")
 EXPLAINERS = ("lrp_composite", "lrp_epsilon", "sensitivity", "gradient", "gradient_x_input",
               "cam", "grad_cam", "graph_nodes", "graph_positions")
+GRADIENT_GROUP = ("sensitivity", "gradient", "gradient_x_input")   # one backward pass
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -145,41 +147,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@functools.lru_cache(maxsize=None)
 def triplet_term(weight: float):
     """`extra_loss(outputs, labels)` for `train.fit`: `weight` times the batch-hard triplet
-    loss on the whole relu5_3 map."""
+    loss on the whole relu5_3 map. One function object per weight: `train_step` takes it
+    as a static argument, so every seed reuses one compiled step."""
     return lambda outputs, labels: weight * contrastive.triplet_loss(outputs["relu5_3"], labels)
 
 
 def train_pair(meta: ModelMeta, args, seed: int) -> dict:
     """`{variant: (params, history, seconds)}` for one seed: `--triplet-start` steps of
     cross-entropy trained once, then each variant's remaining steps from there (the
-    triplet variant with the triplet loss added). Same key, batches and schedule."""
+    triplet variant with the triplet loss added). Same key, batches and schedule.
+    `seconds` is `timed`'s record of the variant's steps plus half the shared ones."""
     model = meta.model()
-    started = time.perf_counter()
-    state = train.create_state(model, jax.random.key(seed),
-                               train.adamw_cosine(args.lr, args.steps))
-    shared = []
-    if args.triplet_start:
-        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
-        state, shared = train.fit(state, batches, meta, args.triplet_start,
-                                  desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
-                                  quiet=args.quiet)
-    shared_seconds = time.perf_counter() - started
+    shared_seconds = {}
+    with timed(shared_seconds, "training"):
+        state = train.create_state(model, jax.random.key(seed),
+                                   train.adamw_cosine(args.lr, args.steps))
+        shared = []
+        if args.triplet_start:
+            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
+            state, shared = train.fit(state, batches, meta, args.triplet_start,
+                                      desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
+                                      quiet=args.quiet)
     out = {}
     for variant in VARIANTS:
-        started = time.perf_counter()
-        extra = None if variant == "plain" else triplet_term(args.triplet_weight)
-        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
-                                seed + args.triplet_start)
-        branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
-        final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
-                                extra_loss=extra,
-                                extra_taps=() if extra is None else ("relu5_3",),
-                                desc=f"seed {seed} {variant} {args.triplet_start}.."
-                                     f"{args.steps - 1}", quiet=args.quiet)
-        out[variant] = (final.params, shared + part,
-                        shared_seconds / 2 + time.perf_counter() - started)
+        seconds = {"training": {k: v / 2 for k, v in shared_seconds["training"].items()}}
+        with timed(seconds, "training"):
+            extra = None if variant == "plain" else triplet_term(args.triplet_weight)
+            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
+                                    seed + args.triplet_start)
+            branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
+            final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
+                                    extra_loss=extra,
+                                    extra_taps=() if extra is None else ("relu5_3",),
+                                    desc=f"seed {seed} {variant} {args.triplet_start}.."
+                                         f"{args.steps - 1}", quiet=args.quiet)
+        out[variant] = (final.params, shared + part, seconds)
     return out
 
 
@@ -216,23 +221,28 @@ def pixel_bounds(meta: ModelMeta) -> tuple[jax.Array, jax.Array]:
 
 
 def explainers(model, params, graph, sd, meta: ModelMeta, batch_size: int) -> dict:
-    """Every explainer as `(images, targets) -> [N, ...]` (the graph ignores the targets)."""
+    """Every explainer, grouped by shared work: `{names: (images, targets) -> [N, len(names),
+    ...]}` (the graph ignores the targets); gradient, gradient x input and sensitivity come
+    from one backward pass (`saliency.gradient_methods`)."""
     scores = graph_explainer.node_scores(model, params, graph, sd)
     positions = graph_explainer.node_positions(model, params, graph, sd)
 
     def method(function, **kwargs):
-        return functools.partial(function, model, params, batch_size=batch_size, **kwargs)
+        single = functools.partial(function, model, params, batch_size=batch_size, **kwargs)
+        return lambda images, targets: single(images, targets)[:, None]
+
+    def gradients(images, targets):
+        maps = saliency.gradient_methods(model, params, images, targets, batch_size=batch_size)
+        return jnp.stack([maps[name] for name in GRADIENT_GROUP], axis=1)
 
     return {
-        "lrp_composite": method(saliency.lrp, bounds=pixel_bounds(meta)),
-        "lrp_epsilon": method(saliency.lrp, rule="epsilon"),
-        "sensitivity": method(saliency.sensitivity),
-        "gradient": method(saliency.gradient),
-        "gradient_x_input": method(saliency.gradient_x_input),
-        "cam": method(saliency.cam),
-        "grad_cam": method(saliency.grad_cam),
-        "graph_nodes": lambda images, targets: scores(images),
-        "graph_positions": lambda images, targets: positions(images),
+        ("lrp_composite",): method(saliency.lrp, bounds=pixel_bounds(meta)),
+        ("lrp_epsilon",): method(saliency.lrp, rule="epsilon"),
+        GRADIENT_GROUP: gradients,
+        ("cam",): method(saliency.cam),
+        ("grad_cam",): method(saliency.grad_cam),
+        ("graph_nodes",): lambda images, targets: scores(images)[:, None],
+        ("graph_positions",): lambda images, targets: positions(images)[:, None],
     }
 
 
@@ -252,40 +262,57 @@ def pairs(images: jax.Array, labels: np.ndarray, shift: float, noise: float, key
             "neighbour": images[np.asarray(continuity.same_class_neighbours(images, labels))]}
 
 
-def measure(meta: ModelMeta, params, args, heldout, seed: int) -> dict:
+@contextlib.contextmanager
+def timed(seconds: dict, stage: str):
+    """Adds the block's wall time and the process's CPU time (all threads) to
+    `seconds[stage] = {"wall": ..., "cpu": ...}`: on a shared machine the wall time grows
+    with the other jobs' load, the CPU time much less."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    before = seconds.get(stage, {"wall": 0.0, "cpu": 0.0})
+    seconds[stage] = {"wall": round(before["wall"] + time.perf_counter() - wall, 2),
+                      "cpu": round(before["cpu"] + time.process_time() - cpu, 2)}
+
+
+def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) -> dict:
     """Accuracy and triplet consistency of one network on the held-out `(images, labels)`,
-    and every explainer's continuity ratios on `--pairs` of them per kind of pair."""
+    and every explainer's continuity ratios on `--pairs` of them per kind of pair; the wall
+    time of each stage is added to `seconds`."""
     model = meta.model()
     images_u8, labels = heldout
-    predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
-                              quiet=args.quiet)
+    with timed(seconds, "accuracy"):
+        predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
+                                  quiet=args.quiet)
     correct = int((predicted == labels).sum())
     low, high = train.wilson_interval(correct, len(labels))
     inputs = preprocess(jnp.asarray(images_u8), meta)
-    consistency = continuity.triplet_consistency(
-        continuity.tap_embedding(model, params, TRIPLET_TAPS), inputs, labels,
-        jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
-        batch_size=args.batch_size)
-    graph, sd = fit_graph(model, params, meta, args, seed)
+    with timed(seconds, "triplet_consistency"):
+        consistency = continuity.triplet_consistency(
+            continuity.tap_embedding(model, params, TRIPLET_TAPS), inputs, labels,
+            jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
+            batch_size=args.batch_size)
+    with timed(seconds, "graph_fit"):
+        graph, sd = jax.block_until_ready(fit_graph(model, params, meta, args, seed))
     evaluation = balanced(labels, args.pairs // (len(CATEGORIES) + 1))
     images, targets = inputs[evaluation], jnp.asarray(labels[evaluation])
     partners = pairs(images, labels[evaluation], args.shift, args.noise,
                      jax.random.key(seed + 1))
-    ratios = {}
+    ratios = {name: {} for name in EXPLAINERS}
     explain = explainers(model, params, graph, sd, meta, args.batch_size)
     with Step(len(explain) * (1 + len(partners)), "continuity", "explanation sets",
               quiet=args.quiet) as bar:
-        for name, explainer in explain.items():
-            originals = continuity.explain_all(explainer, images, targets,
-                                               batch_size=args.batch_size)
-            bar.update(1)
-            ratios[name] = {}
-            for kind, partner in partners.items():
-                moved = continuity.explain_all(explainer, partner, targets,
-                                               batch_size=args.batch_size)
-                ratios[name][kind] = np.asarray(continuity.continuity_ratios(
-                    originals, moved, images, partner)).tolist()
+        for names, explainer in explain.items():
+            with timed(seconds, "+".join(names)):
+                originals = continuity.explain_all(explainer, images, targets,
+                                                   batch_size=args.batch_size)
                 bar.update(1)
+                for kind, partner in partners.items():
+                    moved = continuity.explain_all(explainer, partner, targets,
+                                                   batch_size=args.batch_size)
+                    for i, name in enumerate(names):
+                        ratios[name][kind] = np.asarray(continuity.continuity_ratios(
+                            originals[:, i], moved[:, i], images, partner)).tolist()
+                    bar.update(1)
     return {
         "accuracy": {"correct": correct, "images": len(labels),
                      "accuracy": correct / len(labels), "wilson95": [low, high]},
@@ -419,7 +446,7 @@ def plot(summary: dict, path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, cpu_started, loads = time.perf_counter(), time.process_time(), [os.getloadavg()[0]]
     categories = tuple(CATEGORIES)
     meta = ModelMeta(source="synthetic", width=args.width, head="gap",
                      num_classes=len(categories) + 1, preprocessing="torch",
@@ -430,25 +457,32 @@ def main(argv=None) -> int:
         seed = args.seed + k * args.steps
         heldout = sample_mixed(args.heldout, seed=args.heldout_seed + k, categories=categories,
                                image_size=args.size)
-        for variant, (params, history, train_seconds) in train_pair(meta, args, seed).items():
-            measuring = time.perf_counter()
-            result = measure(meta, params, args, heldout, seed)
+        for variant, (params, history, stages) in train_pair(meta, args, seed).items():
+            with timed(stages, "measuring"):
+                result = measure(meta, params, args, heldout, seed, stages)
             result["seed"] = seed
             result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-20:]]))
             results[variant].append(result)
-            seconds[variant].append({"training": round(train_seconds, 1),
-                                     "measuring": round(time.perf_counter() - measuring, 1)})
-    summary = summarise(results, jax.random.key(args.seed), args.resamples)
-    total = time.perf_counter() - started
+            seconds[variant].append(stages)
+            loads.append(os.getloadavg()[0])
+            if not args.quiet:
+                print(f"seed {seed} {variant}: accuracy {result['accuracy']['accuracy']:.1%}; "
+                      f"seconds {stages}", flush=True)
+    summarising = {}
+    with timed(summarising, "summary"):
+        summary = summarise(results, jax.random.key(args.seed), args.resamples)
+    total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     record = {
         "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "settings": {k: str(v) if isinstance(v, pathlib.Path) else v
                      for k, v in vars(args).items()},
         "classes": list(meta.classes), "results": results, "summary": summary,
-        "seconds": {**seconds, "total": round(total, 1)},
+        "seconds": {**seconds, **summarising,
+                    "total": {"wall": round(total, 1), "cpu": round(cpu, 1)}},
         "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
-                    "load_average_1min": [round(load_before[0], 2),
-                                          round(os.getloadavg()[0], 2)]},
+                    "load_average_1min": {"at start and after each network":
+                                          [round(load, 2) for load in loads],
+                                          "at the end": round(os.getloadavg()[0], 2)}},
     }
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "continuity.json", record)
@@ -457,7 +491,8 @@ def main(argv=None) -> int:
     print(f"\n{args.seeds} seeds per arm; {args.pairs} pairs per kind (shift {args.shift:g} px, "
           f"noise sd {args.noise:g}, same-class nearest neighbour); {args.resamples} "
           f"bootstrap resamples")
-    print(f"total {total / 60:.1f} min; wrote {args.out}/continuity.json, continuity.png")
+    print(f"total {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU (all threads); 1-min load "
+          f"average {min(loads):.1f}..{max(loads):.1f}; wrote {args.out}/continuity.json, continuity.png")
     return 0
 
 
