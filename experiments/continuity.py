@@ -1,15 +1,18 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~75 min, see below
+    python experiments/continuity.py                    # defaults: ~60 min, see below
     python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
-Wall time: the shortened run above took 32 min on a 2-core CPU shared with other jobs
-(load average 7-10): ~1.0 s per training step at 64 px, ~72 s of measurements per network.
-Scaled by pixels (x3.1), steps (4500 vs 1500) and pairs (x4.2), and by the machine's load
-(the previous, 2-network default took ~20 min quiet and would take ~86 min at this load),
-the default run needs about 75 min on a quiet 2-core CPU (an extrapolation, +-30%);
-`--steps 600` brings it to about 60 min, at an accuracy not measured here.
+Wall time of the default, an estimate (the default has not run to its end on a quiet
+machine): about 60 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
+(the shared 100 and 700 per arm) at ~0.5 s per step (1200 such steps took 586 s on this
+CPU, quiet: `checkpoints/synthetic_all.json`), ~40 min. Measuring one network costs ~365
+CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images:
+~100 each for LRP composite, LRP epsilon and the three gradient maps, which share one
+backward pass; ~35 for the graph's two explainers; ~20 for CAM and Grad-CAM; ~15 for
+accuracy and triplet consistency), ~20 min for the six networks on two cores. The record
+holds every stage's wall and CPU time, so a run states its own costs.
 
 Trains `--seeds` pairs of narrow VGG-16s (GAP head) on negatives + quadruped, bird, vehicle:
 per seed, one network with plain cross-entropy and one with cross-entropy plus, from step
