@@ -1,18 +1,18 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~60 min, see below
+    python experiments/continuity.py                    # defaults: ~50 min, see below
     python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
 Wall time of the default, an estimate (the default has not run to its end on a quiet
-machine): about 60 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
+machine): about 50 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
 (the shared 100 and 700 per arm) at ~0.5 s per step (1200 such steps took 586 s on this
-CPU, quiet: `checkpoints/synthetic_all.json`), ~40 min. Measuring one network costs ~365
-CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images:
-~100 each for LRP composite, LRP epsilon and the three gradient maps, which share one
-backward pass; ~35 for the graph's two explainers; ~20 for CAM and Grad-CAM; ~15 for
-accuracy and triplet consistency), ~20 min for the six networks on two cores. The record
-holds every stage's wall and CPU time, so a run states its own costs.
+CPU, quiet: `checkpoints/synthetic_all.json`), ~40 min. Measuring one network costs ~165
+CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images and to
+the saliency methods' one-vmap path: ~30 each for LRP composite, LRP epsilon and the three
+gradient maps, which share one backward pass; ~35 for the graph's two explainers; ~20 for
+CAM and Grad-CAM; ~15 for accuracy and triplet consistency), ~9 min for the six networks on
+two cores. The record holds every stage's wall and CPU time, so a run states its own costs.
 
 Trains `--seeds` pairs of narrow VGG-16s (GAP head) on negatives + quadruped, bird, vehicle:
 per seed, one network with plain cross-entropy and one with cross-entropy plus, from step
@@ -223,19 +223,23 @@ def pixel_bounds(meta: ModelMeta) -> tuple[jax.Array, jax.Array]:
     return extremes[0, 0, 0], extremes[1, 0, 0]
 
 
-def explainers(model, params, graph, sd, meta: ModelMeta, batch_size: int) -> dict:
+def explainers(model, params, graph, sd, meta: ModelMeta) -> dict:
     """Every explainer, grouped by shared work: `{names: (images, targets) -> [N, len(names),
     ...]}` (the graph ignores the targets); gradient, gradient x input and sensitivity come
-    from one backward pass (`saliency.gradient_methods`)."""
+    from one backward pass (`saliency.gradient_methods`). The saliency methods vmap over
+    the whole batch they get (`batch_size=None`): `continuity.explain_all` already hands
+    them `--batch-size` images at a time, and on a CPU their chunked path (`lax.map`) costs
+    3-4x the CPU time of one vmap (32 images at 112 px: gradient maps 3.2 vs 0.84 CPU-s,
+    LRP composite 3.6 vs 1.2)."""
     scores = graph_explainer.node_scores(model, params, graph, sd)
     positions = graph_explainer.node_positions(model, params, graph, sd)
 
     def method(function, **kwargs):
-        single = functools.partial(function, model, params, batch_size=batch_size, **kwargs)
+        single = functools.partial(function, model, params, batch_size=None, **kwargs)
         return lambda images, targets: single(images, targets)[:, None]
 
     def gradients(images, targets):
-        maps = saliency.gradient_methods(model, params, images, targets, batch_size=batch_size)
+        maps = saliency.gradient_methods(model, params, images, targets, batch_size=None)
         return jnp.stack([maps[name] for name in GRADIENT_GROUP], axis=1)
 
     return {
@@ -301,7 +305,7 @@ def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) ->
     partners = pairs(images, labels[evaluation], args.shift, args.noise,
                      jax.random.key(seed + 1))
     ratios = {name: {} for name in EXPLAINERS}
-    explain = explainers(model, params, graph, sd, meta, args.batch_size)
+    explain = explainers(model, params, graph, sd, meta)
     with Step(len(explain) * (1 + len(partners)), "continuity", "explanation sets",
               quiet=args.quiet) as bar:
         for names, explainer in explain.items():
