@@ -1,13 +1,14 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~50 min, see below
+    python experiments/continuity.py                    # defaults: ~55 min, see below
     python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
 Wall time of the default, an estimate (the default has not run to its end on a quiet
-machine): about 50 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
-(the shared 100 and 700 per arm) at ~0.5 s per step (1200 such steps took 586 s on this
-CPU, quiet: `checkpoints/synthetic_all.json`), ~40 min. Measuring one network costs ~165
+machine): about 55 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
+(the shared 100 and 700 per arm), ~45 min: ~0.5 s per cross-entropy step (1200 such steps
+took 586 s on this CPU, quiet: `checkpoints/synthetic_all.json`), at most 0.8 s per step
+with the triplet loss (700 took 9 min 17 s at load average 2-3). Measuring one network costs ~165
 CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images and to
 the saliency methods' one-vmap path: ~30 each for LRP composite, LRP epsilon and the three
 gradient maps, which share one backward pass; ~35 for the graph's two explainers; ~20 for
