@@ -1,5 +1,6 @@
 """Saliency maps with one target class per image: gradient, gradient x input, sensitivity,
-layer-wise relevance propagation (LRP), CAM, Grad-CAM.
+layer-wise relevance propagation (LRP), CAM, Grad-CAM; `gradient_methods` gives the first three
+from one backward pass.
 
 Every method takes a classifier that follows the egjax model protocol,
 `model.apply({"params": params}, images, taps=names) -> {name: array}` with images
@@ -71,9 +72,9 @@ def gradient(model, params, images, targets, *, channel_reduce: str = "max_abs",
     _check_common(images, targets, channel_reduce=channel_reduce, normalize=normalize,
                   batch_size=batch_size)
     _check_targets(targets, _logit_count(model, params, images))
-    return _gradient_maps(model, params, images, jnp.asarray(targets), times_input=False,
-                          channel_reduce=channel_reduce, normalize=normalize,
-                          batch_size=batch_size)
+    return _gradient_maps(model, params, images, jnp.asarray(targets),
+                          maps=((False, channel_reduce),), normalize=normalize,
+                          batch_size=batch_size)[0]
 
 
 def gradient_x_input(model, params, images, targets, *, channel_reduce: str = "sum",
@@ -87,9 +88,9 @@ def gradient_x_input(model, params, images, targets, *, channel_reduce: str = "s
     _check_common(images, targets, channel_reduce=channel_reduce, normalize=normalize,
                   batch_size=batch_size)
     _check_targets(targets, _logit_count(model, params, images))
-    return _gradient_maps(model, params, images, jnp.asarray(targets), times_input=True,
-                          channel_reduce=channel_reduce, normalize=normalize,
-                          batch_size=batch_size)
+    return _gradient_maps(model, params, images, jnp.asarray(targets),
+                          maps=((True, channel_reduce),), normalize=normalize,
+                          batch_size=batch_size)[0]
 
 
 def sensitivity(model, params, images, targets, *, normalize: str = "none",
@@ -100,9 +101,26 @@ def sensitivity(model, params, images, targets, *, normalize: str = "none",
     """
     _check_common(images, targets, normalize=normalize, batch_size=batch_size)
     _check_targets(targets, _logit_count(model, params, images))
-    return _gradient_maps(model, params, images, jnp.asarray(targets), times_input=False,
-                          channel_reduce="squares", normalize=normalize,
+    return _gradient_maps(model, params, images, jnp.asarray(targets),
+                          maps=((False, "squares"),), normalize=normalize,
+                          batch_size=batch_size)[0]
+
+
+GRADIENT_METHODS = {"gradient": (False, "max_abs"), "gradient_x_input": (True, "sum"),
+                    "sensitivity": (False, "squares")}
+
+
+def gradient_methods(model, params, images, targets, *, normalize: str = "none",
+                     batch_size: int | None = None) -> dict[str, jax.Array]:
+    """`gradient`, `gradient_x_input` and `sensitivity`, each with its default channel
+    reduction, from one backward pass per image: `{name: [N, H, W]}`, equal to the three
+    calls at the cost of one."""
+    _check_common(images, targets, normalize=normalize, batch_size=batch_size)
+    _check_targets(targets, _logit_count(model, params, images))
+    maps = _gradient_maps(model, params, images, jnp.asarray(targets),
+                          maps=tuple(GRADIENT_METHODS.values()), normalize=normalize,
                           batch_size=batch_size)
+    return dict(zip(GRADIENT_METHODS, maps))
 
 
 def lrp(model, params, images, targets, *, rule: str = "composite", epsilon: float = 0.25,
@@ -231,18 +249,17 @@ def _over_images(one, images, targets, batch_size):
     return jax.lax.map(lambda args: one(*args), (images, targets), batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "times_input", "channel_reduce",
-                                             "normalize", "batch_size"))
-def _gradient_maps(model, params, images, targets, *, times_input, channel_reduce,
-                   normalize, batch_size):
+@functools.partial(jax.jit, static_argnames=("model", "maps", "normalize", "batch_size"))
+def _gradient_maps(model, params, images, targets, *, maps, normalize, batch_size):
+    """One gradient per image, and from it one map per `(times_input, channel_reduce)` of
+    `maps`: a tuple of `[N, H, W]`."""
     def one(image, target):
         def score(x):
             return model.apply({"params": params}, x[None], taps=("logits",))["logits"][0, target]
 
-        relevance = jax.grad(score)(image)
-        if times_input:
-            relevance = relevance * image
-        return _normalize(_reduce_channels(relevance, channel_reduce), normalize)
+        grad = jax.grad(score)(image)
+        return tuple(_normalize(_reduce_channels(grad * image if times_input else grad, how),
+                                normalize) for times_input, how in maps)
 
     return _over_images(one, images, targets, batch_size)
 

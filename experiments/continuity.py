@@ -1,15 +1,19 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~75 min, see below
+    python experiments/continuity.py                    # defaults: ~55 min, see below
     python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
-Wall time: the shortened run above took 32 min on a 2-core CPU shared with other jobs
-(load average 7-10): ~1.0 s per training step at 64 px, ~72 s of measurements per network.
-Scaled by pixels (x3.1), steps (4500 vs 1500) and pairs (x4.2), and by the machine's load
-(the previous, 2-network default took ~20 min quiet and would take ~86 min at this load),
-the default run needs about 75 min on a quiet 2-core CPU (an extrapolation, +-30%);
-`--steps 600` brings it to about 60 min, at an accuracy not measured here.
+Wall time of the default, an estimate (the default has not run to its end on a quiet
+machine): about 55 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
+(the shared 100 and 700 per arm), ~45 min: ~0.5 s per cross-entropy step (1200 such steps
+took 586 s on this CPU, quiet: `checkpoints/synthetic_all.json`), at most 0.8 s per step
+with the triplet loss (700 took 9 min 17 s at load average 2-3). Measuring one network costs ~165
+CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images and to
+the saliency methods' one-vmap path: ~30 each for LRP composite, LRP epsilon and the three
+gradient maps, which share one backward pass; ~35 for the graph's two explainers; ~20 for
+CAM and Grad-CAM; ~15 for accuracy and triplet consistency), ~9 min for the six networks on
+two cores. The record holds every stage's wall and CPU time, so a run states its own costs.
 
 Trains `--seeds` pairs of narrow VGG-16s (or `--model resnet50`: ResNet-50s; GAP head) on
 negatives + quadruped, bird, vehicle:
@@ -52,6 +56,7 @@ intervals, timings) and `runs/<name>/continuity.png` (atomically) and prints the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import pathlib
@@ -80,6 +85,7 @@ TAPS = {"vgg16": ("relu4_3", "relu5_3"), "resnet50": ("layer3", "layer4")}
 PAIRS = ("shift", "noise", "neighbour")
 EXPLAINERS = ("lrp_composite", "lrp_epsilon", "sensitivity", "gradient", "gradient_x_input",
               "cam", "grad_cam", "graph_nodes", "graph_positions")
+GRADIENT_GROUP = ("sensitivity", "gradient", "gradient_x_input")   # one backward pass
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -153,42 +159,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+@functools.lru_cache(maxsize=None)
 def triplet_term(weight: float, tap: str):
     """`extra_loss(outputs, labels)` for `train.fit`: `weight` times the batch-hard triplet
-    loss on the whole map `tap`."""
+    loss on the whole map `tap`. One function object per (weight, tap): `train_step` takes it
+    as a static argument, so every seed reuses one compiled step."""
     return lambda outputs, labels: weight * contrastive.triplet_loss(outputs[tap], labels)
 
 
 def train_pair(meta: ModelMeta, args, seed: int) -> dict:
     """`{variant: (params, history, seconds)}` for one seed: `--triplet-start` steps of
     cross-entropy trained once, then each variant's remaining steps from there (the
-    triplet variant with the triplet loss added). Same key, batches and schedule."""
+    triplet variant with the triplet loss added). Same key, batches and schedule.
+    `seconds` is `timed`'s record of the variant's steps plus half the shared ones."""
     model = meta.model()
-    started = time.perf_counter()
-    state = train.create_state(model, jax.random.key(seed),
-                               train.adamw_cosine(args.lr, args.steps))
-    shared = []
-    if args.triplet_start:
-        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
-        state, shared = train.fit(state, batches, meta, args.triplet_start,
-                                  desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
-                                  quiet=args.quiet)
-    shared_seconds = time.perf_counter() - started
+    shared_seconds = {}
+    with timed(shared_seconds, "training"):
+        state = train.create_state(model, jax.random.key(seed),
+                                   train.adamw_cosine(args.lr, args.steps))
+        shared = []
+        if args.triplet_start:
+            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
+            state, shared = train.fit(state, batches, meta, args.triplet_start,
+                                      desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
+                                      quiet=args.quiet)
     out = {}
     for variant in VARIANTS:
-        started = time.perf_counter()
-        tap = TAPS[meta.arch][-1]
-        extra = None if variant == "plain" else triplet_term(args.triplet_weight, tap)
-        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
-                                seed + args.triplet_start)
-        branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
-        final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
-                                extra_loss=extra,
-                                extra_taps=() if extra is None else (tap,),
-                                desc=f"seed {seed} {variant} {args.triplet_start}.."
-                                     f"{args.steps - 1}", quiet=args.quiet)
-        out[variant] = (final.params, shared + part,
-                        shared_seconds / 2 + time.perf_counter() - started)
+        seconds = {"training": {k: v / 2 for k, v in shared_seconds["training"].items()}}
+        with timed(seconds, "training"):
+            tap = TAPS[meta.arch][-1]
+            extra = None if variant == "plain" else triplet_term(args.triplet_weight, tap)
+            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
+                                    seed + args.triplet_start)
+            branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
+            final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
+                                    extra_loss=extra,
+                                    extra_taps=() if extra is None else (tap,),
+                                    desc=f"seed {seed} {variant} {args.triplet_start}.."
+                                         f"{args.steps - 1}", quiet=args.quiet)
+        out[variant] = (final.params, shared + part, seconds)
     return out
 
 
@@ -224,26 +233,35 @@ def pixel_bounds(meta: ModelMeta) -> tuple[jax.Array, jax.Array]:
     return extremes[0, 0, 0], extremes[1, 0, 0]
 
 
-def explainers(model, params, graph, sd, meta: ModelMeta, batch_size: int) -> dict:
-    """Every explainer as `(images, targets) -> [N, ...]` (the graph ignores the targets)."""
+def explainers(model, params, graph, sd, meta: ModelMeta) -> dict:
+    """Every explainer, grouped by shared work: `{names: (images, targets) -> [N, len(names),
+    ...]}` (the graph ignores the targets); gradient, gradient x input and sensitivity come
+    from one backward pass (`saliency.gradient_methods`). The saliency methods vmap over
+    the whole batch they get (`batch_size=None`): `continuity.explain_all` already hands
+    them `--batch-size` images at a time, and on a CPU their chunked path (`lax.map`) costs
+    3-4x the CPU time of one vmap (32 images at 112 px: gradient maps 3.2 vs 0.84 CPU-s,
+    LRP composite 3.6 vs 1.2)."""
     scores = graph_explainer.node_scores(model, params, graph, sd)
     positions = graph_explainer.node_positions(model, params, graph, sd)
 
     def method(function, **kwargs):
-        return functools.partial(function, model, params, batch_size=batch_size, **kwargs)
+        single = functools.partial(function, model, params, batch_size=None, **kwargs)
+        return lambda images, targets: single(images, targets)[:, None]
+
+    def gradients(images, targets):
+        maps = saliency.gradient_methods(model, params, images, targets, batch_size=None)
+        return jnp.stack([maps[name] for name in GRADIENT_GROUP], axis=1)
 
     tap = TAPS[meta.arch][-1]
 
     return {
-        "lrp_composite": method(saliency.lrp, bounds=pixel_bounds(meta)),
-        "lrp_epsilon": method(saliency.lrp, rule="epsilon"),
-        "sensitivity": method(saliency.sensitivity),
-        "gradient": method(saliency.gradient),
-        "gradient_x_input": method(saliency.gradient_x_input),
-        "cam": method(saliency.cam, tap=tap),
-        "grad_cam": method(saliency.grad_cam, tap=tap),
-        "graph_nodes": lambda images, targets: scores(images),
-        "graph_positions": lambda images, targets: positions(images),
+        ("lrp_composite",): method(saliency.lrp, bounds=pixel_bounds(meta)),
+        ("lrp_epsilon",): method(saliency.lrp, rule="epsilon"),
+        GRADIENT_GROUP: gradients,
+        ("cam",): method(saliency.cam, tap=tap),
+        ("grad_cam",): method(saliency.grad_cam, tap=tap),
+        ("graph_nodes",): lambda images, targets: scores(images)[:, None],
+        ("graph_positions",): lambda images, targets: positions(images)[:, None],
     }
 
 
@@ -263,40 +281,57 @@ def pairs(images: jax.Array, labels: np.ndarray, shift: float, noise: float, key
             "neighbour": images[np.asarray(continuity.same_class_neighbours(images, labels))]}
 
 
-def measure(meta: ModelMeta, params, args, heldout, seed: int) -> dict:
+@contextlib.contextmanager
+def timed(seconds: dict, stage: str):
+    """Adds the block's wall time and the process's CPU time (all threads) to
+    `seconds[stage] = {"wall": ..., "cpu": ...}`: on a shared machine the wall time grows
+    with the other jobs' load, the CPU time much less."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    before = seconds.get(stage, {"wall": 0.0, "cpu": 0.0})
+    seconds[stage] = {"wall": round(before["wall"] + time.perf_counter() - wall, 2),
+                      "cpu": round(before["cpu"] + time.process_time() - cpu, 2)}
+
+
+def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) -> dict:
     """Accuracy and triplet consistency of one network on the held-out `(images, labels)`,
-    and every explainer's continuity ratios on `--pairs` of them per kind of pair."""
+    and every explainer's continuity ratios on `--pairs` of them per kind of pair; the wall
+    time of each stage is added to `seconds`."""
     model = meta.model()
     images_u8, labels = heldout
-    predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
-                              quiet=args.quiet)
+    with timed(seconds, "accuracy"):
+        predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
+                                  quiet=args.quiet)
     correct = int((predicted == labels).sum())
     low, high = train.wilson_interval(correct, len(labels))
     inputs = preprocess(jnp.asarray(images_u8), meta)
-    consistency = continuity.triplet_consistency(
-        continuity.tap_embedding(model, params, TAPS[meta.arch]), inputs, labels,
-        jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
-        batch_size=args.batch_size)
-    graph, sd = fit_graph(model, params, meta, args, seed)
+    with timed(seconds, "triplet_consistency"):
+        consistency = continuity.triplet_consistency(
+            continuity.tap_embedding(model, params, TAPS[meta.arch]), inputs, labels,
+            jax.random.key(seed), num_triplets=args.triplets, distance="cosine",
+            batch_size=args.batch_size)
+    with timed(seconds, "graph_fit"):
+        graph, sd = jax.block_until_ready(fit_graph(model, params, meta, args, seed))
     evaluation = balanced(labels, args.pairs // (len(CATEGORIES) + 1))
     images, targets = inputs[evaluation], jnp.asarray(labels[evaluation])
     partners = pairs(images, labels[evaluation], args.shift, args.noise,
                      jax.random.key(seed + 1))
-    ratios = {}
-    explain = explainers(model, params, graph, sd, meta, args.batch_size)
+    ratios = {name: {} for name in EXPLAINERS}
+    explain = explainers(model, params, graph, sd, meta)
     with Step(len(explain) * (1 + len(partners)), "continuity", "explanation sets",
               quiet=args.quiet) as bar:
-        for name, explainer in explain.items():
-            originals = continuity.explain_all(explainer, images, targets,
-                                               batch_size=args.batch_size)
-            bar.update(1)
-            ratios[name] = {}
-            for kind, partner in partners.items():
-                moved = continuity.explain_all(explainer, partner, targets,
-                                               batch_size=args.batch_size)
-                ratios[name][kind] = np.asarray(continuity.continuity_ratios(
-                    originals, moved, images, partner)).tolist()
+        for names, explainer in explain.items():
+            with timed(seconds, "+".join(names)):
+                originals = continuity.explain_all(explainer, images, targets,
+                                                   batch_size=args.batch_size)
                 bar.update(1)
+                for kind, partner in partners.items():
+                    moved = continuity.explain_all(explainer, partner, targets,
+                                                   batch_size=args.batch_size)
+                    for i, name in enumerate(names):
+                        ratios[name][kind] = np.asarray(continuity.continuity_ratios(
+                            originals[:, i], moved[:, i], images, partner)).tolist()
+                    bar.update(1)
     return {
         "accuracy": {"correct": correct, "images": len(labels),
                      "accuracy": correct / len(labels), "wilson95": [low, high]},
@@ -430,7 +465,7 @@ def plot(summary: dict, path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, cpu_started, loads = time.perf_counter(), time.process_time(), [os.getloadavg()[0]]
     categories = tuple(CATEGORIES)
     meta = ModelMeta(source="synthetic", arch=args.model, width=args.width, head="gap",
                      num_classes=len(categories) + 1, preprocessing="torch",
@@ -441,25 +476,32 @@ def main(argv=None) -> int:
         seed = args.seed + k * args.steps
         heldout = sample_mixed(args.heldout, seed=args.heldout_seed + k, categories=categories,
                                image_size=args.size)
-        for variant, (params, history, train_seconds) in train_pair(meta, args, seed).items():
-            measuring = time.perf_counter()
-            result = measure(meta, params, args, heldout, seed)
+        for variant, (params, history, stages) in train_pair(meta, args, seed).items():
+            with timed(stages, "measuring"):
+                result = measure(meta, params, args, heldout, seed, stages)
             result["seed"] = seed
             result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-20:]]))
             results[variant].append(result)
-            seconds[variant].append({"training": round(train_seconds, 1),
-                                     "measuring": round(time.perf_counter() - measuring, 1)})
-    summary = summarise(results, jax.random.key(args.seed), args.resamples)
-    total = time.perf_counter() - started
+            seconds[variant].append(stages)
+            loads.append(os.getloadavg()[0])
+            if not args.quiet:
+                print(f"seed {seed} {variant}: accuracy {result['accuracy']['accuracy']:.1%}; "
+                      f"seconds {stages}", flush=True)
+    summarising = {}
+    with timed(summarising, "summary"):
+        summary = summarise(results, jax.random.key(args.seed), args.resamples)
+    total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     record = {
         "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "settings": {k: str(v) if isinstance(v, pathlib.Path) else v
                      for k, v in vars(args).items()},
         "classes": list(meta.classes), "results": results, "summary": summary,
-        "seconds": {**seconds, "total": round(total, 1)},
+        "seconds": {**seconds, **summarising,
+                    "total": {"wall": round(total, 1), "cpu": round(cpu, 1)}},
         "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
-                    "load_average_1min": [round(load_before[0], 2),
-                                          round(os.getloadavg()[0], 2)]},
+                    "load_average_1min": {"at start and after each network":
+                                          [round(load, 2) for load in loads],
+                                          "at the end": round(os.getloadavg()[0], 2)}},
     }
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "continuity.json", record)
@@ -468,7 +510,8 @@ def main(argv=None) -> int:
     print(f"\n{args.seeds} seeds per arm; {args.pairs} pairs per kind (shift {args.shift:g} px, "
           f"noise sd {args.noise:g}, same-class nearest neighbour); {args.resamples} "
           f"bootstrap resamples")
-    print(f"total {total / 60:.1f} min; wrote {args.out}/continuity.json, continuity.png")
+    print(f"total {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU (all threads); 1-min load "
+          f"average {min(loads):.1f}..{max(loads):.1f}; wrote {args.out}/continuity.json, continuity.png")
     return 0
 
 

@@ -79,6 +79,18 @@ def test_gradient_x_input_of_linear_model(linear):
     np.testing.assert_allclose(np.sum(maps, axis=(1, 2)), target_logit, rtol=1e-4, atol=1e-5)
 
 
+def test_gradient_methods_of_linear_model_from_one_pass(linear):
+    model, params = linear
+    images, targets = _images(3, 3), np.array([2, 0, 1])
+    weights = _kernel(params)[..., targets].transpose(3, 0, 1, 2)        # [N, H, W, C]
+    maps = saliency.gradient_methods(model, params, images, targets, batch_size=2)
+    assert list(maps) == ["gradient", "gradient_x_input", "sensitivity"]
+    np.testing.assert_allclose(maps["gradient"], np.abs(weights).max(-1), rtol=1e-5)
+    np.testing.assert_allclose(maps["gradient_x_input"], (np.asarray(images) * weights).sum(-1),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps["sensitivity"], (weights ** 2).sum(-1), rtol=1e-5)
+
+
 def test_batched_equals_per_image_even_if_the_model_couples_the_batch():
     model = LinearClassifier(NUM_CLASSES, coupled=True)
     params = random_params(model, (1, H, W, 3), seed=3)
