@@ -47,7 +47,7 @@ def test_bad_flags_are_refused(script, capsys, tmp_path, argv, message):
     assert message in capsys.readouterr().err
 
 
-def test_the_graph_layer_geometry_is_derived_from_each_network(script):
+def test_the_graph_layer_geometry_is_derived_from_each_network(script, tmp_path):
     """VGG-16's relu5_3: the paper's stride 16 and centre 7.5 px; ResNet-50's layer4:
     stride 32 (each arm of `--model resnet50` trains and explains a ResNet-50)."""
     from egjax.models import ModelMeta
@@ -57,7 +57,7 @@ def test_the_graph_layer_geometry_is_derived_from_each_network(script):
     resnet = ModelMeta("t", arch="resnet50", head="gap").model()
     layer = script.graph_config(resnet, script.TAPS["resnet50"][-1], 128, 2).layers[0]
     assert (layer.tap, layer.map_size, layer.stride) == ("layer4", 4, 32)
-    args = script.parse_args(["--model", "resnet50", "--size", "64", "--runs", "/nonexistent"])
+    args = script.parse_args(["--model", "resnet50", "--size", "64", "--runs", str(tmp_path)])
     assert ModelMeta("t", arch=args.model, head="gap").model().arch == "resnet50"
 
 
