@@ -9,6 +9,7 @@ import pytest
 import egjax
 from egjax import ExplanatoryGraph, GraphConfig, LayerConfig
 from egjax.em import fit as fit_lib
+from egjax.em import inputs
 from egjax.maps import QuantizedMaps, dequantize, host_empty, quantize
 
 TOP = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1, iterations=3)
@@ -186,8 +187,8 @@ def test_aligned_host_maps_are_read_in_place_not_copied(dtype):
     maps = host_empty((5, 6, 6, 3), dtype)
     maps[...] = 1
     assert maps.ctypes.data % 64 == 0 and maps.shape == (5, 6, 6, 3) and maps.dtype == dtype
-    on_device = fit_lib._device_array(maps, dtype)
+    on_device = inputs.device_array(maps, dtype)
     if jax.default_backend() == "cpu":
         assert on_device.unsafe_buffer_pointer() == maps.ctypes.data
     unaligned = np.ones((5, 6, 6, 3), dtype)[1:]    # numpy's own arrays are aligned to 16
-    np.testing.assert_array_equal(fit_lib._device_array(unaligned, dtype), unaligned)
+    np.testing.assert_array_equal(inputs.device_array(unaligned, dtype), unaligned)

@@ -229,9 +229,6 @@ _candidate_list = jax.jit(parents_lib.candidate_list,
                           static_argnames=("slots", "child", "parent", "original"))
 
 
-# Read by tests/test_em_fit.py.
-_device_array = inputs.device_array
-
 _records_out = jax.jit(layout.records_out)
 
 
