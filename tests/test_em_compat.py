@@ -15,7 +15,8 @@ import reference_fixed as ref
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em.estep import infer
+from egjax.em.original.rules import ORIGINAL
+from egjax.em.rules import FIXED
 from egjax.em.windows import as_maps
 from test_em_fixed_reference import TOP, assert_positions, random_maps, random_start
 
@@ -25,7 +26,8 @@ PARENT = LayerConfig(map_size=10, stride=16, center=7.5, density=0.05, map_delta
 
 
 def setup_for(cfg, original, parent=None, num_images=1, flips=False):
-    return layer_lib.Setup(cfg=cfg, parent=parent, flips=flips, original=original,
+    return layer_lib.Setup(cfg=cfg, parent=parent, flips=flips,
+                           rules=ORIGINAL if original else FIXED,
                            num_images=num_images)
 
 
@@ -67,7 +69,7 @@ def windowed_evidence(x, centre, h_candidates, h_window, cfg):
 @functools.partial(jax.jit, static_argnames=("setup",))
 def prior_and_evidence(coord, deform, sigma, image, scale, setup):
     node_q = layer_lib.nodes(coord, deform, sigma, setup)
-    inference = infer(image, node_q, jnp.zeros_like(coord), scale, setup.original)
+    inference = setup.rules.infer(image, node_q, jnp.zeros_like(coord), scale)
     return node_q.sigma, inference.spatial_prior, inference.evidence
 
 
@@ -183,13 +185,11 @@ def test_3_original_uses_parent_cells_as_child_cells(x64):
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def prior(setup, parents, deform, deviation):
-        weights = parents_lib.prior_weights(parents, deform, slots, setup.scale_to_child,
-                                            setup.original)
-        shift, scale = parents_lib.shift_and_scale(weights, deviation, setup.scale_to_child,
-                                                   setup.original)
+        weights = setup.rules.prior_weights(parents, deform, slots, setup.scale_to_child)
+        shift, scale = setup.rules.shift_and_scale(weights, deviation, setup.scale_to_child)
         return shift, weights.sigma, scale
 
-    out = {setup.original: jax.tree.map(np.asarray, prior(setup, jnp.asarray(parents),
+    out = {setup.rules is ORIGINAL: jax.tree.map(np.asarray, prior(setup, jnp.asarray(parents),
                                                           jnp.asarray(deform),
                                                           jnp.asarray(deviation)))
            for setup in (fixed_setup, original_setup)}
@@ -219,7 +219,8 @@ def test_4_original_edge_cut_uses_the_child_side_and_spares_bottom_and_right():
     score = jnp.ones((8, 4))
     kept = {}
     for original in (False, True):
-        order, survived = parents_lib.survivors(score, pos, CHILD, PARENT, original, 4, None)
+        order, survived = parents_lib.survivors(score, pos, CHILD, PARENT,
+                                                ORIGINAL if original else FIXED, 4, None)
         kept[original] = set(np.asarray(order)[np.asarray(survived)])
     assert kept[False] == {0, 1, 3} and kept[True] == {0, 2, 3}
 
@@ -236,13 +237,13 @@ def test_5_fixed_caps_top_m_at_the_survivors():
     spread = np.array([1.0] * 6 + [0.01] * 6)         # 6-11 fall to the variance cut,
     pos = means[:, None] + spread[:, None, None] * noise   # 0-2 to the edge cut
     cands = parents_lib.candidates(jnp.ones((u, n)), jnp.asarray(pos), jnp.ones(u), 6, CHILD,
-                                   PARENT, False, n, None)
+                                   PARENT, FIXED, n, None)
     valid = np.asarray(cands.valid)
     np.testing.assert_array_equal(valid, [True] * 3 + [False] * 3)
     np.testing.assert_array_equal(np.asarray(cands.index)[:3], [3, 4, 5])
     child_pos = rng.uniform(0, 19, (n, 2, 10))
     parents = parents_lib.select(jnp.asarray(child_pos), jnp.ones((n, 10)), cands, 3, CHILD,
-                                 PARENT, False, n, None)
+                                 PARENT, n, None)
     assert np.all(valid[np.asarray(parents)])
 
 
@@ -269,8 +270,8 @@ def test_7_original_pixel_deviations_carry_a_constant_offset(x64):
 
     offset = (CHILD.center - CHILD.stride) - (upper.center - upper.stride)
     assert offset == 12.0
-    got = {original: np.asarray(parents_lib.select(
-        jnp.asarray(child_pos), jnp.asarray(best), cands, top_n, CHILD, upper, original, num,
+    got = {original: np.asarray((ORIGINAL if original else FIXED).select(
+        jnp.asarray(child_pos), jnp.asarray(best), cands, top_n, CHILD, upper, num,
         None)) for original in (False, True)}
     np.testing.assert_array_equal(got[False], ranked(0.0))
     np.testing.assert_array_equal(got[True], ranked(offset))

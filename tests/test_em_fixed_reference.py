@@ -26,6 +26,7 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.estep import competing_mass, infer, statistics
+from egjax.em.rules import FIXED
 from egjax.em.windows import as_maps
 
 # K = 4 and 5 nodes per filter, half-ranges up to 2 and 3; evidence smoothing 0.7 cells, as
@@ -99,7 +100,7 @@ def kernel_setup(layer: ref.Layer, slots=0) -> layer_lib.Setup:
     """Chunks of 4 of the 9 images: the last chunk overlaps the one before."""
     parent = None if layer.parent is None else layer.parent.cfg
     return layer_lib.Setup(cfg=layer.cfg, parent=parent, flips=layer.mirrored is not None,
-                           original=False, num_images=layer.maps.shape[0], slots=slots, chunk=4)
+                           rules=FIXED, num_images=layer.maps.shape[0], slots=slots, chunk=4)
 
 
 def kernel_data(layer: ref.Layer, setup) -> layer_lib.LayerData:
@@ -108,7 +109,7 @@ def kernel_data(layer: ref.Layer, setup) -> layer_lib.LayerData:
         p = layer.parent
         cands = jax.jit(parents_lib.candidates, static_argnums=range(3, 9))(
             jnp.asarray(p.score), jnp.asarray(p.pos), jnp.asarray(p.deform), setup.slots,
-            layer.cfg, p.cfg, False, layer.maps.shape[0], None)
+            layer.cfg, p.cfg, FIXED, layer.maps.shape[0], None)
         flip = jnp.asarray(p.flip)
     mirrored = None if layer.mirrored is None else as_maps(layer.mirrored, jnp.float64)
     return layer_lib.LayerData(as_maps(layer.maps, jnp.float64), mirrored, flip, cands)
@@ -174,7 +175,7 @@ def kernel_prior(slots, cands, setup):
 @functools.partial(jax.jit, static_argnames="tau_rate")
 def kernel_e_step(image, node_q, shift, scale, tau_rate):
     """The kernel's E-step in one image, piece by piece (`estep`)."""
-    inference = infer(image, node_q, shift, scale, False)
+    inference = infer(image, node_q, shift, scale)
     rivals = competing_mass(inference, node_q)
     return inference, rivals, statistics(inference, node_q, rivals, tau_rate)
 

@@ -12,16 +12,20 @@ from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.batching import masked_sum, scan_chunks
 from egjax.em.competition import competition
-from egjax.em.estep import Inference, competing_mass, competition_positions, infer, statistics
-from egjax.em.evidence import ORIGINAL_PI, evidence_in_order, kernel_table
+from egjax.em.estep import Inference, infer, statistics
+from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
+from egjax.em.original.estep import competition_positions, evidence_in_order
+from egjax.em.original.rules import ORIGINAL
+from egjax.em.rules import FIXED
 from egjax.em.windows import as_maps
 
 CFG = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, top_n=2, top_m=4)
 
 
 def setup_for(cfg=CFG, original=False):
-    return layer_lib.Setup(cfg=cfg, parent=None, flips=False, original=original, num_images=1)
+    return layer_lib.Setup(cfg=cfg, parent=None, flips=False,
+                           rules=ORIGINAL if original else FIXED, num_images=1)
 
 
 def test_round_half_away_from_zero():
@@ -53,7 +57,7 @@ def test_evidence_of_a_single_blob():
                              setup_for(cfg))
     image = as_maps(jnp.asarray(maps[0]), jnp.float32)
     inference = infer(image, node_q,
-                      jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), original=False)
+                      jnp.zeros((2, 1, 1)), jnp.ones((1, 1)))
     smoothing = cfg.map_delta * s
     offsets = offset_table(cfg)[2]
     for j, (iw, ih) in enumerate(np.ndindex(6, 6)):
@@ -132,7 +136,8 @@ def test_original_competition_decides_float32_ties_as_float64_does():
     node_q = layer_lib.nodes(coord, deform, jnp.full((k, c), 4.2, jnp.float32),
                              setup_for(cfg, original=True))
     scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)), jnp.float32)
-    got = np.asarray(jax.jit(competing_mass)(Inference(coord, scale, None, None), node_q))
+    got = np.asarray(jax.jit(ORIGINAL.competing_mass)(Inference(coord, scale, None, None),
+                                                      node_q))
     offsets = np.moveaxis(offset_table(cfg)[np.asarray(node_q.half_range)], -1, 0)
     positions = (np.asarray(coord, np.float64) + 1)[:, None] + offsets
     expected = brute_force_competition(positions, np.asarray(node_q.prior_axis, np.float64),
@@ -161,7 +166,7 @@ def test_original_variance_cut_keeps_float64_ties_in_index_order_in_float32():
     variance = np.asarray(jnp.sum(parents_lib.image_var(pos, 1, 10, None), -1))
     assert variance[3] < variance[1]                  # float32 alone would drop node 3
     score = jnp.ones((4, 10), jnp.float32)
-    order, kept = parents_lib.survivors(score, pos, CFG, CFG, True, 10, None)
+    order, kept = parents_lib.survivors(score, pos, CFG, CFG, ORIGINAL, 10, None)
     np.testing.assert_array_equal(np.asarray(order), [0, 1, 2, 3])
     np.testing.assert_array_equal(np.asarray(kept), [False, False, True, True])
 
@@ -209,7 +214,7 @@ def test_parent_selection_matches_its_definition():
     cands = parents_lib.Candidates(jnp.arange(slots), jnp.asarray(valid),
                                    jnp.asarray(deviation), jnp.ones(slots))
     got = parents_lib.select(jnp.asarray(child_pos), jnp.asarray(best), cands, top_n, CFG,
-                             upper, False, num, None, block=4)
+                             upper, num, None, block=4)
     a = (child_pos - child_pos.mean(0)) * CFG.stride                     # [N, 2, V]
     b = deviation[valid] * upper.stride                                  # [U, N, 2]
     dist = np.sum((a.transpose(2, 0, 1)[:, None] - b[None]) ** 2, -1)   # [V, U, N]
@@ -259,8 +264,8 @@ def test_original_parent_selection_rounds_as_the_original(x64):
     best = rng.integers(1, 4, (num, children)) / 4
     cands = parents_lib.Candidates(jnp.arange(slots), jnp.ones(slots, bool),
                                    jnp.asarray(deviation), jnp.ones(slots))
-    got = parents_lib.select(jnp.asarray(child_pos), jnp.asarray(best), cands, slots, CFG,
-                             upper, True, num, None, block=5)
+    got = ORIGINAL.select(jnp.asarray(child_pos), jnp.asarray(best), cands, slots, CFG,
+                          upper, num, None, block=5)
     expected = _select_as_get_cur_distribution(child_pos, best, deviation, CFG, upper, slots)
     np.testing.assert_array_equal(got, expected)
 
@@ -284,7 +289,7 @@ def test_m_step_leaves_a_node_on_a_symmetric_blob_in_place():
     setup = setup_for(cfg)
     node_q = layer_lib.nodes(coord, jnp.full((1, 1), 1.8), jnp.full((1, 1), 1.8), setup)
     image = as_maps(jnp.asarray(maps[0]), jnp.float32)
-    inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), False)
+    inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)))
     positions = competition_positions(inference.center, node_q.offsets)
     stats = statistics(inference, node_q,
                        competition(positions, node_q.prior_axis, jnp.ones((1, 1)), False), 0.1)

@@ -17,13 +17,14 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.estep import Inference, best_candidate, competing_mass, infer, statistics
+from egjax.em.rules import FIXED
 from egjax.em.windows import as_maps
 
 CFG = LayerConfig(map_size=28, stride=8, center=3.5, density=0.05)     # half-ranges 0..4
 
 
 def setup_for(cfg=CFG):
-    return layer_lib.Setup(cfg=cfg, parent=None, flips=False, original=False, num_images=1)
+    return layer_lib.Setup(cfg=cfg, parent=None, flips=False, rules=FIXED, num_images=1)
 
 
 def exact_ties(coord, half_ranges, cfg=CFG):
@@ -90,7 +91,7 @@ def test_inferred_candidate_is_the_first_of_equal_maxima_in_w_major_order(x64):
     def e_step(image):
         node_q = layer_lib.nodes(coord, jnp.full((1, 1), 0.6), jnp.full((1, 1), 1.8),
                                  setup_for(cfg))
-        inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)), False)
+        inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)))
         stats = statistics(inference, node_q, competing_mass(inference, node_q), cfg.tau_rate)
         return (inference.spatial_prior * inference.evidence, best_candidate(inference, node_q),
                 stats)
@@ -120,7 +121,7 @@ def test_parent_ties_go_to_the_better_scored_candidate():
     child_pos = rng.uniform(0, 11, (num, 2, children))
     best = rng.uniform(0.1, 1, (num, children))
     got = np.asarray(parents_lib.select(jnp.asarray(child_pos), jnp.asarray(best), cands, 5,
-                                        child, upper, False, num, None))
+                                        child, upper, num, None))
     for row in got:
         assert list(row).index(0) < list(row).index(2) and list(row).index(1) < list(row).index(4)
 
@@ -137,7 +138,7 @@ def test_candidate_order_and_cuts_break_ties_by_index():
     score = np.ones((8, 4))
     score[3] = 2.0
     order, kept = parents_lib.survivors(jnp.asarray(score), jnp.asarray(pos), child, upper,
-                                        False, 4, None)
+                                        FIXED, 4, None)
     np.testing.assert_array_equal(order, [3, 0, 1, 2, 4, 5, 6, 7])
     # The variance cut drops the 4 lowest: 0, 1, 2, then 3 (the first of 3, 4, 5). The edge
     # cut keeps 4 and 5 (exactly 1 cell = 0.1 S from an edge: 0.5 + 0.5 and 10 - 0.5 - 8.5)

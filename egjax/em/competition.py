@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from egjax.em.ieee import rounded
+from egjax.em.original.ieee import rounded
 
 
 def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,

@@ -9,18 +9,16 @@ vectorises across the filters.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from egjax.config import LayerConfig
 from egjax.em.competition import competition
-from egjax.em.evidence import ORIGINAL_PI, evidence, evidence_in_order
-from egjax.em.grid import round_half_away
-from egjax.em.glibc_exp import exp_as_original
-from egjax.em.ieee import divide, in_order_mean, rounded
+from egjax.em.evidence import ORIGINAL_PI, evidence, kernel_table
+from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.windows import Maps, window_values
 
 
@@ -30,9 +28,8 @@ class Nodes(NamedTuple):
     `coord [2,K,C]` prior positions (h, w); `half_range [K,C]` (int); `offsets [P,K,C]`
     candidate offsets per axis; `sigma [K,C]` the spatial prior's scale and
     `prior_axis [P,K,C]` the prior per axis, `N(d_i; 0, sigma)`; `weights` evidence weights:
-    `[H+1, J, Q]` shared by half-range, or `[J, Q, K, C]` per node when they are summed in
-    the original's order (`original`); `exact_offsets [P,K,C]` the offsets in float64 when
-    the competition compares candidates as the original does (`competing_mass`), else None.
+    `[H+1, J, Q]` shared by half-range (`egjax.em.original` keeps them per node); and
+    `exact_offsets`, None here (`egjax.em.original`: the offsets in float64).
     """
 
     coord: jnp.ndarray
@@ -70,12 +67,21 @@ class ImageStats(NamedTuple):
     best: jnp.ndarray
 
 
-def gauss(d: jnp.ndarray, sigma: jnp.ndarray, original: bool = False) -> jnp.ndarray:
-    """Normal density `N(d; 0, sigma)`; `original`: as `getGauss` rounds it."""
-    if original:
-        exponent = divide(-(d * d), 2 * (sigma * sigma))
-        return divide(exp_as_original(exponent), math.sqrt(2 * ORIGINAL_PI) * sigma)
+def gauss(d: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    """Normal density `N(d; 0, sigma)`."""
     return jnp.exp(-(d * d) / (2 * (sigma * sigma))) / (math.sqrt(2 * ORIGINAL_PI) * sigma)
+
+
+def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
+          cfg: LayerConfig) -> Nodes:
+    """Image-independent node quantities of an iteration: half-range `h`, candidate offsets
+    `d_i`, the prior per axis `N(d_i; 0, sigma)` (`sigma [K,C]` the prior's scale) and the
+    evidence weights of each half-range."""
+    h = half_range(deform, cfg)
+    table = jnp.asarray(kernel_table(cfg), coord.dtype)
+    weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
+    offsets = jnp.moveaxis(jnp.asarray(offset_table(cfg), coord.dtype)[h], -1, 0)
+    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights)
 
 
 def split_axes(values: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -93,37 +99,27 @@ def spread_weights(num: int, dtype) -> jnp.ndarray:
     return along_h + along_w
 
 
-def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray,
-          original: bool) -> Inference:
+def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> Inference:
     """Spatial prior and evidence of every candidate of every node in one image.
 
-    `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the parents;
-    `original` computes as the original: the centre shifted in its 1-based frame, the
-    evidence summed in its order (`evidence_in_order`).
+    `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the
+    parents: centre `m = coord + mu`, `pi = lambda N(d_i) N(d_j)`, `F` (`evidence`).
     """
-    center = ((nodes.coord + 1) + shift) - 1 if original else nodes.coord + shift
+    return infer_at(image, nodes, nodes.coord + shift, scale, _window_evidence)
+
+
+def _window_evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
+    return evidence(window_values(image, cells, nodes.weights.shape[0] - 1), nodes.half_range,
+                    nodes.weights)
+
+
+def infer_at(image: Maps, nodes: Nodes, center: jnp.ndarray, scale: jnp.ndarray,
+             evidence_of) -> Inference:
+    """`infer` around `center [2,K,C]`, the evidence by `evidence_of(image, cells, nodes)`."""
     prior_h, prior_w = split_axes(nodes.prior_axis)
     spatial_prior = prior_w * prior_h * scale
     cells = round_half_away(center).astype(jnp.int32)
-    max_window = (math.isqrt(nodes.weights.shape[1 if original else -1]) - 1) // 2
-    values = window_values(image, cells, max_window)
-    if original:
-        f = evidence_in_order(values, nodes.weights)
-    else:
-        f = evidence(values, nodes.half_range, nodes.weights)
-    return Inference(center, scale, spatial_prior, f)
-
-
-def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
-    """Candidate positions `[2, P, K, C]` as the original's competition compares them: in its
-    1-based frame, `(centre + 1) + offset`.
-
-    Only their order matters, but candidates of different nodes often tie exactly (integer
-    centres in the first iteration), and which one wins a tie depends on this rounding.
-    Computed once behind an optimisation barrier so every comparison sees the same values.
-    """
-    one_based = (center + 1)[:, None] + offsets[None]
-    return jax.lax.optimization_barrier(one_based)
+    return Inference(center, scale, spatial_prior, evidence_of(image, cells, nodes))
 
 
 def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) -> jnp.ndarray:
@@ -140,36 +136,22 @@ def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) ->
 
 
 def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
-    """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`).
-
-    With `nodes.exact_offsets`, candidates are compared as the original compares them: by
-    squared distance, in float64 whatever the compute dtype. Integer centres make many of
-    those comparisons ties in exact arithmetic (a candidate on the edge of another node's
-    box, or halfway between two of its candidates), and the original's float64 rounding
-    decides them. float32 rounding decides some of them the other way (30 of the 1152
-    competing masses of `small`'s top layer in its first iteration, off by up to 38 %),
-    which sends the whole fit elsewhere. `filters` per group (`competition`).
-    """
-    if nodes.exact_offsets is None:
-        positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
-        return competition(positions, nodes.prior_axis, inference.scale, exact=False,
-                           filters=filters)
-    with jax.enable_x64(True):
-        positions = competition_positions(inference.center.astype(jnp.float64),
-                                          nodes.exact_offsets)
-        return competition(positions, nodes.prior_axis, inference.scale, exact=True,
-                           filters=filters)
+    """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`),
+    candidates compared on the lattice of `lattice_positions`; `filters` per group
+    (`competition`)."""
+    positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
+    return competition(positions, nodes.prior_axis, inference.scale, exact=False,
+                       filters=filters)
 
 
-def _index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,
-                    original: bool = False) -> jnp.ndarray:
+def index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,
+                   shifted=jnp.add) -> jnp.ndarray:
     """Position `[2,K,C]` of flat candidate `index [K,C]` (w-major) of nodes centred at
-    `center`; `original`: added in the original's 1-based frame."""
+    `center`: `shifted(center, offset)`."""
     num = offsets.shape[0]
     offset_h = jnp.take_along_axis(offsets, (index % num)[None], 0)[0]
     offset_w = jnp.take_along_axis(offsets, (index // num)[None], 0)[0]
-    offset = jnp.stack([offset_h, offset_w])
-    return ((center + 1) + offset) - 1 if original else center + offset
+    return shifted(center, jnp.stack([offset_h, offset_w]))
 
 
 def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -184,7 +166,7 @@ def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp
     num = nodes.offsets.shape[0]
     start = (jnp.full_like(inference.scale, -jnp.inf), jnp.zeros(inference.scale.shape, jnp.int32))
     best, index = jax.lax.fori_loop(0, num * num, step, start, unroll=num)
-    return _index_position(index, inference.center, nodes.offsets), best
+    return index_position(index, inference.center, nodes.offsets), best
 
 
 class _Running(NamedTuple):
@@ -200,29 +182,29 @@ class _Running(NamedTuple):
 
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
-               tau_rate: float, original: bool = False) -> ImageStats:
+               tau_rate: float) -> ImageStats:
     """Competition-normalised responsibilities and the sufficient statistics of one image.
 
-    `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`;
-    `A = sum r F`, `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`, and
-    the inferred candidate (`best_candidate`). One pass over the candidates in order, with
-    `[K, C]` accumulators, P candidates per loop step: XLA:CPU compiles reductions over the
-    leading axis of `[J, K, C]` (and argmax) to scalar code, while this loop's updates
-    vectorise across filters and stay in cache. `pi` is recomputed per candidate from its
-    per-axis factors, as `infer` does. `original` rounds as the original does: every
-    product before it is added, `tau` from the sums over candidates.
+    `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`, where
+    `sum_cand pi = lambda (sum_i N(d_i))^2` (the prior is separable); `A = sum r F`,
+    `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`, and the inferred
+    candidate (`best_candidate`); `accumulate` adds them.
     """
+    tau = tau_rate * jnp.mean(inference.scale * jnp.sum(nodes.prior_axis, axis=0) ** 2)
+    step = nodes.offsets / (nodes.sigma * nodes.sigma)
+    return accumulate(inference, nodes, competing, tau, step)
+
+
+def accumulate(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau, step,
+               keep=lambda x: x, shifted=jnp.add) -> ImageStats:
+    """`statistics` given `tau` and `step [P,K,C]` (`d_i / sigma^2`). One pass over the
+    candidates in order, with `[K, C]` accumulators, P candidates per loop step: XLA:CPU
+    compiles reductions over the leading axis of `[J, K, C]` (and argmax) to scalar code,
+    while this loop's updates vectorise across filters and stay in cache. `pi` is
+    recomputed per candidate from its per-axis factors, as `infer` does. Each product
+    passes through `keep` before it is added; the position is `shifted(centre, offset)`."""
     num = nodes.offsets.shape[0]
     prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
-    keep = rounded if original else (lambda x: x)
-    if original:   # mean over nodes in the original's order (c * K + k) of sum_cand pi
-        per_node = functools.reduce(jnp.add, [keep(prior[j // num] * prior[j % num] * scale)
-                                              for j in range(num * num)])
-        tau = tau_rate * in_order_mean(per_node.T.reshape(-1))
-        step = divide(nodes.offsets, nodes.sigma * nodes.sigma)
-    else:   # sum_cand pi = lambda * (sum_i N(d_i))^2: the prior is separable.
-        tau = tau_rate * jnp.mean(scale * jnp.sum(prior, axis=0) ** 2)
-        step = nodes.offsets / (nodes.sigma * nodes.sigma)
     spread = spread_weights(num, f.dtype)
 
     def add(j, run):
@@ -245,6 +227,6 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
         gradient=jnp.stack([run.gradient_h, run.gradient_w]),
         score=run.score,
         spread=run.spread,
-        pos=_index_position(run.index, inference.center, nodes.offsets, original),
+        pos=index_position(run.index, inference.center, nodes.offsets, shifted),
         best=run.best,
     )

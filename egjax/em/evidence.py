@@ -19,7 +19,6 @@ import numpy as np
 
 from egjax.config import LayerConfig
 from egjax.em.grid import offset_table
-from egjax.em.ieee import rounded
 
 # The original's value of pi. The normalising constant cancels in every normalised quantity;
 # using the same digits keeps the weights, and so the original's exact ties, bit-identical.
@@ -82,19 +81,3 @@ def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -
             return jnp.where(sizes == size, product, out)
         out = jax.lax.cond(jnp.any(sizes == size), take, lambda out: out, out)
     return out.reshape(-1, k, c)
-
-
-def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-    """Evidence `[J, K, C]` from window values `[K, C, Q]` and per-node weights `[J, Q, K, C]`,
-    added term by term in the window's order with every product rounded before it is added,
-    as the original's loop adds them.
-
-    Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
-    the last bit of these sums, so reproducing the original's tie-breaking takes its order.
-    Fusing a product into the sum as a multiply-add (`ieee.rounded` prevents it) would round
-    once instead of twice, so two mirrored candidates summing the same products in opposite
-    orders would no longer tie, and the first of them would no longer win as in the original.
-    """
-    cells = jnp.moveaxis(values, -1, 0)[None]
-    products = rounded(weights * cells)
-    return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])

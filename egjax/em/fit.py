@@ -20,12 +20,15 @@ from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import inputs, layout, windows
 from egjax.em import sharding
+from egjax.em.original.rules import ORIGINAL
+from egjax.em.rules import FIXED, Rules
 from egjax.em.schedule import Schedule, for_devices
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
 from egjax.progress import Step, duration
 
-COMPAT = ("fixed", "original")
+# The one place where `compat` is read: how the kernel computes (`egjax.em.rules`).
+RULES = {"fixed": FIXED, "original": ORIGINAL}
 
 
 def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> dict:
@@ -63,8 +66,8 @@ def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
 
 
 def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
-    if compat not in COMPAT:
-        raise ValueError(f"compat must be one of {COMPAT}, got {compat!r}")
+    if compat not in RULES:
+        raise ValueError(f"compat must be one of {tuple(RULES)}, got {compat!r}")
     _check_maps("maps", maps, cfg)
     n, _, _, c = inputs.map_shape(maps)
     if flipped_maps is not None:
@@ -88,23 +91,22 @@ def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
             raise ValueError("init coord must be finite and deform > 0")
 
 
-@functools.partial(jax.jit, static_argnames=("child", "parent", "original", "num_images"))
-def _survivor_count(score, pos, child, parent, original, num_images):
-    _, kept = parents_lib.survivors(score, pos, child, parent, original, num_images, None)
+@functools.partial(jax.jit, static_argnames=("child", "parent", "rules", "num_images"))
+def _survivor_count(score, pos, child, parent, rules, num_images):
+    _, kept = parents_lib.survivors(score, pos, child, parent, rules, num_images, None)
     return jnp.sum(kept)
 
 
-def _candidate_slots(parent: LayerFit, cfg: LayerConfig, original: bool) -> int:
+def _candidate_slots(parent: LayerFit, cfg: LayerConfig, rules: Rules) -> int:
     """Check that enough candidate parents survive; return the number of candidate slots."""
-    survived = int(_survivor_count(parent.score, parent.pos, cfg, parent.config, original,
+    survived = int(_survivor_count(parent.score, parent.pos, cfg, parent.config, rules,
                                    parent.score.shape[1]))
     here, above = cfg.tap or "this layer", parent.config.tap or "the layer above"
     cuts = (f"{survived} of the {parent.score.shape[0]} nodes of {above} survive as candidate "
             f"parents of {here} (the variance cut drops the half that move least over the "
             f"images, the edge cut those near the border)")
-    if original and cfg.top_m > survived:
-        raise ValueError(f"{cuts}, fewer than top_m={cfg.top_m} (the original learner would "
-                         f"crash here): lower top_m of {here} or use compat='fixed'")
+    rules.check_top_m(cfg.top_m, survived, f"{cuts}, fewer than top_m={cfg.top_m} (the original "
+                      f"learner would crash here): lower top_m of {here} or use compat='fixed'")
     if survived < cfg.top_n:
         raise ValueError(f"only {cuts}, fewer than top_n={cfg.top_n}: lower top_n of {here}, "
                          f"or give {above} more nodes (a higher density, or more filters)")
@@ -117,7 +119,7 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
     cands, flip = None, None
     if parent is not None:
         cands = parents_lib.candidates(parent.score, parent.pos, parent.deform.reshape(-1),
-                                       setup.slots, setup.cfg, setup.parent, setup.original,
+                                       setup.slots, setup.cfg, setup.parent, setup.rules,
                                        setup.num_images, setup.images)
         flip = parent.flip
     data = layer_lib.LayerData(windows.as_maps(maps, dtype),
@@ -194,14 +196,13 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
 def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
                devices=None, schedule: Schedule | None = None) -> LayerCall:
     """The jitted call that fits one layer, and its arguments (inputs already checked)."""
-    original = compat == "original"
+    rules = RULES[compat]
     dtype = inputs.compute_dtype()
     n, _, _, c = inputs.map_shape(maps)
     slots, candidates = 0, None
     if parent is not None:
-        slots = _candidate_slots(parent, cfg, original)
-        candidates = _candidate_list(parent.score, parent.pos, slots, cfg, parent.config,
-                                     original)
+        slots = _candidate_slots(parent, cfg, rules)
+        candidates = _candidate_list(parent.score, parent.pos, slots, cfg, parent.config, rules)
     if init is None:
         init = random_init(key, cfg, c, dtype)
     coord, deform = layout.params_in(np.asarray(init["coord"], dtype),
@@ -209,7 +210,7 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     mesh = sharding.image_mesh(devices)
     images = None if mesh is None else sharding.image_layout(mesh, n)
     setup = layer_lib.Setup(cfg=cfg, parent=None if parent is None else parent.config,
-                            flips=flipped_maps is not None, original=original,
+                            flips=flipped_maps is not None, rules=rules,
                             num_images=n if images is None else images.num_images,
                             slots=slots, images=images, chunk=chunk,
                             schedule=schedule or for_devices(devices))
@@ -226,7 +227,7 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
 
 
 _candidate_list = jax.jit(parents_lib.candidate_list,
-                          static_argnames=("slots", "child", "parent", "original"))
+                          static_argnames=("slots", "child", "parent", "rules"))
 
 
 _records_out = jax.jit(layout.records_out)
@@ -266,17 +267,14 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
                                 None if init is None else init[index], compat)
         except ValueError as error:
             raise ValueError(f"layer {index} ({layer_cfg.tap or 'untapped'}): {error}") from None
-    if compat == "original":
-        for index in range(num - 1):
-            upper = cfg.layers[index + 1]
-            nodes = inputs.map_shape(maps[index + 1])[-1] * upper.nodes_per_filter
-            slots = parents_lib.candidate_slots(nodes, cfg.layers[index].top_m)
-            if cfg.layers[index].top_m > slots:
-                raise ValueError(
-                    f"layer {index}: top_m={cfg.layers[index].top_m} exceeds the {slots} "
-                    f"candidate parents that can survive the variance cut of the {nodes} nodes "
-                    f"above (the original learner would crash); lower top_m or use "
-                    f"compat='fixed'")
+    for index in range(num - 1):
+        top_m = cfg.layers[index].top_m
+        nodes = inputs.map_shape(maps[index + 1])[-1] * cfg.layers[index + 1].nodes_per_filter
+        slots = parents_lib.candidate_slots(nodes, top_m)
+        RULES[compat].check_top_m(
+            top_m, slots, f"layer {index}: top_m={top_m} exceeds the {slots} candidate parents "
+            f"that can survive the variance cut of the {nodes} nodes above (the original "
+            f"learner would crash); lower top_m or use compat='fixed'")
 
 
 def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,

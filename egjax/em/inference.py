@@ -27,6 +27,7 @@ from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import inputs, layout, sharding, windows
 from egjax.em.reduce import image_sum
+from egjax.em.rules import FIXED
 from egjax.em.schedule import for_devices
 from egjax.graph import ExplanatoryGraph, LayerFit
 from egjax.maps import QuantizedMaps
@@ -97,7 +98,7 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
         upper = upper.without_records()
     fitted = fitted.without_records()
     setup = layer_lib.Setup(cfg=fitted.config, parent=None if upper is None else upper.config,
-                            flips=flipped_maps is not None, original=False,
+                            flips=flipped_maps is not None, rules=FIXED,
                             num_images=num, slots=slots, images=images, chunk=chunk,
                             schedule=for_devices(devices))
     if mesh is None:
@@ -233,12 +234,12 @@ def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
                          "layer above")
     slots = parents_lib.candidate_slots(upper.num_nodes, fitted.config.top_m)
     index, mean = _candidate_list(upper.score, upper.pos, slots, fitted.config, upper.config,
-                                  False)
+                                  FIXED)
     return dataclasses.replace(fitted, candidates=index, candidate_mean=mean)
 
 
 _candidate_list = jax.jit(parents_lib.candidate_list,
-                          static_argnames=("slots", "child", "parent", "original"))
+                          static_argnames=("slots", "child", "parent", "rules"))
 
 
 def with_candidates(graph: ExplanatoryGraph) -> ExplanatoryGraph:

@@ -8,6 +8,7 @@ Implements the per-layer loop of `learn_explanatoryGraph.m` with its `updateMode
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import NamedTuple
 
 import jax
@@ -16,13 +17,10 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
 from egjax.em.batching import map_images, masked_sum, scan_chunks
-from egjax.em.estep import (Inference, Nodes, best_candidate, competing_mass, gauss, infer,
-                            statistics)
-from egjax.em.evidence import kernel_table
-from egjax.em.ieee import divide, in_order_mean, in_order_sum, rounded
+from egjax.em.estep import Inference, Nodes, best_candidate
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
-from egjax.em.reduce import Images, all_images, image_mean, real
+from egjax.em.reduce import Images, image_mean, real
 from egjax.em.schedule import CPU, Schedule
 
 
@@ -31,8 +29,9 @@ class Setup:
     """Static description of one layer fit (hashable: part of the jit cache key).
 
     `parent` is the config of the layer above (None for the top layer); `flips` whether
-    mirrored maps are given; `original` reproduces the released learner's quirks;
-    `num_images` counts the images on all devices; `slots` the candidate parents (M);
+    mirrored maps are given; `rules` how the equations are computed (`egjax.em.rules`:
+    `FIXED`, or `egjax.em.original.rules.ORIGINAL`, the released learner's); `num_images`
+    counts the images on all devices; `slots` the candidate parents (M);
     `images` how they are sharded over devices (`reduce.Images`; None on one device);
     `chunk` images per batch of parent priors (one matrix product); `schedule` how the
     loops are shaped for the backend (`schedule.Schedule`).
@@ -41,7 +40,7 @@ class Setup:
     cfg: LayerConfig
     parent: LayerConfig | None
     flips: bool
-    original: bool
+    rules: typing.Any
     num_images: int
     slots: int = 0
     images: Images | None = None
@@ -50,10 +49,8 @@ class Setup:
 
     @property
     def scale_to_child(self) -> float:
-        """Upper-layer cells -> this layer's cells for the parent prior (1 in the original)."""
-        if self.parent is None or self.original:
-            return 1.0
-        return self.parent.stride / self.cfg.stride
+        """Upper-layer cells -> this layer's cells for the parent prior (`rules.scale_to_child`)."""
+        return 1.0 if self.parent is None else self.rules.scale_to_child(self.cfg, self.parent)
 
 
 class LayerData(NamedTuple):
@@ -123,61 +120,33 @@ def init(coord: jnp.ndarray, deform: jnp.ndarray, num_images: int, setup: Setup)
 
 
 def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Setup) -> Nodes:
-    """Image-independent node quantities of an iteration; `sigma [K,C]` the prior's scale.
-
-    The original's E-step kernel reads the window half-range and sigma by the node's index
-    within its filter, so every filter uses filter 0's (`original=True`); its weights are
-    then per node and summed in its order.
-    """
-    cfg = setup.cfg
-    h = half_range(deform, cfg)
-    table = jnp.asarray(kernel_table(cfg), coord.dtype)
-    if setup.original:
-        window = jnp.broadcast_to(h[:, :1], h.shape)
-        sigma = jnp.broadcast_to(sigma[:, :1], sigma.shape)
-        weights = jnp.transpose(table[h, window], (2, 3, 0, 1))
-    else:
-        weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
-    grid = offset_table(cfg)
-    offsets = jnp.moveaxis(jnp.asarray(grid, coord.dtype)[h], -1, 0)
-    exact_offsets = None
-    if setup.original:
-        with jax.enable_x64(True):
-            exact_offsets = jnp.moveaxis(jnp.asarray(grid, jnp.float64)[h], -1, 0)
-    prior_axis = gauss(offsets, sigma, setup.original)
-    return Nodes(coord, h, offsets, sigma, prior_axis, weights, exact_offsets)
+    """Image-independent node quantities of an iteration (`estep.nodes`); `sigma [K,C]` the
+    prior's scale."""
+    return setup.rules.nodes(coord, deform, sigma, setup.cfg)
 
 
-def _choose_orientation(plain: Inference, mirrored: Inference, t, original: bool):
-    """Top layer: use the mirrored maps if they explain the image better.
-
-    The original compares `sum log(pi) F`, which prefers less evidence, from iteration 1,
-    when the nodes still sit at random cells. Else the orientation whose nodes detect more
-    strongly wins (sum over nodes of `pi F` at each node's inferred candidate), from
+def prefers_mirrored(plain: Inference, mirrored: Inference, t) -> jnp.ndarray:
+    """Top layer: use the mirrored maps if they explain the image better: if its nodes
+    detect more strongly (sum over nodes of `pi F` at each node's inferred candidate), from
     iteration 2 on, once the nodes have adapted to the images as given, so that the
-    majority orientation of the data set counts as unmirrored.
-    """
+    majority orientation of the data set counts as unmirrored."""
     def total(inference):
-        if original:
-            return jnp.sum(jnp.log(inference.spatial_prior) * inference.evidence)
         return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=0))
 
-    flip = total(plain) < total(mirrored)
-    if not original:
-        flip = flip & (t >= 2)
-    return jax.tree.map(lambda a, b: jnp.where(flip, b, a), plain, mirrored), flip
+    return (total(plain) < total(mirrored)) & (t >= 2)
 
 
 def _oriented_inference(image: Maps, mirrored: Maps | None, flip, choose: bool, node_q: Nodes,
-                        shift, scale, t, original: bool) -> tuple[Inference, jnp.ndarray]:
+                        shift, scale, t, rules) -> tuple[Inference, jnp.ndarray]:
     """`infer` in one image, in its orientation: the mirrored maps where `flip`, or where
-    `_choose_orientation` prefers them if `choose`; the plain maps when none are mirrored."""
+    `rules.prefers_mirrored` them if `choose`; the plain maps when none are mirrored."""
     if mirrored is not None and not choose:
         image = pick(flip, image, mirrored)
-    inference = infer(image, node_q, shift, scale, original)
+    inference = rules.infer(image, node_q, shift, scale)
     if mirrored is not None and choose:
-        inference, flip = _choose_orientation(
-            inference, infer(mirrored, node_q, shift, scale, original), t, original)
+        other = rules.infer(mirrored, node_q, shift, scale)
+        flip = rules.prefers_mirrored(inference, other, t)
+        inference = jax.tree.map(lambda a, b: jnp.where(flip, b, a), inference, other)
     return inference, flip
 
 
@@ -200,8 +169,8 @@ def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | No
     sigma = jnp.full(shape, setup.cfg.init_delta * setup.cfg.map_size, dtype)
     if parents is None:
         return Prior(sigma, None, jnp.asarray(False))
-    weights = parents_lib.prior_weights(jnp.maximum(parents, 0), candidate_deform, setup.slots,
-                                        setup.scale_to_child, setup.original)
+    weights = setup.rules.prior_weights(jnp.maximum(parents, 0), candidate_deform, setup.slots,
+                                        setup.scale_to_child)
     return Prior(jnp.where(active, weights.sigma.reshape(shape), sigma), weights,
                  jnp.asarray(active))
 
@@ -212,8 +181,8 @@ def _chunk_priors(prior: Prior, deviation, shape, setup: Setup):
     if prior.weights is None:
         return None, None
     n, (k, c) = deviation.shape[0], shape
-    shift, scale = parents_lib.shift_and_scale(prior.weights, jnp.swapaxes(deviation, 0, 1),
-                                               setup.scale_to_child, setup.original)
+    shift, scale = setup.rules.shift_and_scale(prior.weights, jnp.swapaxes(deviation, 0, 1),
+                                               setup.scale_to_child)
     shift = jnp.where(prior.active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
     scale = jnp.where(prior.active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
     return shift, scale
@@ -221,7 +190,7 @@ def _chunk_priors(prior: Prior, deviation, shape, setup: Setup):
 
 def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState:
     """One EM iteration `t` (1-based): parents, E-step over all images, M-step."""
-    cfg = setup.cfg
+    cfg, rules = setup.cfg, setup.rules
     _, k, c = state.coord.shape
     n = state.pos.shape[0]
     top = data.candidates is None
@@ -229,10 +198,10 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     if not top:
         parents = jax.lax.cond(
             active,
-            lambda: parents_lib.select(
+            lambda: rules.select(
                 state.pos.reshape(n, 2, k * c), state.best.reshape(n, k * c), data.candidates,
-                cfg.top_n, cfg, setup.parent, setup.original, setup.num_images,
-                setup.images, setup.schedule.children).astype(jnp.int32),
+                cfg.top_n, cfg, setup.parent, setup.num_images, setup.images,
+                setup.schedule.children).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
     prior = parent_prior(None if top else state.parents,
@@ -244,7 +213,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         # The prior is the same in every image, and so is the competition.
         ones = jnp.ones((k, c), state.coord.dtype)
         fixed = Inference(state.coord, ones, None, None)
-        competing = competing_mass(fixed, node_q, setup.schedule.filters)
+        competing = rules.competing_mass(fixed, node_q, setup.schedule.filters)
 
     choose = data.flip is None    # else each image's orientation is given
 
@@ -252,10 +221,10 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         if top:
             shift, scale = jnp.zeros_like(state.coord), ones
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
-                                              scale, t, setup.original)
-        rivals = competing if top else competing_mass(inference, node_q,
-                                                      setup.schedule.filters)
-        stats = statistics(inference, node_q, rivals, cfg.tau_rate, setup.original)
+                                              scale, t, rules)
+        rivals = competing if top else rules.competing_mass(inference, node_q,
+                                                            setup.schedule.filters)
+        stats = rules.statistics(inference, node_q, rivals, cfg.tau_rate)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)
 
@@ -266,11 +235,10 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         flip = inputs.get("flip", jnp.zeros((n,), bool))
         summed, recorded = map_images(one_image, inputs["maps"], inputs.get("mirrored"), flip,
                                       shift, scale, batch=setup.schedule.images)
-        if setup.original:   # kept per image, added in image order below
-            return (), (recorded, summed)
         if "real" in inputs:   # padding images (several devices) count for nothing
             valid = valid & inputs["real"]
-        return jax.tree.map(lambda x: masked_sum(x, valid), summed), recorded
+        chunk_sum, kept = rules.per_chunk(summed, valid)
+        return chunk_sum, (recorded, kept)
 
     inputs = {"maps": data.maps}
     if data.mirrored is not None:
@@ -279,20 +247,12 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         inputs["flip"] = data.flip
     if not top:
         inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
-    if setup.images is not None and not setup.original:
+    if setup.images is not None:
         inputs["real"] = real(jnp.ones(n, bool), 0, setup.images)
     # The new records overwrite the previous ones, which the parent selection has read.
-    into = (state.pos, state.best, state.score, state.flip)
-    if setup.original:   # the original adds the images' statistics one after another
-        zeros = jnp.zeros_like(state.score)
-        per_image = Sums(zeros, jnp.zeros_like(state.pos), zeros, zeros)
-        _, (records, per_image) = scan_chunks(one_chunk, inputs, setup.chunk, (into, per_image))
-        sums = jax.tree.map(lambda x: in_order_sum(all_images(x, 0, setup.images)),
-                            per_image)
-    else:
-        sums, records = scan_chunks(one_chunk, inputs, setup.chunk, into)
-        if setup.images is not None:
-            sums = jax.lax.psum(sums, setup.images.axis)
+    into = ((state.pos, state.best, state.score, state.flip), rules.kept_into(state))
+    sums, (records, kept) = scan_chunks(one_chunk, inputs, setup.chunk, into)
+    sums = rules.image_sums(sums, kept, setup.images)
     pos, best, score, flip = records
     coord, deform = m_step(state, sums, sigma, t, setup)
     return state._replace(coord=coord, deform=deform, pos=pos, best=best, score=score,
@@ -301,25 +261,38 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
 
 def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
     """`updateModel` of the original: move each node along its responsibility-weighted
-    gradient and re-estimate its deformation scale.
-
-    `step = eta (min sigma / t^(1/4))^2`; `coord += step * G / max(A, 1e-8)`;
+    gradient (`rules.move`, `move`) and re-estimate its deformation scale,
     `deform = clip(unit * sqrt(V / S), min, max)` (a node without evidence, V/S = 0/0,
     gets the minimum, as MATLAB's NaN-ignoring max gives).
     """
     cfg = setup.cfg
-    if setup.original:   # as the original rounds it: t^(1/4) by the C library, 1-based frame
-        quarter = jnp.asarray([i**0.25 for i in range(1, cfg.iterations + 1)], sigma.dtype)
-        step = cfg.eta * (jnp.min(sigma) / quarter[t.astype(jnp.int32) - 1]) ** 2
-        move = divide(sums.gradient, jnp.maximum(sums.responsibility_mass, 1e-8))
-        coord = ((state.coord + 1) + rounded(move * step)) - 1
-    else:
-        step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
-        coord = state.coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
+    coord = setup.rules.move(state.coord, sums, sigma, t, cfg)
     spread = jnp.sqrt(sums.spread / sums.score) * state.unit
     deform = jnp.clip(spread, cfg.min_deform, cfg.max_deform)
     deform = jnp.where(jnp.isnan(spread), cfg.min_deform, deform)
     return coord, deform
+
+
+def move(coord: jnp.ndarray, sums: Sums, sigma: jnp.ndarray, t, cfg: LayerConfig) -> jnp.ndarray:
+    """`coord + step * G / max(A, 1e-8)`, `step = eta (min sigma / t^(1/4))^2`."""
+    step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
+    return coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
+
+
+def per_chunk(summed: Sums, valid: jnp.ndarray) -> tuple[Sums, tuple]:
+    """A chunk's images' statistics `[n, ...]` -> their sum over the `valid` images, and
+    nothing kept per image (`image_sums`)."""
+    return jax.tree.map(lambda x: masked_sum(x, valid), summed), ()
+
+
+def image_sums(sums: Sums, kept, images: Images | None) -> Sums:
+    """The sums over the chunks -> over all images (across devices)."""
+    return sums if images is None else jax.lax.psum(sums, images.axis)
+
+
+def score_mean(score: jnp.ndarray, num_images: int, images: Images | None) -> jnp.ndarray:
+    """Mean of the scores `[N, K, C]` over nodes and images."""
+    return image_mean(jnp.mean(score, axis=(1, 2)), 0, num_images, images)
 
 
 class Records(NamedTuple):
@@ -339,19 +312,14 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     maps are given) inferred with the same node parameters in each image's orientation not
     used (`alter` records of the original).
 
-    The original takes the other orientation's position at the candidate chosen in the main
-    orientation, so it always equals `pos`; else its own best candidate.
+    The position is the other orientation's own best candidate (`rules.alt_pos`).
     """
     _, k, c = state.coord.shape
-    if setup.original:   # mean(mean(totalProb, 2), 1): over images, then nodes (c * K + k)
-        per_node = in_order_mean(all_images(state.score, 0, setup.images))
-        norm = in_order_mean(per_node.T.reshape(-1))
-    else:
-        norm = image_mean(jnp.mean(state.score, axis=(1, 2)), 0, setup.num_images,
-                          setup.images)
+    rules = setup.rules
+    norm = rules.score_mean(state.score, setup.num_images, setup.images)
 
     def normalise(score):
-        return divide(score, norm) if setup.original else score / norm
+        return rules.divide(score, norm)
 
     if data.mirrored is None:
         return Records(normalise(state.score), state.pos, state.flip, normalise(state.score),
@@ -364,8 +332,7 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
     deviation = None if top else jnp.swapaxes(data.candidates.deviation, 0, 1)
     alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
                                          node_q, prior, cfg.iterations, setup)
-    if setup.original:
-        alt_pos = state.pos
+    alt_pos = rules.alt_pos(alt_pos, state.pos)
     return Records(normalise(state.score), state.pos, state.flip, normalise(alt_score), alt_pos)
 
 
@@ -377,14 +344,14 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
 
     `deviation [N, M, 2]` the candidate parents' deviations in each image (None in the top
     layer) and `prior` what the parents make of the spatial prior (`parent_prior`); `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if
-    `flip` is None, where `_choose_orientation` at iteration `t` prefers them.
+    `flip` is None, where `rules.prefers_mirrored` them at iteration `t`.
     """
     _, k, c = node_q.coord.shape
     choose = flip is None
 
     def one_image(image, mirrored, flip, shift, scale):
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
-                                              scale, t, setup.original)
+                                              scale, t, setup.rules)
         pos, _ = best_candidate(inference, node_q)
         return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos, flip
 

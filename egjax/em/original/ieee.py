@@ -12,19 +12,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# `divide(x, divisor)`: `x / divisor` rounded once (XLA would multiply by `1 / divisor`).
+from egjax.maps import divide  # noqa: F401
+
 
 def rounded(x: jax.Array) -> jax.Array:
     """`x`; a product passed through here is rounded before it is added, as the original's
     code adds it. (The `where` is a no-op that XLA does not see through; an optimisation
     barrier does not keep the fusion away.)"""
     return jnp.where(x != 0, x, jnp.zeros_like(x))
-
-
-def divide(x: jax.Array, divisor) -> jax.Array:
-    """`x / divisor`, rounded once, for a divisor broadcast against `x` (XLA would multiply
-    by `1 / divisor`, rounded itself)."""
-    return x / jax.lax.optimization_barrier(jnp.broadcast_to(jnp.asarray(divisor, x.dtype),
-                                                             x.shape))
 
 
 def in_order_sum(x: jnp.ndarray) -> jnp.ndarray:

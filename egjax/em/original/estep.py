@@ -1,0 +1,116 @@
+"""The E-step as the original computes it (`getProb_local_mex.cpp`, `getOtherProb.cpp`,
+`doE.m`): its quirk, filter 0's window and sigma, and its arithmetic: `getGauss`'s roundings,
+sums in its order with every product rounded, positions in its 1-based frame, candidates
+compared in float64."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from egjax.config import LayerConfig
+from egjax.em.competition import competition
+from egjax.em.estep import Inference, Nodes, accumulate, infer_at
+from egjax.em.evidence import ORIGINAL_PI, kernel_table
+from egjax.em.grid import half_range, offset_table
+from egjax.em.original.glibc_exp import exp_as_original
+from egjax.em.original.ieee import divide, in_order_mean, rounded
+from egjax.em.windows import Maps, window_values
+
+
+def shifted(x: jnp.ndarray, shift: jnp.ndarray) -> jnp.ndarray:
+    """`x + shift` added in the original's 1-based frame."""
+    return ((x + 1) + shift) - 1
+
+
+def gauss(d: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
+    """`N(d; 0, sigma)` as `getGauss` rounds it."""
+    exponent = divide(-(d * d), 2 * (sigma * sigma))
+    return divide(exp_as_original(exponent), math.sqrt(2 * ORIGINAL_PI) * sigma)
+
+
+def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
+          cfg: LayerConfig) -> Nodes:
+    """`estep.nodes` as the original's E-step kernel reads them: by the node's index within
+    its filter, so every filter takes filter 0's window half-range and sigma; its weights
+    then per node (`[J, Q, K, C]`), and the offsets also in float64 (`competing_mass`)."""
+    h = half_range(deform, cfg)
+    table = jnp.asarray(kernel_table(cfg), coord.dtype)
+    window = jnp.broadcast_to(h[:, :1], h.shape)
+    sigma = jnp.broadcast_to(sigma[:, :1], sigma.shape)
+    weights = jnp.transpose(table[h, window], (2, 3, 0, 1))
+    grid = offset_table(cfg)
+    offsets = jnp.moveaxis(jnp.asarray(grid, coord.dtype)[h], -1, 0)
+    with jax.enable_x64(True):
+        exact_offsets = jnp.moveaxis(jnp.asarray(grid, jnp.float64)[h], -1, 0)
+    return Nodes(coord, h, offsets, sigma, gauss(offsets, sigma), weights, exact_offsets)
+
+
+def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> Inference:
+    """`estep.infer` with the centre shifted in the 1-based frame, the evidence summed in the
+    original's order (`evidence_in_order`)."""
+    return infer_at(image, nodes, shifted(nodes.coord, shift), scale, _evidence)
+
+
+def _evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
+    values = window_values(image, cells, (math.isqrt(nodes.weights.shape[1]) - 1) // 2)
+    return evidence_in_order(values, nodes.weights)
+
+
+def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    """Evidence `[J, K, C]` from window values `[K, C, Q]` and per-node weights `[J, Q, K, C]`,
+    added term by term in the window's order with every product rounded before it is added,
+    as the original's loop adds them.
+
+    Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
+    the last bit of these sums, so reproducing the original's tie-breaking takes its order.
+    Fusing a product into the sum as a multiply-add (`ieee.rounded` prevents it) would round
+    once instead of twice, so two mirrored candidates summing the same products in opposite
+    orders would no longer tie, and the first of them would no longer win as in the original.
+    """
+    cells = jnp.moveaxis(values, -1, 0)[None]
+    products = rounded(weights * cells)
+    return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])
+
+
+def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
+    """Candidate positions `[2, P, K, C]` as the original's competition compares them: in its
+    1-based frame, `(centre + 1) + offset`.
+
+    Only their order matters, but candidates of different nodes often tie exactly (integer
+    centres in the first iteration), and which one wins a tie depends on this rounding.
+    Computed once behind an optimisation barrier so every comparison sees the same values.
+    """
+    one_based = (center + 1)[:, None] + offsets[None]
+    return jax.lax.optimization_barrier(one_based)
+
+
+def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
+    """`estep.competing_mass` with candidates compared as the original compares them: by
+    squared distance, in float64 whatever the compute dtype. Integer centres make many of
+    those comparisons ties in exact arithmetic (a candidate on the edge of another node's
+    box, or halfway between two of its candidates), and the original's float64 rounding
+    decides them. float32 rounding decides some of them the other way (30 of the 1152
+    competing masses of `small`'s top layer in its first iteration, off by up to 38 %),
+    which sends the whole fit elsewhere."""
+    with jax.enable_x64(True):
+        positions = competition_positions(inference.center.astype(jnp.float64),
+                                          nodes.exact_offsets)
+        return competition(positions, nodes.prior_axis, inference.scale, exact=True,
+                           filters=filters)
+
+
+def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau_rate: float):
+    """`estep.statistics` rounded as the original rounds it: every product before it is
+    added, `tau` from the sums over candidates, averaged over nodes in its order
+    (`c * K + k`), the position in its 1-based frame."""
+    num = nodes.offsets.shape[0]
+    prior, scale = nodes.prior_axis, inference.scale
+    per_node = functools.reduce(jnp.add, [rounded(prior[j // num] * prior[j % num] * scale)
+                                          for j in range(num * num)])
+    tau = tau_rate * in_order_mean(per_node.T.reshape(-1))
+    step = divide(nodes.offsets, nodes.sigma * nodes.sigma)
+    return accumulate(inference, nodes, competing, tau, step, rounded, shifted)

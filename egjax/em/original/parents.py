@@ -1,0 +1,124 @@
+"""Parents as `getCurDistribution.m` computes them: its quirks (the edge cut with the child's
+S from the top/left side only, positions in its 1-based frame, pixel deviations with a
+per-layer constant) and its arithmetic (sums in its order, products rounded, glibc's `exp`)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from egjax.config import LayerConfig
+from egjax.em import parents
+from egjax.em.original.glibc_exp import exp_as_original
+from egjax.em.original.ieee import divide, in_order_mean, in_order_sum, rounded
+from egjax.em.reduce import Images, all_images
+
+
+def variance(x: jnp.ndarray) -> jnp.ndarray:
+    """The variances as the cut orders them. In float32, rounded to 16 significant bits, so
+    that values equal in exact arithmetic, which float32 rounds apart, compare equal and the
+    stable sort takes them in index order as the original's float64 sort does: nodes whose
+    positions form the same pattern up to a shift have equal variances; on `small` two of
+    them sit on either side of the cut."""
+    if x.dtype != jnp.float32:
+        return x
+    mantissa, exponent = jnp.frexp(x)
+    return jnp.ldexp(jnp.round(mantissa * 2**16) / 2**16, exponent)
+
+
+def near_edge(mean: jnp.ndarray, child: LayerConfig, parent: LayerConfig) -> jnp.ndarray:
+    """`parents.near_edge` as the original tests it: with the child's S, in its 1-based
+    frame, so that only the top and left borders count."""
+    size = child.map_size
+    margin = jnp.min(size / 2 - jnp.abs(size / 2 - (mean + 1)), axis=-1)
+    return margin < size * parents.EDGE_FRACTION
+
+
+def deviation(pos: jnp.ndarray, num_images: int, images: Images | None) -> jnp.ndarray:
+    """`parents.deviation` as the original: 1-based positions, their mean added image by
+    image."""
+    chosen = pos + 1
+    mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, images), 0, 1))
+    return chosen - mean[:, None]
+
+
+def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
+    """Deviations in cells -> pixels, mapped as if they were 1-based cells
+    (`center + (d - 1) * stride`, `x2p_.m`), which adds a per-layer constant."""
+    return (cfg.center + 1) + (deviation - 1) * cfg.stride
+
+
+def select(child_pos, child_best, cands: parents.Candidates, top_n: int, child: LayerConfig,
+           parent: LayerConfig, num_images: int, images: Images | None,
+           block: int | None = 256) -> jnp.ndarray:
+    """`parents.select` as `getCurDistribution.m` computes it, operation by operation:
+    deviations from in-order means, `D` from pixel differences, its mean over all candidates
+    and images added in MATLAB's column order, and the affinity added image by image with
+    each product rounded, `exp` as glibc's in float64. These roundings decide near-ties: fed
+    the original's own inputs of `medium`'s layer 3, second iteration, the mean summed in
+    NumPy's pairwise order changes 45 of the 640 parent sets, NumPy's `exp` for glibc's 2.
+    Images one at a time, every device taking all of them (the original's sums are
+    sequential)."""
+    child_best = all_images(child_best, 0, images)
+    pos = all_images(child_pos, 0, images) + 1                              # 1-based, [N, 2, V]
+    num_nodes = pos.shape[-1]
+    block = min(block or num_nodes, num_nodes)
+    a = pixel_deviation(pos - in_order_mean(pos), child)
+    b = pixel_deviation(all_images(cands.deviation, 1, images), parent)     # [M, N, 2]
+    b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
+
+    def one_block(i, affinity):
+        start = jnp.minimum(i * block, num_nodes - block)
+        dev = jax.lax.dynamic_slice_in_dim(a, start, block, 2)              # [N, 2, B]
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)    # [N, B]
+        d_h = rounded((dev[:, 0, None, :] - b_h[..., None]) ** 2)           # [N, M, B]
+        d_w = rounded((dev[:, 1, None, :] - b_w[..., None]) ** 2)
+        squared = d_h + d_w
+        mean = in_order_mean(squared.reshape(-1, block))                    # [B]
+
+        def add(total, inputs):
+            sq, weight = inputs
+            return total + rounded(exp_as_original(divide(-sq, 2 * mean)) * weight), None
+
+        zeros = jnp.zeros(squared.shape[1:], squared.dtype)
+        total = jax.lax.scan(add, zeros, (squared, best))[0]                 # [M, B]
+        return jax.lax.dynamic_update_slice_in_dim(affinity, total.T, start, 0)
+
+    affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
+                                 jnp.zeros((num_nodes, b.shape[0]), b.dtype))
+    affinity = jnp.where(cands.valid, affinity, -jnp.inf)
+    return jax.lax.top_k(affinity, top_n)[1]
+
+
+# `parents.prior_weights` with each child's weights added in rank order.
+prior_weights = functools.partial(parents.prior_weights, add=lambda w: in_order_sum(w.T))
+
+
+def shift_and_scale(weights: parents.PriorWeights, deviation: jnp.ndarray,
+                    scale_to_child: float):
+    """`parents.shift_and_scale` as `getCurDistribution.m` computes it (in the parent's
+    cells: `scale_to_child` is 1): parent by parent in rank order, each product rounded,
+    `lambda` a running product of one `exp(.) / s_u` per parent (glibc's `exp` in float64)."""
+    top_n = weights.parents.shape[-1]
+    variance = weights.deform**2                                            # [V, T]
+    weight = (1 / top_n) / variance
+    dev = jnp.moveaxis(deviation[weights.parents], 1, 0)                    # [T, V, n, 2]
+
+    def add_shift(total, inputs):
+        dev_u, weight_u = inputs
+        return total + rounded(dev_u * weight_u[:, None, None]), None
+
+    shift = jax.lax.scan(add_shift, jnp.zeros_like(dev[0]), (dev, weight.T))[0]
+    shift = divide(shift, weights.total[:, None, None])
+
+    def multiply_scale(scale, inputs):
+        dev_u, variance_u, deform_u = inputs
+        apart = rounded((shift - dev_u) ** 2)
+        exponent = divide(-(apart[..., 0] + apart[..., 1]), (2 * top_n) * variance_u[:, None])
+        return divide(scale * exp_as_original(exponent), deform_u[:, None]), None
+
+    scale = jax.lax.scan(multiply_scale, jnp.ones(shift.shape[:2], shift.dtype),
+                         (dev, variance.T, weights.deform.T))[0]
+    return shift, scale * weights.sigma[:, None]
