@@ -11,11 +11,11 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em.batching import masked_sum, scan_chunks
-from egjax.em.competition import competition
+from egjax.em.competition import LATTICE, competition
 from egjax.em.estep import Inference, infer, statistics
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
-from egjax.em.original.estep import competition_positions, evidence_in_order
+from egjax.em.original.estep import EXACT, competition_positions, evidence_in_order
 from egjax.em.original.rules import ORIGINAL
 from egjax.em.rules import FIXED
 from egjax.em.windows import as_maps
@@ -82,7 +82,7 @@ def test_lone_node_competition_is_its_own_prior():
     coord = jnp.array([[[3.0, 20.0]], [[3.0, 20.0]]])          # [2, K=1, C=2]: one per filter
     node_q = layer_lib.nodes(coord, jnp.full((1, 2), 1.0), jnp.full((1, 2), 0.8), setup_for())
     positions = competition_positions(coord, node_q.offsets)
-    competing = competition(positions, node_q.prior_axis, jnp.ones((1, 2)), exact=True)
+    competing = competition(positions, node_q.prior_axis, jnp.ones((1, 2)), EXACT)
     along_h = jnp.tile(node_q.prior_axis, (6, 1, 1))
     along_w = jnp.repeat(node_q.prior_axis, 6, axis=0)
     np.testing.assert_allclose(competing, along_w * along_h, rtol=1e-6)
@@ -117,7 +117,8 @@ def test_competition_matches_a_brute_force_nearest_candidate_search(exact, filte
                              setup_for())
     scale = jnp.asarray(rng.uniform(0.5, 2, (k, c)))
     positions = np.asarray(competition_positions(coord, node_q.offsets))
-    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale, exact,
+    got = np.asarray(competition(jnp.asarray(positions), node_q.prior_axis, scale,
+                                 EXACT if exact else LATTICE,
                                  filters=filters))
     expected = brute_force_competition(positions, np.asarray(node_q.prior_axis),
                                        np.asarray(scale))
@@ -292,7 +293,8 @@ def test_m_step_leaves_a_node_on_a_symmetric_blob_in_place():
     inference = infer(image, node_q, jnp.zeros((2, 1, 1)), jnp.ones((1, 1)))
     positions = competition_positions(inference.center, node_q.offsets)
     stats = statistics(inference, node_q,
-                       competition(positions, node_q.prior_axis, jnp.ones((1, 1)), False), 0.1)
+                       competition(positions, node_q.prior_axis, jnp.ones((1, 1)), LATTICE),
+                       0.1)
     np.testing.assert_allclose(stats.gradient, 0, atol=1e-6)
     # the inferred position is one of the four candidates next to the centre
     assert np.all(np.abs(np.asarray(stats.pos[:, 0, 0]) - 5) <= 1 / 3 + 1e-6)

@@ -13,38 +13,47 @@ across filters.
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from egjax.em.original.ieee import rounded
+
+class Comparison(NamedTuple):
+    """How `competition` compares and adds: `closer(t, g)` -> `[P - 1]` masks, whether u's
+    candidate i + 1 is nearer to target `t [1, B, P, C]` than its candidate i (`g [U, 1, P, C]`
+    u's candidates); `keep(term)` each term before it is added."""
+
+    closer: Callable
+    keep: Callable
+
+
+def _between_midpoints(t: jnp.ndarray, g: jnp.ndarray) -> list[jnp.ndarray]:
+    """The target compared with the midpoints of u's grid as
+    `2 (P - 1) (t - first) > (2i + 1) span`, which is exact for positions on the integer
+    lattice of `estep.lattice_positions`, so that exact ties go to the lower index."""
+    num = g.shape[2]
+    first, last = g[:, :, :1], g[:, :, -1:]
+    along = 2 * (num - 1) * (t - first)
+    return [along > (2 * i + 1) * (last - first) for i in range(num - 1)]
+
+
+LATTICE = Comparison(_between_midpoints, lambda term: term)
 
 
 def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
-                 exact: bool) -> jnp.ndarray:
+                 compare: Comparison) -> jnp.ndarray:
     """`[U, B, P, C]`: u's prior factor along one axis at its candidate nearest to each of
     B nodes' candidates, zero where the target lies outside u's candidate range.
 
     `target [B, P, C]` candidate positions of B target nodes, `grid [U, P, C]` those of the
-    competing nodes, `prior [U, P, C]` their per-axis prior factor per candidate. Nearest:
-    the lower index on a tie. `exact` compares squared distances to neighbouring candidates,
-    as the original does, so that exact ties go the same way (the original compares the sums
-    over both axes, which can round away a one-ulp difference along one axis; that has not
-    decided any of the reference runs); else the target is compared with the midpoints of
-    u's grid as `2 (P - 1) (t - first) > (2i + 1) span`, which is exact for positions on the
-    integer lattice of `lattice_positions`, so that exact ties go to the lower index.
+    competing nodes, `prior [U, P, C]` their per-axis prior factor per candidate. Nearest
+    (`compare.closer`): the lower index on a tie.
     """
-    num = grid.shape[1]
     t = target[None]                                  # [1, B, P, C]
     g = grid[:, None]                                 # [U, 1, P, C]
     first, last = g[:, :, :1], g[:, :, -1:]
-    if exact:
-        steps = [(t - g[:, :, i + 1:i + 2]) ** 2 < (t - g[:, :, i:i + 1]) ** 2
-                 for i in range(num - 1)]
-    else:
-        along = 2 * (num - 1) * (t - first)
-        span = last - first
-        steps = [along > (2 * i + 1) * span for i in range(num - 1)]
+    steps = compare.closer(t, g)
     factor = jnp.broadcast_to(prior[:, None, 0:1], (g.shape[0],) + t.shape[1:])
     for i, closer in enumerate(steps):
         factor = jnp.where(closer, prior[:, None, i + 1:i + 2], factor)
@@ -52,7 +61,7 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 
 
 def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
-                exact: bool, block: int = 8, unroll: int = 4,
+                compare: Comparison, block: int = 8, unroll: int = 4,
                 filters: int | None = 128) -> jnp.ndarray:
     """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
 
@@ -67,13 +76,13 @@ def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndar
     c = positions.shape[-1]
     filters = _divisor_at_most(c, filters or c)
     if filters == c:
-        return _competition(positions, prior_axis, scale, exact, block, unroll)
+        return _competition(positions, prior_axis, scale, compare, block, unroll)
     groups = c // filters
 
     def split(x):   # [..., C] -> [G, ..., F]
         return jnp.moveaxis(x.reshape(x.shape[:-1] + (groups, filters)), -2, 0)
 
-    out = jax.lax.map(lambda args: _competition(*args, exact, block, unroll),
+    out = jax.lax.map(lambda args: _competition(*args, compare, block, unroll),
                       (split(positions), split(prior_axis), split(scale)))    # [G, J, K, F]
     return jnp.moveaxis(out, 0, -2).reshape(out.shape[1:3] + (c,))
 
@@ -82,7 +91,7 @@ def _divisor_at_most(n: int, limit: int) -> int:
     return max(size for size in range(1, min(limit, n) + 1) if n % size == 0)
 
 
-def _competition(positions, prior_axis, scale, exact, block, unroll):
+def _competition(positions, prior_axis, scale, compare, block, unroll):
     """`competition` of all the filters given at once."""
     _, p, k, c = positions.shape
     block = _divisor_at_most(k, block)
@@ -91,14 +100,12 @@ def _competition(positions, prior_axis, scale, exact, block, unroll):
     targets = pos.reshape(k // block, block, 2, p, c)
 
     def one_block(target):                                       # [B, 2, P, C]
-        along_h = _axis_factor(target[:, 0], pos[:, 0], prior, exact)      # [U, B, Ph, C]
-        along_w = _axis_factor(target[:, 1], pos[:, 1], prior, exact)      # [U, B, Pw, C]
+        along_h = _axis_factor(target[:, 0], pos[:, 0], prior, compare)    # [U, B, Ph, C]
+        along_w = _axis_factor(target[:, 1], pos[:, 1], prior, compare)    # [U, B, Pw, C]
 
         def add(u, total):   # u's prior at its nearest candidate, (N_w N_h) lambda, in order
             term = along_w[u][:, :, None, :] * along_h[u][:, None, :, :] * scale[u]
-            if exact:   # round the term before adding it, as the original (no fused multiply-add)
-                term = rounded(term)
-            return total + term
+            return total + compare.keep(term)
 
         zeros = jnp.zeros((block, p, p, c), prior.dtype)
         return jax.lax.fori_loop(0, k, add, zeros, unroll=math.gcd(unroll, k))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.competition import competition
+from egjax.em.competition import LATTICE, competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.windows import Maps, window_values
@@ -140,8 +140,7 @@ def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128
     candidates compared on the lattice of `lattice_positions`; `filters` per group
     (`competition`)."""
     positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
-    return competition(positions, nodes.prior_axis, inference.scale, exact=False,
-                       filters=filters)
+    return competition(positions, nodes.prior_axis, inference.scale, LATTICE, filters=filters)
 
 
 def index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.competition import competition
+from egjax.em.competition import Comparison, competition
 from egjax.em.estep import Inference, Nodes, accumulate, infer_at
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table
@@ -99,8 +99,20 @@ def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128
     with jax.enable_x64(True):
         positions = competition_positions(inference.center.astype(jnp.float64),
                                           nodes.exact_offsets)
-        return competition(positions, nodes.prior_axis, inference.scale, exact=True,
-                           filters=filters)
+        return competition(positions, nodes.prior_axis, inference.scale, EXACT, filters=filters)
+
+
+def _by_distance(t: jnp.ndarray, g: jnp.ndarray) -> list[jnp.ndarray]:
+    """Squared distances to neighbouring candidates compared, as the original does, so that
+    exact ties go the same way (the original compares the sums over both axes, which can
+    round away a one-ulp difference along one axis; that has not decided any of the
+    reference runs)."""
+    return [(t - g[:, :, i + 1:i + 2]) ** 2 < (t - g[:, :, i:i + 1]) ** 2
+            for i in range(g.shape[2] - 1)]
+
+
+# The original's comparisons, each term rounded before it is added (no fused multiply-add).
+EXACT = Comparison(_by_distance, rounded)
 
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau_rate: float):
