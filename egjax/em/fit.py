@@ -202,7 +202,8 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     slots, candidates = 0, None
     if parent is not None:
         slots = _candidate_slots(parent, cfg, rules)
-        candidates = _candidate_list(parent.score, parent.pos, slots, cfg, parent.config, rules)
+        candidates = parents_lib.candidate_list(parent.score, parent.pos, slots, cfg,
+                                                parent.config, rules)
     if init is None:
         init = random_init(key, cfg, c, dtype)
     coord, deform = layout.params_in(np.asarray(init["coord"], dtype),
@@ -224,10 +225,6 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
                 inputs.as_sharded(maps, mesh, images, dtype),
                 inputs.as_sharded(flipped_maps, mesh, images, dtype), parent)
     return LayerCall(function, args, candidates)
-
-
-_candidate_list = jax.jit(parents_lib.candidate_list,
-                          static_argnames=("slots", "child", "parent", "rules"))
 
 
 _records_out = jax.jit(layout.records_out)

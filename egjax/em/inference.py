@@ -233,13 +233,9 @@ def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
         raise ValueError("a layer without its candidate parents needs the records of the "
                          "layer above")
     slots = parents_lib.candidate_slots(upper.num_nodes, fitted.config.top_m)
-    index, mean = _candidate_list(upper.score, upper.pos, slots, fitted.config, upper.config,
-                                  FIXED)
+    index, mean = parents_lib.candidate_list(upper.score, upper.pos, slots, fitted.config,
+                                             upper.config, FIXED)
     return dataclasses.replace(fitted, candidates=index, candidate_mean=mean)
-
-
-_candidate_list = jax.jit(parents_lib.candidate_list,
-                          static_argnames=("slots", "child", "parent", "rules"))
 
 
 def with_candidates(graph: ExplanatoryGraph) -> ExplanatoryGraph:

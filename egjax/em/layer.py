@@ -8,8 +8,7 @@ Implements the per-layer loop of `learn_explanatoryGraph.m` with its `updateMode
 from __future__ import annotations
 
 import dataclasses
-import typing
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,9 @@ from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, image_mean, real
 from egjax.em.schedule import CPU, Schedule
+
+if TYPE_CHECKING:   # egjax.em.rules imports this module
+    from egjax.em.rules import Rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +42,7 @@ class Setup:
     cfg: LayerConfig
     parent: LayerConfig | None
     flips: bool
-    rules: typing.Any
+    rules: Rules
     num_images: int
     slots: int = 0
     images: Images | None = None
@@ -240,13 +242,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
         chunk_sum, kept = rules.per_chunk(summed, valid)
         return chunk_sum, (recorded, kept)
 
-    inputs = {"maps": data.maps}
-    if data.mirrored is not None:
-        inputs["mirrored"] = data.mirrored
-    if data.flip is not None:
-        inputs["flip"] = data.flip
-    if not top:
-        inputs["deviation"] = jnp.swapaxes(data.candidates.deviation, 0, 1)   # [N, M, 2]
+    inputs = _given(maps=data.maps, mirrored=data.mirrored, flip=data.flip,
+                    deviation=None if top else jnp.swapaxes(data.candidates.deviation, 0, 1))
     if setup.images is not None:
         inputs["real"] = real(jnp.ones(n, bool), 0, setup.images)
     # The new records overwrite the previous ones, which the parent selection has read.
@@ -365,11 +362,10 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
                               inputs.get("flip", jnp.zeros((n,), bool)), shift, scale,
                               batch=setup.schedule.images)
 
-    inputs = {"maps": maps}
-    if mirrored is not None:
-        inputs["mirrored"] = mirrored
-    if flip is not None:
-        inputs["flip"] = flip
-    if deviation is not None:
-        inputs["deviation"] = deviation
+    inputs = _given(maps=maps, mirrored=mirrored, flip=flip, deviation=deviation)
     return scan_chunks(one_chunk, inputs, setup.chunk)[1]
+
+
+def _given(**arrays) -> dict:
+    """The per-image inputs of `scan_chunks` (`[N, ...]` each) that are not None."""
+    return {name: x for name, x in arrays.items() if x is not None}

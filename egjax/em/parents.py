@@ -9,6 +9,7 @@ mean positions shift and scale each child's spatial prior in every image.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -95,6 +96,7 @@ def _first_survivors(score, pos, slots, child, parent, rules, num_images, images
     return order[first_kept], kept[first_kept]
 
 
+@functools.partial(jax.jit, static_argnames=("slots", "child", "parent", "rules"))
 def candidate_list(score: jnp.ndarray, pos: jnp.ndarray, slots: int, child: LayerConfig,
                    parent: LayerConfig, rules) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The model's summary of the candidates (`LayerFit.candidates`, `candidate_mean`) from
