@@ -52,24 +52,14 @@ class Rules(NamedTuple):
     check_top_m: Callable
 
 
-def _same(x, *_):
-    return x
-
-
-def _nothing(*_):
-    return ()
-
-
-def _stride_ratio(child, parent) -> float:
-    return parent.stride / child.stride
-
-
 FIXED = Rules(
     nodes=estep.nodes, infer=estep.infer, competing_mass=estep.competing_mass,
-    statistics=estep.statistics, per_chunk=layer.per_chunk, kept_into=_nothing,
+    statistics=estep.statistics, per_chunk=layer.per_chunk, kept_into=lambda state: (),
     image_sums=layer.image_sums, move=layer.move, score_mean=layer.score_mean,
     divide=jnp.divide, prior_weights=parents.prior_weights,
     shift_and_scale=parents.shift_and_scale, select=parents.select,
-    deviation=parents.deviation, scale_to_child=_stride_ratio, variance=_same,
-    near_edge=parents.near_edge, prefers_mirrored=layer.prefers_mirrored, alt_pos=_same,
-    check_top_m=_nothing)
+    deviation=parents.deviation,
+    scale_to_child=lambda child, parent: parent.stride / child.stride,
+    variance=lambda variance: variance, near_edge=parents.near_edge,
+    prefers_mirrored=layer.prefers_mirrored, alt_pos=lambda alt_pos, pos: alt_pos,
+    check_top_m=lambda top_m, available, message: None)
