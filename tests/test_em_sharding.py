@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import json, os, re, sys
     import jax
     jax.config.update("jax_enable_x64", os.environ["COMPAT"] == "original")
     import numpy as np
@@ -29,6 +29,18 @@ SCRIPT = textwrap.dedent("""
                        ("coord", "deform", "parents", "score", "pos", "flip")}
                       for l in graph.layers]
         fits[name + "_sharding"] = str(graph.layers[0].score.sharding)
+    # The lower layer's compiled fit (cached): the elements of its largest collective.
+    from egjax.em import fit as fit_lib
+    call = fit_lib.layer_call(maps[0], GRAPH.layers[0], jax.random.key(0), flipped[0],
+                              graph.layers[1], None, os.environ["COMPAT"], 8)
+    hlo = call.function.lower(*call.args).compile().as_text()
+    fits["largest_collective"] = max(
+        [sum(int(np.prod([int(d) for d in dims.split(",") if d]))
+             for dims in re.findall(r"\w+\[([\d,]*)\]", line.split(op + "(")[0]))
+         for line in hlo.splitlines()
+         for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")
+         if f" {op}(" in line] + [0])
+    fits["record_elements"] = int(np.size(graph.layers[0].score))
     print(json.dumps(fits))
 """)
 
@@ -42,6 +54,8 @@ def test_eight_devices_fit_like_one(compat):
     assert run.returncode == 0, run.stderr[-3000:]
     fits = json.loads(run.stdout.strip().splitlines()[-1])
     assert "images" in fits["eight_sharding"]
+    if compat == "fixed":   # no device gathers a layer's records (16 images: none padded)
+        assert 0 < fits["largest_collective"] < fits["record_elements"], fits
     for one, eight in zip(fits["one"], fits["eight"]):
         if compat == "original":   # float64, every sum over images added in image order
             for field in ("coord", "deform", "score", "pos", "parents", "flip"):

@@ -133,6 +133,32 @@ def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
 
 
+def image_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
+    """Per-image `x` in `images`' slots along `axis` -> image order (padding dropped): the
+    processes' blocks cut to their shares and interleaved (image i = q*P + p, `Images`)."""
+    shape = x.shape[:axis] + (images.num_images,) + x.shape[axis + 1:]
+    per_process = -(-images.num_images // images.processes)
+    x = x.reshape(x.shape[:axis] + (images.processes, images.block) + x.shape[axis + 1:])
+    x = jax.lax.slice_in_dim(x, 0, per_process, axis=axis + 1)
+    x = jnp.swapaxes(x, axis, axis + 1).reshape(
+        x.shape[:axis] + (per_process * images.processes,) + x.shape[axis + 2:])
+    return jax.lax.slice_in_dim(x, 0, images.num_images, axis=axis).reshape(shape)
+
+
+def slot_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
+    """Per-image `x` in image order along `axis` -> `images`' slots (padding 0): the inverse
+    of `image_order`."""
+    per_process = -(-images.num_images // images.processes)
+
+    def pad(a, to, at):
+        return jnp.pad(a, [(0, to - a.shape[at]) if d == at else (0, 0) for d in range(a.ndim)])
+
+    x = pad(x, per_process * images.processes, axis)
+    x = x.reshape(x.shape[:axis] + (per_process, images.processes) + x.shape[axis + 1:])
+    x = pad(jnp.swapaxes(x, axis, axis + 1), images.block, axis + 1)
+    return x.reshape(x.shape[:axis] + (images.slots,) + x.shape[axis + 2:])
+
+
 def _maps_spec(quantized: bool):
     return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
 
@@ -153,21 +179,19 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
                 parent_spec)
     fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                         check_vma=False)
-    at_slot = jnp.asarray(images.image_at_slot())
-    slot_of = jnp.asarray(images.slot_of_image())
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
         records_type(*[record_sharding(mesh, images)] * len(records_type._fields)),)
 
     def run(coord, deform, maps, flipped, upper):
-        if upper is not None:   # image order -> slots (padding 0)
+        if upper is not None:
             def to_slots(x, axis):
-                return jnp.take(x, at_slot, axis=axis, mode="fill", fill_value=0)
+                return slot_order(x, images, axis)
             upper = LayerFit(coord=upper.coord, deform=upper.deform, parents=upper.parents,
                              score=to_slots(upper.score, 1), pos=to_slots(upper.pos, 1),
                              flip=to_slots(upper.flip, 0), alt_score=to_slots(upper.alt_score, 1),
                              alt_pos=to_slots(upper.alt_pos, 1), config=upper.config)
         coord, deform, parents, rec = fit(coord, deform, maps, flipped, upper)
-        rec = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0), rec)   # slots -> images
+        rec = jax.tree.map(lambda x: image_order(x, images), rec)
         return coord, deform, parents, rec
 
     return jax.jit(run, out_shardings=out_shardings)
