@@ -94,6 +94,22 @@ PADDED = textwrap.dedent("""
             out[compat + name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
                                    ("coord", "deform", "parents", "score", "pos", "flip")}
                                   for l in graph.layers]
+    # Image order <-> the slots of 4 processes x 2 devices (laid out as if): 24 images, each
+    # device sends the others their rows (an all-to-all), none gathers all.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from egjax.em import sharding
+    from egjax.em.reduce import Images
+    mesh, layout = sharding.image_mesh(None), Images(sharding.AXIS, 24, 4, 6)
+    x = np.arange(24 * 3.0).reshape(3, 24)
+    slots = np.zeros((3, 24)); slots[:, [(i % 4) * 6 + i // 4 for i in range(24)]] = x
+    split = NamedSharding(mesh, P(None, sharding.AXIS))
+    to_images = jax.jit(lambda a: sharding.image_order(a, layout, 1, mesh), out_shardings=split)
+    to_slots = jax.jit(lambda a: sharding.slot_order(a, layout, 1, mesh), out_shardings=split)
+    out["moved"] = [bool(np.array_equal(to_images(jax.device_put(slots, split)), x)),
+                    bool(np.array_equal(to_slots(jax.device_put(x, split)), slots))]
+    out["move_collectives"] = sorted({op for line in to_images.lower(slots).compile().as_text()
+                                      .splitlines() for op in ("all-gather", "all-reduce",
+                                      "all-to-all", "collective-permute") if f" {op}(" in line})
     print(json.dumps(out))
 """)
 
@@ -107,6 +123,7 @@ def test_hundred_images_use_all_eight_devices():
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["moved"] == [True, True] and out["move_collectives"] == ["all-to-all"], out
     for compat in ("original",):
         assert out[compat + "_devices"] == list(range(8))
         assert out[compat + "_shards"] == [13]

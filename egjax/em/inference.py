@@ -148,7 +148,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
                                                       prior, cfg.iterations, setup)
         norm = jnp.mean(score)
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
-        slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images),
+        slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
                                                  (flip, deviation))
         split, whole = jax.sharding.PartitionSpec(sharding.AXIS), jax.sharding.PartitionSpec()
         args = (plain, mirrored, slot_flip, slot_deviation, node_q, prior)
@@ -157,7 +157,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         score, pos, new_flip, norm = jax.shard_map(
             per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
-        score, pos, new_flip = jax.tree.map(lambda x: sharding.image_order(x, images),
+        score, pos, new_flip = jax.tree.map(lambda x: sharding.image_order(x, images, 0, mesh),
                                             (score, pos, new_flip))
     flip = new_flip if upper is None else flip
     out = layout.records_out(score / norm), layout.records_out(pos), flip

@@ -133,9 +133,14 @@ def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
 
 
-def image_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
+def image_order(x: jnp.ndarray, images: Images, axis: int = 0,
+                mesh: Mesh | None = None) -> jnp.ndarray:
     """Per-image `x` in `images`' slots along `axis` -> image order (padding dropped): the
-    processes' blocks cut to their shares and interleaved (image i = q*P + p, `Images`)."""
+    processes' blocks cut to their shares and interleaved (image i = q*P + p, `Images`).
+    With `mesh` (its images split over `mesh`), where the images of several processes
+    divide by its device count, moved device to device (`_exchange`)."""
+    if _exchanges(images, mesh):
+        return _exchange(x, mesh, images.slot_of_image(), axis)
     shape = x.shape[:axis] + (images.num_images,) + x.shape[axis + 1:]
     per_process = -(-images.num_images // images.processes)
     x = x.reshape(x.shape[:axis] + (images.processes, images.block) + x.shape[axis + 1:])
@@ -145,9 +150,12 @@ def image_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
     return jax.lax.slice_in_dim(x, 0, images.num_images, axis=axis).reshape(shape)
 
 
-def slot_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
+def slot_order(x: jnp.ndarray, images: Images, axis: int = 0,
+               mesh: Mesh | None = None) -> jnp.ndarray:
     """Per-image `x` in image order along `axis` -> `images`' slots (padding 0): the inverse
     of `image_order`."""
+    if _exchanges(images, mesh):
+        return _exchange(x, mesh, images.image_at_slot(), axis)
     per_process = -(-images.num_images // images.processes)
 
     def pad(a, to, at):
@@ -157,6 +165,46 @@ def slot_order(x: jnp.ndarray, images: Images, axis: int = 0) -> jnp.ndarray:
     x = x.reshape(x.shape[:axis] + (per_process, images.processes) + x.shape[axis + 1:])
     x = pad(jnp.swapaxes(x, axis, axis + 1), images.block, axis + 1)
     return x.reshape(x.shape[:axis] + (images.slots,) + x.shape[axis + 2:])
+
+
+def _exchanges(images: Images, mesh: Mesh | None) -> bool:
+    """Whether the move between image order and the slots goes device to device: several
+    processes' images, split evenly in both orders (else XLA may gather the whole array,
+    and an image order that does not divide is replicated anyway)."""
+    return (mesh is not None and images.processes > 1
+            and images.num_images % mesh.devices.size == 0)
+
+
+def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.ndarray:
+    """`out[j] = x[source[j]]` along `axis` (0 where `source[j]` is out of range), both
+    split evenly over `mesh`: each device sends every other device the rows it needs, in
+    one padded `all_to_all` (chunks of the largest count), so no device holds more than
+    its rows and that padding."""
+    devices, n_in, n_out = mesh.devices.size, x.shape[axis], len(source)
+    rows_in, rows_out = n_in // devices, n_out // devices
+    target = np.flatnonzero(source < n_in)
+    src, dst = source[target] // rows_in, target // rows_out
+    pair = src * devices + dst
+    order = np.lexsort((target, pair))
+    rank = np.arange(len(order)) - np.searchsorted(pair[order], pair[order])
+    chunk = max(1, int(np.bincount(pair, minlength=devices * devices).max(initial=0)))
+    send = np.zeros((devices, devices, chunk), np.int32)   # [from, to, c]: local row sent
+    send[src[order], dst[order], rank] = source[target][order] % rows_in
+    receive = np.full((devices, rows_out), devices * chunk, np.int32)   # [to, row]: from * chunk + c
+    receive[dst[order], target[order] % rows_out] = src[order] * chunk + rank
+    send, receive = jnp.asarray(send), jnp.asarray(receive)
+
+    def move(local):
+        me = jax.lax.axis_index(AXIS)
+        out = jnp.take(local, send[me].reshape(-1), axis=0).reshape(
+            (devices, chunk) + local.shape[1:])
+        out = jax.lax.all_to_all(out, AXIS, 0, 0).reshape((devices * chunk,) + local.shape[1:])
+        return jnp.take(out, receive[me], axis=0, mode="fill", fill_value=0)
+
+    x = jnp.moveaxis(x, axis, 0)
+    out = jax.shard_map(move, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+                        check_vma=False)(x)
+    return jnp.moveaxis(out, 0, axis)
 
 
 def _maps_spec(quantized: bool):
@@ -185,13 +233,13 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     def run(coord, deform, maps, flipped, upper):
         if upper is not None:
             def to_slots(x, axis):
-                return slot_order(x, images, axis)
+                return slot_order(x, images, axis, mesh)
             upper = LayerFit(coord=upper.coord, deform=upper.deform, parents=upper.parents,
                              score=to_slots(upper.score, 1), pos=to_slots(upper.pos, 1),
                              flip=to_slots(upper.flip, 0), alt_score=to_slots(upper.alt_score, 1),
                              alt_pos=to_slots(upper.alt_pos, 1), config=upper.config)
         coord, deform, parents, rec = fit(coord, deform, maps, flipped, upper)
-        rec = jax.tree.map(lambda x: image_order(x, images), rec)
+        rec = jax.tree.map(lambda x: image_order(x, images, 0, mesh), rec)
         return coord, deform, parents, rec
 
     return jax.jit(run, out_shardings=out_shardings)
