@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
         graph = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                                 devices=devices, compat=os.environ["COMPAT"])
         fits[name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
-                       ("coord", "deform", "parents", "score", "pos", "flip")}
+                       ("coord", "deform", "parents", "score", "pos", "flip", "candidate_mean")}
                       for l in graph.layers]
         fits[name + "_sharding"] = str(graph.layers[0].score.sharding)
     # The lower layer's compiled fit (cached): the elements of its largest collective.
@@ -58,7 +58,7 @@ def test_eight_devices_fit_like_one(compat):
         assert 0 < fits["largest_collective"] < fits["record_elements"], fits
     for one, eight in zip(fits["one"], fits["eight"]):
         if compat == "original":   # float64, every sum over images added in image order
-            for field in ("coord", "deform", "score", "pos", "parents", "flip"):
+            for field in ("coord", "deform", "score", "pos", "parents", "flip", "candidate_mean"):
                 np.testing.assert_array_equal(eight[field], one[field], err_msg=field)
             continue
         for field in ("coord", "deform", "score", "pos"):

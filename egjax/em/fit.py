@@ -198,9 +198,10 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     dtype = inputs.compute_dtype()
     n, _, _, c = inputs.map_shape(maps)
     slots, candidates = 0, None
-    if parent is not None:
-        slots = _candidate_slots(parent, cfg, original)
-        candidates = _candidate_list(parent.score, parent.pos, slots, cfg, parent.config,
+    if parent is not None:   # original: sums over the images as one device adds them
+        upper = sharding.whole_records(parent) if original else parent
+        slots = _candidate_slots(upper, cfg, original)
+        candidates = _candidate_list(upper.score, upper.pos, slots, cfg, parent.config,
                                      original)
     if init is None:
         init = random_init(key, cfg, c, dtype)

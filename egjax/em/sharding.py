@@ -16,6 +16,7 @@ else replicated on the devices; no host gathers them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -205,6 +206,20 @@ def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.
     out = jax.shard_map(move, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
                         check_vma=False)(x)
     return jnp.moveaxis(out, 0, axis)
+
+
+def whole_records(layer: LayerFit) -> LayerFit:
+    """`layer` with its `score` and `pos` whole on each of their devices where they are split
+    over the images: sums over the images (`fit._candidate_list`) are then added as one
+    device adds them, bit for bit (compat="original"); a transient copy, as the E-step's
+    sums in image order (`reduce.all_images`)."""
+    def whole(x):
+        split = x.sharding
+        if isinstance(split, NamedSharding) and not split.is_fully_replicated:
+            return jax.jit(lambda a: a, out_shardings=NamedSharding(split.mesh, P()))(x)
+        return x
+
+    return dataclasses.replace(layer, score=whole(layer.score), pos=whole(layer.pos))
 
 
 def _maps_spec(quantized: bool):
