@@ -88,7 +88,8 @@ WORKER = textwrap.dedent("""
                                                  batch_size=2, quiet=True,
                                                  across_processes=False)["conv5_3"]
         out["stats_count"] = stats.count
-        out["batched_equal"] = [batched.count == 7, bool(np.array_equal(batched.mean, ref_stats.mean)),
+        out["batched_equal"] = [batched.count == 7,
+                                 bool(np.array_equal(batched.mean, ref_stats.mean)),
                                  bool(np.array_equal(batched.sd, ref_stats.sd))]
         out["stats_sd"] = float(np.max(np.abs(stats.sd - ref_stats.sd) / np.maximum(ref_stats.sd, 1e-6)))
         ref_maps = features.extract_features(model, params, meta, images, ["conv5_3"],

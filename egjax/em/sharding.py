@@ -191,7 +191,8 @@ def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.
     chunk = max(1, int(np.bincount(pair, minlength=devices * devices).max(initial=0)))
     send = np.zeros((devices, devices, chunk), np.int32)   # [from, to, c]: local row sent
     send[src[order], dst[order], rank] = source[target][order] % rows_in
-    receive = np.full((devices, rows_out), devices * chunk, np.int32)   # [to, row]: from * chunk + c
+    # [to, row]: where the row lies in what `to` receives, from * chunk + c (none: filled 0)
+    receive = np.full((devices, rows_out), devices * chunk, np.int32)
     receive[dst[order], target[order] % rows_out] = src[order] * chunk + rank
     send, receive = jnp.asarray(send), jnp.asarray(receive)
 
