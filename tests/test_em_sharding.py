@@ -105,7 +105,8 @@ PADDED = textwrap.dedent("""
     split = NamedSharding(mesh, P(None, sharding.AXIS))
     to_images = jax.jit(lambda a: sharding.image_order(a, layout, 1, mesh), out_shardings=split)
     to_slots = jax.jit(lambda a: sharding.slot_order(a, layout, 1, mesh), out_shardings=split)
-    out["moved"] = [bool(np.array_equal(to_images(jax.device_put(slots, split)), x)),
+    slots = jax.device_put(slots, split)
+    out["moved"] = [bool(np.array_equal(to_images(slots), x)),
                     bool(np.array_equal(to_slots(jax.device_put(x, split)), slots))]
     out["move_collectives"] = sorted({op for line in to_images.lower(slots).compile().as_text()
                                       .splitlines() for op in ("all-gather", "all-reduce",
