@@ -268,43 +268,88 @@ def extract_features(model, params, meta: ModelMeta, images, taps: Sequence[str]
 
 def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[str], *,
                         batch_size: int = 32, quiet: bool = False,
-                        across_processes: bool = True) -> dict[str, NegativeStats]:
+                        across_processes: bool = True,
+                        same_images: bool = False) -> dict[str, NegativeStats]:
     """Per-element mean and sd (`sqrt(E[x^2] - E[x]^2)`, over images) of the raw maps at `taps`.
 
     Streams: each batch's mean and centred sum of squares are computed on the device (float32)
-    and merged on the host in float64 (Chan et al.'s parallel update), so nothing N-sized is
-    held and a constant element gets sd exactly 0 (`getRoughCNN.m`, `getAvgResponse`).
-    Under several processes (`egjax.distributed`) each passes its share of the negatives
-    and all get the statistics of all of them (merged in process order), unless
-    `across_processes=False` (this process's images only).
+    and merged on the host in float64, batch after batch (Chan et al.'s parallel update), so
+    nothing N-sized is held and a constant element gets sd exactly 0 (`getRoughCNN.m`,
+    `getAvgResponse`). Under several processes (`egjax.distributed`) each passes its share of
+    the negatives and all get the statistics of all of them (merged in process order), unless
+    `across_processes=False` (this process's images only); or, `same_images=True`, every
+    process passes all the negatives, computes every P-th batch (process p: batches p, p + P,
+    ...) and all merge every batch's moments in batch order: bit for bit the one-process
+    statistics.
     """
     taps = _check_setup(model, images, taps, batch_size)
     function = _moment_function(model, meta, taps)
     variables = _variables(model, params)
-    count, mean, m2 = 0, {}, {}
+    split = same_images and across_processes and jax.process_count() > 1
+    index, processes = (jax.process_index(), jax.process_count()) if split else (0, 1)
+    state, sizes, mine, shapes = (0, {}, {}), [], [], None
     total = images.shape[0] if _is_array(images) else None
     with Step(total, "negative statistics", "images", quiet=quiet) as bar:
-        for batch in _batches(images, batch_size):
+        for number, batch in enumerate(_batches(images, batch_size)):
             n = batch.shape[0]
-            moments = function(variables, _padded(batch, batch_size), jnp.int32(n))
-            for tap, (batch_mean, batch_m2) in moments.items():
-                batch_mean = np.asarray(batch_mean, np.float64)
-                batch_m2 = np.asarray(batch_m2, np.float64)
-                if count == 0:
-                    mean[tap], m2[tap] = batch_mean, batch_m2
-                    continue
-                delta = batch_mean - mean[tap]
-                merged = count + n
-                mean[tap] = mean[tap] + delta * (n / merged)
-                m2[tap] = m2[tap] + batch_m2 + delta**2 * (count * n / merged)
-            count += n
+            sizes.append(n)
+            if split and shapes is None:   # for a process that computes no batch
+                shapes = jax.eval_shape(function, variables, _padded(batch, batch_size),
+                                        jnp.int32(n))
+            if number % processes == index:
+                moments = function(variables, _padded(batch, batch_size), jnp.int32(n))
+                if split:   # kept (float32, as computed) until every batch is in
+                    mine.append(jax.device_get(moments))
+                else:
+                    state = _merge_batch(state, n, moments)
             bar.update(n)
-    if across_processes and jax.process_count() > 1:
+    if split and sizes:
+        for n, moments in zip(sizes, _batches_in_order(mine, len(sizes), shapes)):
+            state = _merge_batch(state, n, moments)
+    count, mean, m2 = state
+    if across_processes and not split and jax.process_count() > 1:
         count, mean, m2 = _merge_processes(count, mean, m2, taps)
     if count == 0:
         raise ValueError("negative_statistics got no images")
     return {t: NegativeStats(mean[t].astype(np.float32), np.sqrt(m2[t] / count).astype(np.float32),
                              count) for t in taps}
+
+
+def _merge_batch(state: tuple, n: int, moments: dict) -> tuple:
+    """`(count, mean, m2)` with one more batch of `n` images and its float32 `moments`
+    (`{tap: (mean, centred sum of squares)}`) merged in, in float64 (Chan et al.)."""
+    count, mean, m2 = state
+    mean, m2 = dict(mean), dict(m2)
+    for tap, (batch_mean, batch_m2) in moments.items():
+        batch_mean = np.asarray(batch_mean, np.float64)
+        batch_m2 = np.asarray(batch_m2, np.float64)
+        if count == 0:
+            mean[tap], m2[tap] = batch_mean, batch_m2
+            continue
+        delta = batch_mean - mean[tap]
+        merged = count + n
+        mean[tap] = mean[tap] + delta * (n / merged)
+        m2[tap] = m2[tap] + batch_m2 + delta**2 * (count * n / merged)
+    return count + n, mean, m2
+
+
+def _batches_in_order(mine: list, batches: int, shapes: dict) -> list[dict]:
+    """Every batch's moments, in batch order, on every process, from this process's (its
+    every P-th batch, `mine`; `shapes` those of one batch's): exchanged as computed
+    (float32), so merged bit for bit as one process merges them."""
+    processes = jax.process_count()
+    most = -(-batches // processes)
+    out = [{} for _ in range(batches)]
+    for tap, parts in shapes.items():
+        for part, shape in enumerate(parts):   # the mean, the centred sum of squares
+            local = np.zeros((most,) + shape.shape, shape.dtype)
+            for number, moments in enumerate(mine):
+                local[number] = moments[tap][part]
+            every = np.asarray(multihost_utils.process_allgather(local))   # [P, most, ...]
+            for number in range(batches):
+                out[number].setdefault(tap, [None, None])[part] = every[number % processes,
+                                                                       number // processes]
+    return out
 
 
 def _merge_processes(count: int, mean: dict, m2: dict, taps) -> tuple[int, dict, dict]:

@@ -164,10 +164,10 @@ def main(argv=None) -> int:
           f"{', '.join(args.landmarks) or 'none'}; network "
           f"{args.checkpoint.name} ({meta.arch}, width {meta.width:g}); layers {', '.join(taps)}; "
           f"{args.iterations} iterations, compat={args.compat}; {distributed.describe()}")
-    # Every process takes all negatives (the same statistics, bit for bit, as one process)
-    # and its share of the object images.
+    # Every process computes every P-th batch of the negatives, all merge them in batch
+    # order (the same statistics, bit for bit, as one process); and its share of the objects.
     stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
-                                across_processes=False)
+                                same_images=True)
     features = extract_features(model, params, meta, objects.images, taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)

@@ -77,6 +77,8 @@ WORKER = textwrap.dedent("""
     images = np.random.default_rng(0).integers(0, 256, (7, 48, 48, 3), dtype=np.uint8)
     stats = features.negative_statistics(model, params, meta, images[process::2], ["conv5_3"],
                                          batch_size=2, quiet=True)["conv5_3"]
+    batched = features.negative_statistics(model, params, meta, images, ["conv5_3"], batch_size=2,
+                                           quiet=True, same_images=True)["conv5_3"]
     mine = features.extract_features(model, params, meta, images[process::2], ["conv5_3"],
                                      sd={"conv5_3": stats.sd}, batch_size=2, quiet=True)
     mine = np.asarray(mine.maps["conv5_3"])
@@ -86,6 +88,9 @@ WORKER = textwrap.dedent("""
                                                  batch_size=2, quiet=True,
                                                  across_processes=False)["conv5_3"]
         out["stats_count"] = stats.count
+        out["batched_equal"] = [batched.count == 7,
+                                 bool(np.array_equal(batched.mean, ref_stats.mean)),
+                                 bool(np.array_equal(batched.sd, ref_stats.sd))]
         out["stats_sd"] = float(np.max(np.abs(stats.sd - ref_stats.sd) / np.maximum(ref_stats.sd, 1e-6)))
         ref_maps = features.extract_features(model, params, meta, images, ["conv5_3"],
                                              sd={"conv5_3": stats.sd}, batch_size=2,
@@ -177,6 +182,7 @@ def test_two_processes_equal_one(tmp_path):
     assert max(out["inferred_pos"]) < 1e-6 and max(out["inferred_score"]) < 1e-6, out
     assert all(out["inferred_flip"])
     assert out["stats_count"] == 7 and out["stats_sd"] < 1e-5, out
+    assert out["batched_equal"] == [True, True, True], out   # every other batch each: bit for bit
     assert out["features_equal"]
     assert out["saved_spec"] == "P(None, 'images')" and out["saved_equal"]
     assert [out["objects_read"], other["objects_read"]] == [3, 2]   # every other of 5

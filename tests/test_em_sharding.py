@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import json, os, sys
+    import json, os, re, sys
     import jax
     jax.config.update("jax_enable_x64", os.environ["COMPAT"] == "original")
     import numpy as np
@@ -26,9 +26,21 @@ SCRIPT = textwrap.dedent("""
         graph = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                                 devices=devices, compat=os.environ["COMPAT"])
         fits[name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
-                       ("coord", "deform", "parents", "score", "pos", "flip")}
+                       ("coord", "deform", "parents", "score", "pos", "flip", "candidate_mean")}
                       for l in graph.layers]
         fits[name + "_sharding"] = str(graph.layers[0].score.sharding)
+    # The lower layer's compiled fit (cached): the elements of its largest collective.
+    from egjax.em import fit as fit_lib
+    call = fit_lib.layer_call(maps[0], GRAPH.layers[0], jax.random.key(0), flipped[0],
+                              graph.layers[1], None, os.environ["COMPAT"], 8)
+    hlo = call.function.lower(*call.args).compile().as_text()
+    fits["largest_collective"] = max(
+        [sum(int(np.prod([int(d) for d in dims.split(",") if d]))
+             for dims in re.findall(r"\w+\[([\d,]*)\]", line.split(op + "(")[0]))
+         for line in hlo.splitlines()
+         for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute")
+         if f" {op}(" in line] + [0])
+    fits["record_elements"] = int(np.size(graph.layers[0].score))
     print(json.dumps(fits))
 """)
 
@@ -42,9 +54,11 @@ def test_eight_devices_fit_like_one(compat):
     assert run.returncode == 0, run.stderr[-3000:]
     fits = json.loads(run.stdout.strip().splitlines()[-1])
     assert "images" in fits["eight_sharding"]
+    if compat == "fixed":   # no device gathers a layer's records (16 images: none padded)
+        assert 0 < fits["largest_collective"] < fits["record_elements"], fits
     for one, eight in zip(fits["one"], fits["eight"]):
         if compat == "original":   # float64, every sum over images added in image order
-            for field in ("coord", "deform", "score", "pos", "parents", "flip"):
+            for field in ("coord", "deform", "score", "pos", "parents", "flip", "candidate_mean"):
                 np.testing.assert_array_equal(eight[field], one[field], err_msg=field)
             continue
         for field in ("coord", "deform", "score", "pos"):
@@ -80,6 +94,23 @@ PADDED = textwrap.dedent("""
             out[compat + name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
                                    ("coord", "deform", "parents", "score", "pos", "flip")}
                                   for l in graph.layers]
+    # Image order <-> the slots of 4 processes x 2 devices (laid out as if): 24 images, each
+    # device sends the others their rows (an all-to-all), none gathers all.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from egjax.em import sharding
+    from egjax.em.reduce import Images
+    mesh, layout = sharding.image_mesh(None), Images(sharding.AXIS, 24, 4, 6)
+    x = np.arange(24 * 3.0).reshape(3, 24)
+    slots = np.zeros((3, 24)); slots[:, [(i % 4) * 6 + i // 4 for i in range(24)]] = x
+    split = NamedSharding(mesh, P(None, sharding.AXIS))
+    to_images = jax.jit(lambda a: sharding.image_order(a, layout, 1, mesh), out_shardings=split)
+    to_slots = jax.jit(lambda a: sharding.slot_order(a, layout, 1, mesh), out_shardings=split)
+    slots = jax.device_put(slots, split)
+    out["moved"] = [bool(np.array_equal(to_images(slots), x)),
+                    bool(np.array_equal(to_slots(jax.device_put(x, split)), slots))]
+    out["move_collectives"] = sorted({op for line in to_images.lower(slots).compile().as_text()
+                                      .splitlines() for op in ("all-gather", "all-reduce",
+                                      "all-to-all", "collective-permute") if f" {op}(" in line})
     print(json.dumps(out))
 """)
 
@@ -93,6 +124,7 @@ def test_hundred_images_use_all_eight_devices():
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["moved"] == [True, True] and out["move_collectives"] == ["all-to-all"], out
     for compat in ("original",):
         assert out[compat + "_devices"] == list(range(8))
         assert out[compat + "_shards"] == [13]

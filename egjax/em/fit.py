@@ -201,8 +201,9 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     n, _, _, c = inputs.map_shape(maps)
     slots, candidates = 0, None
     if parent is not None:
-        slots = _candidate_slots(parent, cfg, rules)
-        candidates = parents_lib.candidate_list(parent.score, parent.pos, slots, cfg,
+        upper = rules.parent_records(parent)
+        slots = _candidate_slots(upper, cfg, rules)
+        candidates = parents_lib.candidate_list(upper.score, upper.pos, slots, cfg,
                                                 parent.config, rules)
     if init is None:
         init = random_init(key, cfg, c, dtype)

@@ -149,9 +149,8 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
                                                       prior, cfg.iterations, setup)
         norm = jnp.mean(score)
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
-        at_slot, slot_of = images.image_at_slot(), images.slot_of_image()
-        slot_flip, slot_deviation = jax.tree.map(
-            lambda x: jnp.take(x, at_slot, axis=0, mode="fill", fill_value=0), (flip, deviation))
+        slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
+                                                 (flip, deviation))
         split, whole = jax.sharding.PartitionSpec(sharding.AXIS), jax.sharding.PartitionSpec()
         args = (plain, mirrored, slot_flip, slot_deviation, node_q, prior)
         in_specs = tuple(None if x is None else spec
@@ -159,7 +158,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         score, pos, new_flip, norm = jax.shard_map(
             per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
-        score, pos, new_flip = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0),
+        score, pos, new_flip = jax.tree.map(lambda x: sharding.image_order(x, images, 0, mesh),
                                             (score, pos, new_flip))
     flip = new_flip if upper is None else flip
     out = layout.records_out(score / norm), layout.records_out(pos), flip

@@ -28,7 +28,8 @@ class Rules(NamedTuple):
     Quirks: `scale_to_child(child, parent)` (parent cells -> child cells); `variance(v)` as
     the variance cut orders it; `near_edge(mean, child, parent)` (the edge cut);
     `prefers_mirrored(plain, mirrored, t)` (the flip rule); `alt_pos(alt_pos, pos)`;
-    `check_top_m(top_m, available, message)` (ValueError where top_m cannot be met)."""
+    `check_top_m(top_m, available, message)` (ValueError where top_m cannot be met);
+    `parent_records(layer)` (the upper layer's records as the candidate list sums them)."""
 
     nodes: Callable
     infer: Callable
@@ -50,6 +51,7 @@ class Rules(NamedTuple):
     prefers_mirrored: Callable
     alt_pos: Callable
     check_top_m: Callable
+    parent_records: Callable
 
 
 FIXED = Rules(
@@ -62,4 +64,5 @@ FIXED = Rules(
     scale_to_child=lambda child, parent: parent.stride / child.stride,
     variance=lambda variance: variance, near_edge=parents.near_edge,
     prefers_mirrored=layer.prefers_mirrored, alt_pos=lambda alt_pos, pos: alt_pos,
-    check_top_m=lambda top_m, available, message: None)
+    check_top_m=lambda top_m, available, message: None,
+    parent_records=lambda layer: layer)

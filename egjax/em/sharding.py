@@ -16,6 +16,7 @@ else replicated on the devices; no host gathers them.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -133,6 +134,95 @@ def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
     return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
 
 
+def image_order(x: jnp.ndarray, images: Images, axis: int = 0,
+                mesh: Mesh | None = None) -> jnp.ndarray:
+    """Per-image `x` in `images`' slots along `axis` -> image order (padding dropped): the
+    processes' blocks cut to their shares and interleaved (image i = q*P + p, `Images`).
+    With `mesh` (its images split over `mesh`), where the images of several processes
+    divide by its device count, moved device to device (`_exchange`)."""
+    if _exchanges(images, mesh):
+        return _exchange(x, mesh, images.slot_of_image(), axis)
+    shape = x.shape[:axis] + (images.num_images,) + x.shape[axis + 1:]
+    per_process = -(-images.num_images // images.processes)
+    x = x.reshape(x.shape[:axis] + (images.processes, images.block) + x.shape[axis + 1:])
+    x = jax.lax.slice_in_dim(x, 0, per_process, axis=axis + 1)
+    x = jnp.swapaxes(x, axis, axis + 1).reshape(
+        x.shape[:axis] + (per_process * images.processes,) + x.shape[axis + 2:])
+    return jax.lax.slice_in_dim(x, 0, images.num_images, axis=axis).reshape(shape)
+
+
+def slot_order(x: jnp.ndarray, images: Images, axis: int = 0,
+               mesh: Mesh | None = None) -> jnp.ndarray:
+    """Per-image `x` in image order along `axis` -> `images`' slots (padding 0): the inverse
+    of `image_order`."""
+    if _exchanges(images, mesh):
+        return _exchange(x, mesh, images.image_at_slot(), axis)
+    per_process = -(-images.num_images // images.processes)
+
+    def pad(a, to, at):
+        return jnp.pad(a, [(0, to - a.shape[at]) if d == at else (0, 0) for d in range(a.ndim)])
+
+    x = pad(x, per_process * images.processes, axis)
+    x = x.reshape(x.shape[:axis] + (per_process, images.processes) + x.shape[axis + 1:])
+    x = pad(jnp.swapaxes(x, axis, axis + 1), images.block, axis + 1)
+    return x.reshape(x.shape[:axis] + (images.slots,) + x.shape[axis + 2:])
+
+
+def _exchanges(images: Images, mesh: Mesh | None) -> bool:
+    """Whether the move between image order and the slots goes device to device: several
+    processes' images, split evenly in both orders (else XLA may gather the whole array,
+    and an image order that does not divide is replicated anyway)."""
+    return (mesh is not None and images.processes > 1
+            and images.num_images % mesh.devices.size == 0)
+
+
+def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.ndarray:
+    """`out[j] = x[source[j]]` along `axis` (0 where `source[j]` is out of range), both
+    split evenly over `mesh`: each device sends every other device the rows it needs, in
+    one padded `all_to_all` (chunks of the largest count), so no device holds more than
+    its rows and that padding."""
+    devices, n_in, n_out = mesh.devices.size, x.shape[axis], len(source)
+    rows_in, rows_out = n_in // devices, n_out // devices
+    target = np.flatnonzero(source < n_in)
+    src, dst = source[target] // rows_in, target // rows_out
+    pair = src * devices + dst
+    order = np.lexsort((target, pair))
+    rank = np.arange(len(order)) - np.searchsorted(pair[order], pair[order])
+    chunk = max(1, int(np.bincount(pair, minlength=devices * devices).max(initial=0)))
+    send = np.zeros((devices, devices, chunk), np.int32)   # [from, to, c]: local row sent
+    send[src[order], dst[order], rank] = source[target][order] % rows_in
+    # [to, row]: where the row lies in what `to` receives, from * chunk + c (none: filled 0)
+    receive = np.full((devices, rows_out), devices * chunk, np.int32)
+    receive[dst[order], target[order] % rows_out] = src[order] * chunk + rank
+    send, receive = jnp.asarray(send), jnp.asarray(receive)
+
+    def move(local):
+        me = jax.lax.axis_index(AXIS)
+        out = jnp.take(local, send[me].reshape(-1), axis=0).reshape(
+            (devices, chunk) + local.shape[1:])
+        out = jax.lax.all_to_all(out, AXIS, 0, 0).reshape((devices * chunk,) + local.shape[1:])
+        return jnp.take(out, receive[me], axis=0, mode="fill", fill_value=0)
+
+    x = jnp.moveaxis(x, axis, 0)
+    out = jax.shard_map(move, mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+                        check_vma=False)(x)
+    return jnp.moveaxis(out, 0, axis)
+
+
+def whole_records(layer: LayerFit) -> LayerFit:
+    """`layer` with its `score` and `pos` whole on each of their devices where they are split
+    over the images: sums over the images (`fit._candidate_list`) are then added as one
+    device adds them, bit for bit (compat="original"); a transient copy, as the E-step's
+    sums in image order (`reduce.all_images`)."""
+    def whole(x):
+        split = x.sharding
+        if isinstance(split, NamedSharding) and not split.is_fully_replicated:
+            return jax.jit(lambda a: a, out_shardings=NamedSharding(split.mesh, P()))(x)
+        return x
+
+    return dataclasses.replace(layer, score=whole(layer.score), pos=whole(layer.pos))
+
+
 def _maps_spec(quantized: bool):
     return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
 
@@ -153,21 +243,19 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
                 parent_spec)
     fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                         check_vma=False)
-    at_slot = jnp.asarray(images.image_at_slot())
-    slot_of = jnp.asarray(images.slot_of_image())
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
         records_type(*[record_sharding(mesh, images)] * len(records_type._fields)),)
 
     def run(coord, deform, maps, flipped, upper):
-        if upper is not None:   # image order -> slots (padding 0)
+        if upper is not None:
             def to_slots(x, axis):
-                return jnp.take(x, at_slot, axis=axis, mode="fill", fill_value=0)
+                return slot_order(x, images, axis, mesh)
             upper = LayerFit(coord=upper.coord, deform=upper.deform, parents=upper.parents,
                              score=to_slots(upper.score, 1), pos=to_slots(upper.pos, 1),
                              flip=to_slots(upper.flip, 0), alt_score=to_slots(upper.alt_score, 1),
                              alt_pos=to_slots(upper.alt_pos, 1), config=upper.config)
         coord, deform, parents, rec = fit(coord, deform, maps, flipped, upper)
-        rec = jax.tree.map(lambda x: jnp.take(x, slot_of, axis=0), rec)   # slots -> images
+        rec = jax.tree.map(lambda x: image_order(x, images, 0, mesh), rec)
         return coord, deform, parents, rec
 
     return jax.jit(run, out_shardings=out_shardings)

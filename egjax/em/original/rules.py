@@ -12,6 +12,7 @@ from egjax.em.original import estep, parents
 from egjax.em.original.ieee import divide, in_order_mean, in_order_sum, rounded
 from egjax.em.reduce import Images, all_images
 from egjax.em.rules import Rules
+from egjax.em.sharding import whole_records
 
 
 def prefers_mirrored(plain, mirrored, t) -> jnp.ndarray:
@@ -67,4 +68,5 @@ ORIGINAL = Rules(
     select=parents.select, deviation=parents.deviation,
     scale_to_child=lambda child, parent: 1.0, variance=parents.variance,
     near_edge=parents.near_edge, prefers_mirrored=prefers_mirrored,
-    alt_pos=lambda alt_pos, pos: pos, check_top_m=check_top_m)
+    alt_pos=lambda alt_pos, pos: pos, check_top_m=check_top_m,
+    parent_records=whole_records)   # sums over the images as one device adds them
