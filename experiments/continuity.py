@@ -1,19 +1,14 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
-    python experiments/continuity.py                    # defaults: ~55 min, see below
+    python experiments/continuity.py                    # defaults: ~64 min, see below
     python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 --name short
 
-Wall time of the default, an estimate (the default has not run to its end on a quiet
-machine): about 55 min on a quiet 2-core CPU, +-20%. Training is 3 x 1500 steps
-(the shared 100 and 700 per arm), ~45 min: ~0.5 s per cross-entropy step (1200 such steps
-took 586 s on this CPU, quiet: `checkpoints/synthetic_all.json`), at most 0.8 s per step
-with the triplet loss (700 took 9 min 17 s at load average 2-3). Measuring one network costs ~165
-CPU-seconds (per-stage CPU times of a shortened run, scaled to the default's images and to
-the saliency methods' one-vmap path: ~30 each for LRP composite, LRP epsilon and the three
-gradient maps, which share one backward pass; ~35 for the graph's two explainers; ~20 for
-CAM and Grad-CAM; ~15 for accuracy and triplet consistency), ~9 min for the six networks on
-two cores. The record holds every stage's wall and CPU time, so a run states its own costs.
+Wall time of the default, measured: 1 h 25 min with its first seed on a loaded machine; the
+two seeds that ran quiet took about 21 min each (0.70-0.77 s per training step, 1,500
+steps, and ~100 s to measure each network), so about 64 min on a quiet 2-core CPU. In that
+run one seed's triplet arm stayed at chance (README, "Explanation continuity"). The record
+holds every stage's wall and CPU time, so a run states its own costs.
 
 Trains `--seeds` pairs of narrow VGG-16s (or `--model resnet50`: ResNet-50s; GAP head) on
 negatives + quadruped, bird, vehicle:
