@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = textwrap.dedent(r"""
     import json, os, re, sys
     import jax
     jax.config.update("jax_enable_x64", os.environ["COMPAT"] == "original")
