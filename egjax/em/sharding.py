@@ -211,7 +211,7 @@ def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.
 
 def whole_records(layer: LayerFit) -> LayerFit:
     """`layer` with its `score` and `pos` whole on each of their devices where they are split
-    over the images: sums over the images (`fit._candidate_list`) are then added as one
+    over the images: sums over the images (`parents.candidate_list`) are then added as one
     device adds them, bit for bit (compat="original"); a transient copy, as the E-step's
     sums in image order (`reduce.all_images`)."""
     def whole(x):
