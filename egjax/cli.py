@@ -50,6 +50,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def proportion(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
 def image_size(text: str) -> int:
     value = int(text)
     if not 64 <= value <= 1024:

@@ -167,10 +167,14 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 
 def fit(state: TrainState, batches: Iterable, meta: ModelMeta, steps: int, *,
         extra_loss: ExtraLoss | None = None, extra_taps: Sequence[str] = (),
+        until: Callable[[list[dict]], bool] | None = None,
         desc: str = "train", quiet: bool = False) -> tuple[TrainState, list[dict]]:
-    """`steps` calls of `train_step` on (uint8 images `[B, H, W, 3]`, int labels `[B]`) pairs
-    from `batches`, preprocessed by `meta`'s convention; returns the state and per-step
-    metrics (floats). The progress bar shows the mean loss and accuracy of recent steps."""
+    """At most `steps` calls of `train_step` on (uint8 images `[B, H, W, 3]`, int labels
+    `[B]`) pairs from `batches`, preprocessed by `meta`'s convention; returns the state and
+    per-step metrics (floats). `until(history)`, where given, ends training early: it is
+    asked after each step's metrics are read, which happens while the next step runs, so
+    that step still completes and is recorded. The progress bar shows the mean loss and
+    accuracy of recent steps."""
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     extra_taps = tuple(extra_taps)
@@ -188,6 +192,8 @@ def fit(state: TrainState, batches: Iterable, meta: ModelMeta, steps: int, *,
             if pending is not None:  # read the previous step while this one runs
                 history.append(_record(pending, history, bar))
             pending = metrics
+            if until is not None and history and until(history):
+                break
         history.append(_record(pending, history, bar))
     return state, history
 

@@ -65,7 +65,7 @@ import numpy as np
 
 import egjax
 from egjax import cli, continuity, contrastive, graph_explainer, runs, saliency, train
-from egjax.cli import image_size, non_negative_int, positive_float, positive_int
+from egjax.cli import image_size, non_negative_int, positive_float, positive_int, proportion
 from egjax.data.synthetic import CATEGORIES, mixed_batches, negatives, sample, sample_mixed
 from egjax.features import extract_features, negative_statistics
 from egjax.geometry import layer_config, receptive_field
@@ -92,17 +92,24 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the architecture each arm trains (default vgg16)")
     parser.add_argument("--width", type=positive_float, default=0.25,
                         help="channel multiplier of the network")
-    parser.add_argument("--size", type=image_size, default=112, help="image side (px)")
+    parser.add_argument("--size", type=image_size, default=96, help="image side (px)")
     parser.add_argument("--steps", type=positive_int, default=800, help="training steps")
     parser.add_argument("--batch", type=positive_int, default=32)
     parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW rate")
     parser.add_argument("--triplet-weight", type=positive_float, default=0.1,
                         help="weight of the triplet loss added to the cross-entropy")
-    parser.add_argument("--triplet-start", type=non_negative_int, default=100,
-                        help="training step at which the triplet loss joins")
+    parser.add_argument("--triplet-after", type=proportion, default=0.5,
+                        help="the arms branch, and the triplet loss joins, once the mean "
+                             "training accuracy of the last 20 shared cross-entropy steps "
+                             "reaches this (the network has left the initial plateau); a seed "
+                             "still below it after half of --steps is refused")
+    parser.add_argument("--min-accuracy", type=proportion, default=0.9,
+                        help="a seed whose networks do not both reach this held-out accuracy "
+                             "is refused and the next seed is trained instead (at most "
+                             "2 x --seeds seeds in all)")
     parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="first seed: run k initialises with seed + k * steps and trains "
-                             "on batch seeds seed + k * steps, ... (disjoint between runs)")
+                        help="first seed: seed k initialises with seed + k * steps and trains "
+                             "on batch seeds seed + k * steps, ... (disjoint between seeds)")
     parser.add_argument("--heldout", type=positive_int, default=400,
                         help="held-out images per run for accuracy and triplet consistency")
     parser.add_argument("--heldout-seed", type=non_negative_int, default=1_000_000,
@@ -128,11 +135,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="images per batch of the measurements")
     args = parser.parse_args(argv)
-    if args.triplet_start >= args.steps:
-        parser.error(f"--triplet-start must be below --steps ({args.steps}), got "
-                     f"{args.triplet_start}")
-    used = range(args.seed, args.seed + args.seeds * args.steps)
-    clashes = [s for s in range(args.heldout_seed, args.heldout_seed + args.seeds) if s in used]
+    if args.steps < 4:
+        parser.error(f"--steps must be >= 4 (the shared phase takes at most half, and each "
+                     f"arm at least one step), got {args.steps}")
+    used = range(args.seed, args.seed + max_seeds(args) * args.steps)
+    clashes = [s for s in range(args.heldout_seed, args.heldout_seed + max_seeds(args))
+               if s in used]
     if clashes:
         parser.error(f"--heldout-seed {args.heldout_seed} gives held-out seed {clashes[0]}, a "
                      f"training seed (training uses {used.start}..{used.stop - 1})")
@@ -162,38 +170,65 @@ def triplet_term(weight: float, tap: str):
     return lambda outputs, labels: weight * contrastive.triplet_loss(outputs[tap], labels)
 
 
-def train_pair(meta: ModelMeta, args, seed: int) -> dict:
-    """`{variant: (params, history, seconds)}` for one seed: `--triplet-start` steps of
-    cross-entropy trained once, then each variant's remaining steps from there (the
-    triplet variant with the triplet loss added). Same key, batches and schedule.
-    `seconds` is `timed`'s record of the variant's steps plus half the shared ones."""
+def max_seeds(args) -> int:
+    """Seeds tried at most: twice `--seeds`, each refused one replaced by the next."""
+    return 2 * args.seeds
+
+
+def left_plateau(accuracy: float):
+    """`train.fit`'s `until`: the mean training accuracy of the last 20 steps (fewer at the
+    start) has reached `accuracy`."""
+    return lambda history: np.mean([h["accuracy"] for h in history[-20:]]) >= accuracy
+
+
+def refusal(args, shared_steps: int, accuracy: dict) -> str | None:
+    """Why a seed's two networks cannot be compared, or None: the shared phase never left
+    the plateau (no `accuracy`), or a network is below `--min-accuracy` on held-out images."""
+    if not accuracy:
+        return (f"still on the initial plateau after {shared_steps} shared steps (mean "
+                f"training accuracy of the last 20 below --triplet-after {args.triplet_after:g})")
+    low = [LABELS[v] for v in VARIANTS if accuracy[v]["accuracy"] < args.min_accuracy]
+    if low:
+        return (" and ".join(low) + " below the held-out accuracy floor --min-accuracy "
+                f"{args.min_accuracy:g} (" + ", ".join(
+                    f"{LABELS[v]} {accuracy[v]['accuracy']:.1%}" for v in VARIANTS) + ")")
+    return None
+
+
+def train_pair(meta: ModelMeta, args, seed: int) -> tuple[int, dict]:
+    """`(shared steps, {variant: (params, history, seconds)})` for one seed: cross-entropy
+    trained once until the network has left the initial plateau (`--triplet-after`, at most
+    half of `--steps`), then each variant's remaining steps from there (the triplet variant
+    with the triplet loss added); same key, batches and schedule. The dict is empty if the
+    network was still on the plateau. `seconds` is `timed`'s record of the variant's steps
+    plus half the shared ones."""
     model = meta.model()
     shared_seconds = {}
     with timed(shared_seconds, "training"):
         state = train.create_state(model, jax.random.key(seed),
                                    train.adamw_cosine(args.lr, args.steps))
-        shared = []
-        if args.triplet_start:
-            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
-            state, shared = train.fit(state, batches, meta, args.triplet_start,
-                                      desc=f"seed {seed} shared 0..{args.triplet_start - 1}",
-                                      quiet=args.quiet)
+        batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
+        state, shared = train.fit(state, batches, meta, args.steps // 2,
+                                  until=left_plateau(args.triplet_after),
+                                  desc=f"seed {seed} shared", quiet=args.quiet)
+    start = len(shared)
+    if not left_plateau(args.triplet_after)(shared):
+        return start, {}
     out = {}
     for variant in VARIANTS:
         seconds = {"training": {k: v / 2 for k, v in shared_seconds["training"].items()}}
         with timed(seconds, "training"):
             tap = TAPS[meta.arch][-1]
             extra = None if variant == "plain" else triplet_term(args.triplet_weight, tap)
-            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size,
-                                    seed + args.triplet_start)
+            batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed + start)
             branch = jax.tree.map(jnp.copy, state)        # train.fit donates its state
-            final, part = train.fit(branch, batches, meta, args.steps - args.triplet_start,
+            final, part = train.fit(branch, batches, meta, args.steps - start,
                                     extra_loss=extra,
                                     extra_taps=() if extra is None else (tap,),
-                                    desc=f"seed {seed} {variant} {args.triplet_start}.."
-                                         f"{args.steps - 1}", quiet=args.quiet)
+                                    desc=f"seed {seed} {variant} {start}..{args.steps - 1}",
+                                    quiet=args.quiet)
         out[variant] = (final.params, shared + part, seconds)
-    return out
+    return start, out
 
 
 def graph_config(model, tap: str, size: int, iterations: int) -> egjax.GraphConfig:
@@ -288,17 +323,25 @@ def timed(seconds: dict, stage: str):
                       "cpu": round(before["cpu"] + time.process_time() - cpu, 2)}
 
 
-def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) -> dict:
-    """Accuracy and triplet consistency of one network on the held-out `(images, labels)`,
-    and every explainer's continuity ratios on `--pairs` of them per kind of pair; the wall
-    time of each stage is added to `seconds`."""
-    model = meta.model()
+def held_out_accuracy(meta: ModelMeta, params, args, heldout, seconds: dict) -> dict:
+    """Accuracy of one network on the held-out `(images, labels)`, with its 95% Wilson
+    interval; the wall time is added to `seconds`."""
     images_u8, labels = heldout
     with timed(seconds, "accuracy"):
-        predicted = train.predict(model, params, images_u8, meta, batch_size=args.batch_size,
-                                  quiet=args.quiet)
+        predicted = train.predict(meta.model(), params, images_u8, meta,
+                                  batch_size=args.batch_size, quiet=args.quiet)
     correct = int((predicted == labels).sum())
     low, high = train.wilson_interval(correct, len(labels))
+    return {"correct": correct, "images": len(labels), "accuracy": correct / len(labels),
+            "wilson95": [low, high]}
+
+
+def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) -> dict:
+    """Triplet consistency of one network on the held-out `(images, labels)`, and every
+    explainer's continuity ratios on `--pairs` of them per kind of pair; the wall time of
+    each stage is added to `seconds`."""
+    model = meta.model()
+    images_u8, labels = heldout
     inputs = preprocess(jnp.asarray(images_u8), meta)
     with timed(seconds, "triplet_consistency"):
         consistency = continuity.triplet_consistency(
@@ -328,8 +371,6 @@ def measure(meta: ModelMeta, params, args, heldout, seed: int, seconds: dict) ->
                             originals[:, i], moved[:, i], images, partner)).tolist()
                     bar.update(1)
     return {
-        "accuracy": {"correct": correct, "images": len(labels),
-                     "accuracy": correct / len(labels), "wilson95": [low, high]},
         "triplet_consistency": {
             tap: {"consistency": float(r.consistency), "wilson95": [float(r.low), float(r.high)],
                   "ties": float(r.ties), "triplets": int(r.count)}
@@ -465,32 +506,47 @@ def main(argv=None) -> int:
     meta = ModelMeta(source="synthetic", arch=args.model, width=args.width, head="gap",
                      num_classes=len(categories) + 1, preprocessing="torch",
                      classes=("negative", *categories))
-    results = {v: [] for v in VARIANTS}
-    seconds = {v: [] for v in VARIANTS}
-    for k in range(args.seeds):
+    results, seconds, refused = {v: [] for v in VARIANTS}, {v: [] for v in VARIANTS}, []
+    for k in range(max_seeds(args)):
+        if len(results["plain"]) == args.seeds:
+            break
         seed = args.seed + k * args.steps
         heldout = sample_mixed(args.heldout, seed=args.heldout_seed + k, categories=categories,
                                image_size=args.size)
-        for variant, (params, history, stages) in train_pair(meta, args, seed).items():
+        start, trained = train_pair(meta, args, seed)
+        accuracy = {variant: held_out_accuracy(meta, params, args, heldout, stages)
+                    for variant, (params, _, stages) in trained.items()}
+        reason = refusal(args, start, accuracy)
+        if reason:
+            refused.append({"seed": seed, "shared_steps": start, "accuracy": accuracy,
+                            "reason": reason})
+            loads.append(os.getloadavg()[0])
+            print(f"seed {seed} refused: {reason}", file=sys.stderr, flush=True)
+            continue
+        for variant, (params, history, stages) in trained.items():
             with timed(stages, "measuring"):
                 result = measure(meta, params, args, heldout, seed, stages)
-            result["seed"] = seed
-            result["final_train_loss"] = float(np.mean([h["loss"] for h in history[-20:]]))
+            result = {"seed": seed, "shared_steps": start, "accuracy": accuracy[variant],
+                      **result,
+                      "final_train_loss": float(np.mean([h["loss"] for h in history[-20:]]))}
             results[variant].append(result)
             seconds[variant].append(stages)
             loads.append(os.getloadavg()[0])
             if not args.quiet:
                 print(f"seed {seed} {variant}: accuracy {result['accuracy']['accuracy']:.1%}; "
                       f"seconds {stages}", flush=True)
+    complete = len(results["plain"]) == args.seeds
     summarising = {}
-    with timed(summarising, "summary"):
-        summary = summarise(results, jax.random.key(args.seed), args.resamples)
+    if complete:
+        with timed(summarising, "summary"):
+            summary = summarise(results, jax.random.key(args.seed), args.resamples)
     total, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     record = {
         "command": shlex.join([os.path.basename(sys.executable), *sys.argv]),
         "settings": {k: str(v) if isinstance(v, pathlib.Path) else v
                      for k, v in vars(args).items()},
-        "classes": list(meta.classes), "results": results, "summary": summary,
+        "classes": list(meta.classes), "results": results, "refused": refused,
+        "summary": summary if complete else None,
         "seconds": {**seconds, **summarising,
                     "total": {"wall": round(total, 1), "cpu": round(cpu, 1)}},
         "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
@@ -500,15 +556,22 @@ def main(argv=None) -> int:
     }
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         runs.write_json(out / "continuity.json", record)
-        plot(summary, out / "continuity.png")
+        if complete:
+            plot(summary, out / "continuity.png")
+    usage = (f"total {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU (all threads); 1-min "
+             f"load average {min(loads):.1f}..{max(loads):.1f}")
+    if not complete:
+        print(f"error: only {len(results['plain'])} of {len(refused) + len(results['plain'])} "
+              f"seeds passed (--seeds {args.seeds} needed); the refused seeds and their reasons "
+              f"are in {args.out}/continuity.json; no comparison made. {usage}",
+              file=sys.stderr)
+        return 1
     print(tables(record))
-    print(f"\n{args.seeds} seeds per arm; {args.pairs} pairs per kind (shift {args.shift:g} px, "
-          f"noise sd {args.noise:g}, same-class nearest neighbour); {args.resamples} "
-          f"bootstrap resamples")
-    print(f"total {total / 60:.1f} min wall, {cpu / 60:.1f} min CPU (all threads); 1-min load "
-          f"average {min(loads):.1f}..{max(loads):.1f}; wrote {args.out}/continuity.json, continuity.png")
+    print(f"\n{args.seeds} seeds per arm ({len(refused)} refused and replaced); {args.pairs} "
+          f"pairs per kind (shift {args.shift:g} px, noise sd {args.noise:g}, same-class "
+          f"nearest neighbour); {args.resamples} bootstrap resamples")
+    print(f"{usage}; wrote {args.out}/continuity.json, continuity.png")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(cli.run(main))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--seeds", "2", "--width", "0.0625", "--size", "64", "--steps", "3", "--triplet-start",
-        "1", "--batch", "8", "--heldout", "40", "--triplets", "16", "--pairs", "8",
+TINY = ["--seeds", "2", "--width", "0.0625", "--size", "64", "--steps", "4", "--triplet-after",
+        "0", "--min-accuracy", "0", "--batch", "8", "--heldout", "40", "--triplets", "16", "--pairs", "8",
         "--graph-images", "4", "--graph-negatives", "4", "--graph-iterations", "2",
         "--batch-size", "8", "--resamples", "50", "--quiet"]
 
@@ -36,7 +36,9 @@ def script():
     (["--seeds", "2", "--steps", "200", "--heldout-seed", "399"], "gives held-out seed 399"),
     (["--seeds", "0"], ">= 1"),
     (["--resamples", "1"], "--resamples must be >= 2"),
-    (["--steps", "50", "--triplet-start", "50"], "--triplet-start must be below"),
+    (["--steps", "3"], "--steps must be >= 4"),
+    (["--triplet-after", "1.5"], "must be a number in [0, 1]"),
+    (["--min-accuracy", "-0.1"], "must be a number in [0, 1]"),
     (["--model", "resnet50", "--size", "80"], "multiple of 32 (layer4 cells"),
     (["--model", "alexnet"], "invalid choice"),
 ])
@@ -75,7 +77,9 @@ def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
     assert (tmp_path / "tiny" / "continuity.png").stat().st_size > 1000
     assert set(record["results"]) == set(script.VARIANTS)
     for runs in record["results"].values():
-        assert [r["seed"] for r in runs] == [0, 3]                   # seed + k * steps
+        assert [r["seed"] for r in runs] == [0, 4]                   # seed + k * steps
+        # --triplet-after 0: the first step's metrics are read while the second runs
+        assert [r["shared_steps"] for r in runs] == [2, 2]
         for result in runs:
             low, high = result["accuracy"]["wilson95"]
             assert 0 <= low <= result["accuracy"]["accuracy"] <= high <= 1
@@ -106,3 +110,21 @@ def test_tiny_run_writes_the_documented_record(script, capsys, tmp_path):
                     assert cell["per_seed"][variant] == pytest.approx(scores)
     printed = capsys.readouterr().out
     assert "| lrp_composite | shift |" in printed and "held-out accuracy" in printed
+
+
+@pytest.mark.parametrize("floor, reason", [
+    (["--min-accuracy", "1"], "below the held-out accuracy floor --min-accuracy 1"),
+    (["--triplet-after", "1"], "still on the initial plateau after 2 shared steps"),
+])
+def test_refused_seeds_are_replaced_and_recorded_and_too_few_make_no_comparison(
+        script, capsys, tmp_path, floor, reason):
+    """Each refused seed is replaced by the next, up to twice --seeds; with fewer than
+    --seeds passing, the run exits 1, keeps what it measured and compares nothing."""
+    assert script.main(["--runs", str(tmp_path), "--name", "refused", *TINY, *floor]) == 1
+    record = json.loads((tmp_path / "refused" / "continuity.json").read_text())
+    assert [r["seed"] for r in record["refused"]] == [0, 4, 8, 12]    # 2 x --seeds tried
+    assert all(reason in r["reason"] for r in record["refused"])
+    assert record["results"] == {"plain": [], "triplet": []} and record["summary"] is None
+    assert not (tmp_path / "refused" / "continuity.png").exists()
+    err = capsys.readouterr().err
+    assert "seed 12 refused: " in err and "only 0 of 4 seeds passed (--seeds 2 needed)" in err

@@ -90,6 +90,22 @@ def test_fit_preprocesses_uint8_and_stops_if_batches_run_out():
         train.fit(state, [batch, batch], TINY_META, 3, quiet=True)
 
 
+def test_fit_until_ends_training_after_the_step_that_runs_while_it_is_asked():
+    """`until` sees the history after each step's metrics are read; the step then running
+    completes, so `until` true at k recorded steps gives k + 1 steps, all recorded."""
+    rng = np.random.default_rng(1)
+    batch = (rng.integers(0, 256, (4, 32, 32, 3), np.uint8), np.array([0, 1, 0, 1], np.int32))
+    asked = []
+
+    def until(history):
+        asked.append(len(history))
+        return len(history) == 2
+
+    state = train.create_state(TINY, jax.random.key(0), train.adamw_cosine(1e-3, 9))
+    state, history = train.fit(state, [batch] * 9, TINY_META, 9, until=until, quiet=True)
+    assert asked == [1, 2] and len(history) == 3 and int(state.step) == 3
+
+
 def test_wilson_interval_by_hand():
     low, high = train.wilson_interval(0, 10)
     assert low == 0 and high == pytest.approx(1.959964**2 / (10 + 1.959964**2), rel=1e-6)
