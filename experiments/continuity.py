@@ -1,7 +1,7 @@
 """Explanation continuity with and without a contrastive loss, on the synthetic 4-class task.
 
     python experiments/continuity.py                    # defaults: WALL, see below
-    python experiments/continuity.py --size 64 --steps 300 --pairs 48 --heldout 200 \
+    python experiments/continuity.py --seeds 2 --steps 400 --pairs 48 --heldout 200 \
         --triplets 200 --graph-images 20 --graph-negatives 20 --resamples 1000 \
         --min-accuracy 0 --name short                   # tries the pipeline; not evidence
 
@@ -95,8 +95,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the architecture each arm trains (default vgg16)")
     parser.add_argument("--width", type=positive_float, default=0.25,
                         help="channel multiplier of the network")
-    parser.add_argument("--size", type=image_size, default=96, help="image side (px)")
-    parser.add_argument("--steps", type=positive_int, default=800, help="training steps")
+    parser.add_argument("--size", type=image_size, default=64, help="image side (px)")
+    parser.add_argument("--steps", type=positive_int, default=1600, help="training steps")
     parser.add_argument("--batch", type=positive_int, default=32)
     parser.add_argument("--lr", type=positive_float, default=2e-3, help="peak AdamW rate")
     parser.add_argument("--triplet-weight", type=positive_float, default=0.1,
