@@ -211,11 +211,17 @@ def train_pair(meta: ModelMeta, args, seed: int) -> tuple[int, dict]:
         state = train.create_state(model, jax.random.key(seed),
                                    train.adamw_cosine(args.lr, args.steps))
         batches = mixed_batches(tuple(CATEGORIES), args.batch, args.size, seed)
-        state, shared = train.fit(state, batches, meta, args.steps // 2,
-                                  until=left_plateau(args.triplet_after),
+        left = []   # asked after each step; the step running then still adds to the history
+
+        def until(history):
+            if left_plateau(args.triplet_after)(history):
+                left.append(len(history))
+            return bool(left)
+
+        state, shared = train.fit(state, batches, meta, args.steps // 2, until=until,
                                   desc=f"seed {seed} shared", quiet=args.quiet)
     start = len(shared)
-    if not left_plateau(args.triplet_after)(shared):
+    if not left:
         return start, {}
     out = {}
     for variant in VARIANTS:
