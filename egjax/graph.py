@@ -79,6 +79,8 @@ class LayerFit:
                                  f"replace all of {RECORDS} at once, got {tuple(given)}")
             base = records if records is not None else Records(*[None] * len(RECORDS))
             records, padding = base._replace(**given), 0
+        if not isinstance(padding, int) or padding < 0 or (padding and records is None):
+            raise ValueError(f"padding must be an int >= 0 (0 without records), got {padding!r}")
         for name, value in (("coord", coord), ("deform", deform), ("parents", parents),
                             ("records", records), ("config", config),
                             ("candidates", candidates), ("candidate_mean", candidate_mean),
