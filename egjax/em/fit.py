@@ -182,8 +182,9 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     (default: all devices of all processes; N padded with masked images to a multiple of
     their count). Under several processes (`egjax.distributed`), `maps` and `flipped_maps`
     hold this process's share of the images (`egjax.em.sharding`); the records of all
-    images stay split over the devices (`LayerFit.records`). `schedule` shapes the loops (`em.schedule`;
-    default: the one for the devices' backend); it does not change the results.
+    images stay split over the devices (`LayerFit.records`). `schedule` shapes the loops
+    (`em.schedule`; default: the one for the devices' backend); it does not change the
+    results.
     """
     sharding.check_together(devices, _check_layer_inputs, maps, cfg, flipped_maps, parent,
                             init, compat)
