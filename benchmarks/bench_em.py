@@ -105,8 +105,7 @@ def main(argv=None) -> None:
         compiled = call.function.lower(*call.args).compile()
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
-        fits.append(fit_lib.layer_fit(jax.block_until_ready(compiled(*call.args)), layer,
-                                     call.candidates))
+        fits.append(fit_lib.layer_fit(jax.block_until_ready(compiled(*call.args)), call))
         run_s = time.perf_counter() - start
         del call, compiled
         total_run, total_compile = total_run + run_s, total_compile + compile_s

@@ -116,7 +116,7 @@ def worker(args) -> None:
             outputs = jax.block_until_ready(compiled(*call.args))
             multihost_utils.sync_global_devices("done")
             runs.append(time.perf_counter() - start)
-        parent = fit_lib.layer_fit(outputs, layer)
+        parent = fit_lib.layer_fit(outputs, call)
         comm = collective_bytes(compiled.as_text())
         rows.append({"tap": layer.tap, "compile_s": compile_s, "run_s": statistics.median(runs),
                      "iteration_bytes": comm["iteration"], "layer_bytes": comm["layer"],

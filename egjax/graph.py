@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -10,12 +11,26 @@ import numpy as np
 from egjax import checkpoint
 from egjax.config import GraphConfig, LayerConfig
 
-FORMAT = "egjax.ExplanatoryGraph/2"
-OLD_FORMATS = ("egjax.ExplanatoryGraph/1",)   # without the candidates: read from the records
+FORMAT = "egjax.ExplanatoryGraph/3"
+WITHOUT_CANDIDATES = "egjax.ExplanatoryGraph/1"   # read from the records
+OLD_FORMATS = (WITHOUT_CANDIDATES, "egjax.ExplanatoryGraph/2")   # /2: records never padded
 KIND = "explanatory graph"
 MODEL = ("coord", "deform", "parents", "candidates", "candidate_mean")
 RECORDS = ("score", "pos", "flip", "alt_score", "alt_pos")
 FIELDS = MODEL + RECORDS
+
+
+class Records(NamedTuple):
+    """The records of a layer's training images as a `LayerFit` keeps them (`records`):
+    along the image axis (1; 0 for `flip`) the N images in image order, then
+    `LayerFit.padding` slots of zeros, where the fit split the images evenly over its
+    devices (a `jax.Array` splits only evenly); read them through `LayerFit.score` etc."""
+
+    score: jax.Array
+    pos: jax.Array
+    flip: jax.Array
+    alt_score: jax.Array
+    alt_pos: jax.Array
 
 
 @jax.tree_util.register_dataclass
@@ -32,28 +47,65 @@ class LayerFit:
     mean positions over the training images (None in a layer built by hand: then they are
     recomputed from the records of the layer above, as the fit computed them).
 
-    The records of the training images (None when the graph was saved without them):
-    `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]` inferred positions in the
-    frame of `flip [N]` (True: the mirrored image was used); `alt_score`, `alt_pos` the
-    other orientation.
+    The records of the training images (None when the graph was saved without them), in
+    image order: `score [V,N]` node scores normalised to mean 1; `pos [V,N,2]` inferred
+    positions in the frame of `flip [N]` (True: the mirrored image was used); `alt_score`,
+    `alt_pos` the other orientation. They are built from, and kept as, `records`: the same
+    followed by `padding` zero slots where N does not divide by the fit's device count, so
+    that they stay split over its devices (and processes) until written; reading `score`
+    etc. outside `jax.jit` then puts them whole on every device.
     """
 
     coord: jax.Array
     deform: jax.Array
     parents: jax.Array
-    score: jax.Array
-    pos: jax.Array
-    flip: jax.Array
-    alt_score: jax.Array
-    alt_pos: jax.Array
+    records: Records | None
     config: LayerConfig = dataclasses.field(metadata=dict(static=True))
     candidates: jax.Array | None = None
     candidate_mean: jax.Array | None = None
+    padding: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+    def __init__(self, coord, deform, parents, score=None, pos=None, flip=None, alt_score=None,
+                 alt_pos=None, *, config, candidates=None, candidate_mean=None, records=None,
+                 padding=0):
+        """The records given as `score`, `pos`, `flip`, `alt_score`, `alt_pos` (image
+        order), or as `records` with `padding`; fields given both ways replace those of
+        `records` (`dataclasses.replace`), which are then unpadded."""
+        given = {name: value for name, value in zip(
+            RECORDS, (score, pos, flip, alt_score, alt_pos)) if value is not None}
+        if given:
+            if padding and len(given) < len(RECORDS):
+                raise ValueError(f"the records of this layer hold {padding} padding slots: "
+                                 f"replace all of {RECORDS} at once, got {tuple(given)}")
+            base = records if records is not None else Records(*[None] * len(RECORDS))
+            records, padding = base._replace(**given), 0
+        if not isinstance(padding, int) or padding < 0 or (padding and records is None):
+            raise ValueError(f"padding must be an int >= 0 (0 without records), got {padding!r}")
+        for name, value in (("coord", coord), ("deform", deform), ("parents", parents),
+                            ("records", records), ("config", config),
+                            ("candidates", candidates), ("candidate_mean", candidate_mean),
+                            ("padding", padding)):
+            object.__setattr__(self, name, value)
+
+    def _image_order(self, name: str):
+        if self.records is None:
+            return None
+        kept = getattr(self.records, name)
+        if not self.padding:
+            return kept
+        axis = 0 if name == "flip" else 1
+        return jax.lax.slice_in_dim(kept, 0, kept.shape[axis] - self.padding, axis=axis)
+
+    score = property(lambda self: self._image_order("score"), doc="`[V, N]`")
+    pos = property(lambda self: self._image_order("pos"), doc="`[V, N, 2]`")
+    flip = property(lambda self: self._image_order("flip"), doc="`[N]`")
+    alt_score = property(lambda self: self._image_order("alt_score"), doc="`[V, N]`")
+    alt_pos = property(lambda self: self._image_order("alt_pos"), doc="`[V, N, 2]`")
 
     @property
     def num_images(self) -> int | None:
         """Training images recorded (None without records)."""
-        return None if self.score is None else self.score.shape[1]
+        return None if self.records is None else self.records.score.shape[1] - self.padding
 
     @property
     def num_nodes(self) -> int:
@@ -61,10 +113,10 @@ class LayerFit:
 
     @property
     def has_records(self) -> bool:
-        return self.score is not None
+        return self.records is not None
 
     def without_records(self) -> "LayerFit":
-        return dataclasses.replace(self, **dict.fromkeys(RECORDS))
+        return dataclasses.replace(self, records=None, padding=0)
 
 
 @jax.tree_util.register_dataclass
@@ -100,11 +152,16 @@ class ExplanatoryGraph:
             from egjax.em.inference import with_candidates   # the em package imports this one
             layers = with_candidates(self).layers
         # orbax stores no zero-size arrays: the top layer's empty parents are implied.
-        # Arrays spanning processes stay as they are: each process writes its shards.
-        arrays = [{f: checkpoint.storable(getattr(layer, f)) for f in fields
-                   if getattr(layer, f) is not None and np.size(getattr(layer, f))}
+        # Arrays spanning processes stay as they are: each process writes its shards. The
+        # records are written as kept, with their padding (`LayerFit.records`).
+        def kept(layer, f):
+            return getattr(layer.records, f) if f in RECORDS else getattr(layer, f)
+
+        arrays = [{f: checkpoint.storable(kept(layer, f)) for f in fields
+                   if kept(layer, f) is not None and np.size(kept(layer, f))}
                   for layer in layers]
-        meta = {"format": FORMAT, "config": _config_to_json(self.config), "records": records}
+        meta = {"format": FORMAT, "config": _config_to_json(self.config), "records": records,
+                "padding": [layer.padding if records else 0 for layer in layers]}
         return checkpoint.save(path, arrays, meta, kind=KIND, overwrite=overwrite)
 
     @classmethod
@@ -123,7 +180,8 @@ class ExplanatoryGraph:
         if not isinstance(arrays, list) or len(arrays) != len(config.layers):
             raise ValueError(f"{path}: {len(config.layers)} layers configured but "
                              f"{len(arrays) if isinstance(arrays, list) else 'no'} stored")
-        old, records = meta["format"] in OLD_FORMATS, meta.get("records", True)
+        old, records = meta["format"] == WITHOUT_CANDIDATES, meta.get("records", True)
+        padding = meta.get("padding", [0] * len(arrays))
         layers = []
         for index, (stored, cfg) in enumerate(zip(arrays, config.layers)):
             top = index == len(arrays) - 1
@@ -136,7 +194,14 @@ class ExplanatoryGraph:
             missing = [f for f in needed if f not in stored]
             if missing:
                 raise ValueError(f"{path}: layer {index} lacks {missing}")
-            layers.append(LayerFit(**{f: stored.get(f) for f in FIELDS}, config=cfg))
+            def unpadded(f, axis):   # on this process's device: the padding cut off
+                x = stored.get(f)
+                return None if x is None else x[(slice(None),) * axis + (
+                    slice(0, np.shape(x)[axis] - padding[index]),)]
+
+            layers.append(LayerFit(**{f: stored.get(f) for f in MODEL},
+                                   **{f: unpadded(f, 0 if f == "flip" else 1) for f in RECORDS},
+                                   config=cfg))
         graph = cls(layers=tuple(layers), config=config)
         validate(graph, str(path))
         return graph

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     fitting = time.perf_counter()
     graph = egjax.fit_graph(maps, cfg, key=jax.random.key(args.seed), flipped_maps=flipped,
                             compat=args.compat, quiet=args.quiet)
-    jax.block_until_ready(graph.layers[0].pos)
+    jax.block_until_ready(graph.layers[0].records)
     fit_seconds = time.perf_counter() - fitting
     # Every process writes its shards of the records (orbax); process 0 reads the graph
     # back to evaluate it and moves it into the run folder, so no other host holds every

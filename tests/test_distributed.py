@@ -45,6 +45,9 @@ WORKER = textwrap.dedent("""
                             compat="original", quiet=True)
     got = [{f: everything(getattr(l, f)) for f in fields} for l in graph.layers]
     out["sharding"] = str(graph.layers[0].score.sharding)
+    kept = graph.layers[0].records.score   # as kept: 10 images + 2 padding, 3 on each device
+    out["kept"] = [kept.sharding.is_fully_replicated,
+                   [s.data.shape[1] for s in kept.addressable_shards]]
     if process == 1:
         ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                               compat="original", devices=one, quiet=True)
@@ -175,7 +178,8 @@ def test_two_processes_equal_one(tmp_path):
     out.update(original_equal=other["original_equal"])
     other_ids = other["ids"]
     assert out["describe"] == "4 cpu devices in 2 processes" and out["shard"] == [0, 2]
-    assert "spec=P()" in out["sharding"]   # 10 images on 4 devices: records replicated
+    assert "spec=P()" in out["sharding"]   # 10 images on 4 devices: read whole, in image order
+    assert out["kept"] == other["kept"] == [False, [3, 3]], out   # kept split: no host has all
     print(json.dumps(out))
     assert all(out["original_equal"].values()), out["original_equal"]   # bit for bit
     assert max(out["fixed_pos"]) < 1e-6, out["fixed_pos"]

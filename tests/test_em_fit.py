@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 import egjax
+import toy_graph
 from egjax import ExplanatoryGraph, GraphConfig, LayerConfig
 from egjax.em import fit as fit_lib
 from egjax.em import inputs
+from egjax.graph import Records
 from egjax.maps import QuantizedMaps, dequantize, host_empty, quantize
 
 TOP = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1, iterations=3)
@@ -120,6 +122,31 @@ def test_graph_checkpoint_round_trip(graph, tmp_path):
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     with pytest.raises(FileExistsError):
         graph.save(path)
+
+
+def test_padded_records_read_and_save_in_image_order(tmp_path):
+    """Records kept with padding slots (as a fit split over devices keeps them) read, save and
+    load as the N images' records: the padding (here junk) is cut off."""
+    plain = toy_graph.graph()
+
+    def padded(layer):
+        def pad(x, axis):
+            x = np.asarray(x)
+            junk = np.full(x.shape[:axis] + (2,) + x.shape[axis + 1:], 7, x.dtype)
+            return np.concatenate([x, junk], axis)
+        kept = Records(*(pad(getattr(layer, f), 0 if f == "flip" else 1) for f in Records._fields))
+        return dataclasses.replace(layer, records=kept, padding=2)
+
+    graph = ExplanatoryGraph(tuple(map(padded, plain.layers)), plain.config)
+    loaded = ExplanatoryGraph.load(graph.save(tmp_path / "graph"))
+    for a, b, c in zip(plain.layers, graph.layers, loaded.layers):
+        assert b.num_images == c.num_images == toy_graph.IMAGES and c.padding == 0
+        assert jax.jit(lambda layer: layer.pos)(b).shape == np.shape(a.pos)
+        for field in Records._fields:
+            np.testing.assert_array_equal(getattr(b, field), getattr(a, field))
+            np.testing.assert_array_equal(getattr(c, field), getattr(a, field))
+    with pytest.raises(ValueError, match="replace all of"):
+        dataclasses.replace(graph.layers[0], score=plain.layers[0].score)
 
 
 def test_corrupt_or_mismatched_checkpoints_are_refused(graph, tmp_path):

@@ -94,6 +94,14 @@ PADDED = textwrap.dedent("""
             out[compat + name] = [{f: np.asarray(getattr(l, f)).tolist() for f in
                                    ("coord", "deform", "parents", "score", "pos", "flip")}
                                   for l in graph.layers]
+        # The records as kept stay split over the 8 devices, padding included; written and
+        # read back, they are the 100 images' records.
+        out["kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
+                        sorted({s.data.shape[1] for s in l.records.score.addressable_shards})]
+                       for l in graph.layers]
+        back = egjax.ExplanatoryGraph.load(graph.save(os.path.join(os.environ["RUNS"], "graph")))
+        out["loaded"] = [{f: np.asarray(getattr(l, f)).tolist() for f in
+                          ("score", "pos", "flip", "alt_score", "alt_pos")} for l in back.layers]
     # Image order <-> the slots of 4 processes x 2 devices (laid out as if): 24 images, each
     # device sends the others their rows (an all-to-all), none gathers all.
     from jax.sharding import NamedSharding, PartitionSpec as P
@@ -115,11 +123,12 @@ PADDED = textwrap.dedent("""
 """)
 
 
-def test_hundred_images_use_all_eight_devices():
+def test_hundred_images_use_all_eight_devices(tmp_path):
     """100 images on 8 devices: 13 per device, the last 4 slots masked padding; the graph
-    equals the one-device fit bit for bit (compat="original", float64)."""
+    equals the one-device fit bit for bit (compat="original", float64); its records stay
+    split over the devices (13 slots each, 4 of them padding), and read back as saved."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               TESTS=os.path.dirname(__file__))
+               TESTS=os.path.dirname(__file__), RUNS=str(tmp_path))
     run = subprocess.run([sys.executable, "-c", PADDED], capture_output=True, text=True, env=env,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -132,3 +141,8 @@ def test_hundred_images_use_all_eight_devices():
             assert len(eight["flip"]) == 100
             for field in ("coord", "deform", "score", "pos", "parents", "flip"):
                 np.testing.assert_array_equal(eight[field], one[field], err_msg=field)
+    assert out["kept"] == [[4, False, [13]]] * 2, out["kept"]
+    for loaded, one in zip(out["loaded"], out["originalone"]):
+        for field in ("score", "pos", "flip"):
+            np.testing.assert_array_equal(loaded[field], one[field], err_msg=field)
+        assert np.shape(loaded["alt_score"]) == np.shape(one["score"])

@@ -23,7 +23,7 @@ from egjax.em import sharding
 from egjax.em.original.rules import ORIGINAL
 from egjax.em.rules import FIXED, Rules
 from egjax.em.schedule import Schedule, for_devices
-from egjax.graph import ExplanatoryGraph, LayerFit
+from egjax.graph import ExplanatoryGraph, LayerFit, Records
 from egjax.maps import QuantizedMaps
 from egjax.progress import Step, duration
 
@@ -91,16 +91,21 @@ def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
             raise ValueError("init coord must be finite and deform > 0")
 
 
-@functools.partial(jax.jit, static_argnames=("child", "parent", "rules", "num_images"))
-def _survivor_count(score, pos, child, parent, rules, num_images):
-    _, kept = parents_lib.survivors(score, pos, child, parent, rules, num_images, None)
+@functools.partial(jax.jit, static_argnames=("child", "rules"))
+def _survivor_count(parent: LayerFit, child, rules):
+    _, kept = parents_lib.survivors(parent.score, parent.pos, child, parent.config, rules,
+                                    parent.num_images, None)
     return jnp.sum(kept)
+
+
+@jax.jit
+def _any_flip(layer: LayerFit):
+    return jnp.any(layer.flip)
 
 
 def _candidate_slots(parent: LayerFit, cfg: LayerConfig, rules: Rules) -> int:
     """Check that enough candidate parents survive; return the number of candidate slots."""
-    survived = int(_survivor_count(parent.score, parent.pos, cfg, parent.config, rules,
-                                   parent.score.shape[1]))
+    survived = int(_survivor_count(parent, cfg, rules))
     here, above = cfg.tap or "this layer", parent.config.tap or "the layer above"
     cuts = (f"{survived} of the {parent.score.shape[0]} nodes of {above} survive as candidate "
             f"parents of {here} (the variance cut drops the half that move least over the "
@@ -139,12 +144,14 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
 
 class LayerCall(NamedTuple):
     """One layer fit as a jitted `function` and its `args` (inputs already checked):
-    `layer_fit(call.function(*call.args), cfg)` fits the layer, and
+    `layer_fit(call.function(*call.args), call)` fits the layer, and
     `call.function.lower(*call.args).compile()` compiles it ahead of time."""
 
     function: Callable
     args: tuple
+    cfg: LayerConfig
     candidates: tuple | None = None   # `parents.candidate_list` (None in the top layer)
+    padding: int = 0                  # slots after the images in the records (`LayerFit`)
 
 
 @functools.lru_cache(maxsize=None)
@@ -174,23 +181,24 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
     one batch of parent priors (memory ~ chunk). The images are sharded over `devices`
     (default: all devices of all processes; N padded with masked images to a multiple of
     their count). Under several processes (`egjax.distributed`), `maps` and `flipped_maps`
-    hold this process's share of the images (`egjax.em.sharding`) and the records come
-    back for all images, in image order. `schedule` shapes the loops (`em.schedule`;
-    default: the one for the devices' backend); it does not change the results.
+    hold this process's share of the images (`egjax.em.sharding`); the records of all
+    images stay split over the devices (`LayerFit.records`). `schedule` shapes the loops
+    (`em.schedule`; default: the one for the devices' backend); it does not change the
+    results.
     """
     sharding.check_together(devices, _check_layer_inputs, maps, cfg, flipped_maps, parent,
                             init, compat)
     if parent is not None:   # on records that may span processes: after the local checks
         n = sharding.total_images(inputs.map_shape(maps)[0], devices)
-        if parent.score.shape[1] != n:
-            raise ValueError(f"parent was fitted on {parent.score.shape[1]} images, maps has {n}")
-        if flipped_maps is None and bool(jnp.any(parent.flip)):
+        if parent.num_images != n:
+            raise ValueError(f"parent was fitted on {parent.num_images} images, maps has {n}")
+        if flipped_maps is None and bool(_any_flip(parent)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
     call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices,
                       schedule)
     # Done before returning: the call may read the caller's maps in place (`inputs.device_array`).
-    return layer_fit(jax.block_until_ready(call.function(*call.args)), cfg, call.candidates)
+    return layer_fit(jax.block_until_ready(call.function(*call.args)), call)
 
 
 def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
@@ -203,8 +211,7 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
     if parent is not None:
         upper = rules.parent_records(parent)
         slots = _candidate_slots(upper, cfg, rules)
-        candidates = parents_lib.candidate_list(upper.score, upper.pos, slots, cfg,
-                                                parent.config, rules)
+        candidates = parents_lib.candidate_list(upper, slots, cfg, rules)
     if init is None:
         init = random_init(key, cfg, c, dtype)
     coord, deform = layout.params_in(np.asarray(init["coord"], dtype),
@@ -225,28 +232,32 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
         args = (sharding.replicated(coord, mesh), sharding.replicated(deform, mesh),
                 inputs.as_sharded(maps, mesh, images, dtype),
                 inputs.as_sharded(flipped_maps, mesh, images, dtype), parent)
-    return LayerCall(function, args, candidates)
+    return LayerCall(function, args, cfg, candidates,
+                     0 if images is None else images.slots - images.num_images)
 
 
 _records_out = jax.jit(layout.records_out)
 
 
-def layer_fit(outputs, cfg: LayerConfig, candidates: tuple | None = None) -> LayerFit:
-    """The LayerFit from the outputs of a `LayerCall` and its `candidates`.
+def layer_fit(outputs, call: LayerCall) -> LayerFit:
+    """The LayerFit from the `outputs` of `call` (a `LayerCall`).
 
     The fit returns its records image-major (`layer.Records`); they are put in the public
     node-major layout here, outside the fit, one at a time, each freed once moved (so pass
     `outputs` without keeping a reference): the fit's own memory is released by then, and
-    the move needs room for one record more.
+    the move needs room for one record more. They stay split over the fit's devices, with
+    the padding `call.padding` (`LayerFit.records`).
     """
     coord, deform, parents, records = outputs
     del outputs
     records = records._asdict()
     public = {name: _records_out(records.pop(name)) if name != "flip" else records.pop(name)
               for name in list(records)}
+    candidates = call.candidates
     if candidates is None:   # the top layer
         candidates = (jnp.zeros(0, jnp.int32), jnp.zeros((0, 2), coord.dtype))
-    return LayerFit(coord=coord, deform=deform, parents=parents, config=cfg, **public,
+    return LayerFit(coord=coord, deform=deform, parents=parents, config=call.cfg,
+                    records=Records(**public), padding=call.padding,
                     candidates=candidates[0], candidate_mean=candidates[1])
 
 
@@ -303,8 +314,7 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
             except ValueError as error:
                 raise ValueError(f"layer {index} ({cfg.layers[index].tap or 'untapped'}): "
                                  f"{error}") from None
-            parent = layer_fit(jax.block_until_ready(call.function(*call.args)),
-                               cfg.layers[index], call.candidates)
+            parent = layer_fit(jax.block_until_ready(call.function(*call.args)), call)
             fits[index] = parent
             times.append(f"{name} {duration(time.perf_counter() - started)}")
             bar.describe(note=", ".join(times))

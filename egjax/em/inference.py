@@ -158,8 +158,9 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         score, pos, new_flip, norm = jax.shard_map(
             per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
-        score, pos, new_flip = jax.tree.map(lambda x: sharding.image_order(x, images, 0, mesh),
-                                            (score, pos, new_flip))
+        score, pos, new_flip = jax.tree.map(
+            lambda x: sharding.image_order(x, images, 0, mesh)[:images.num_images],
+            (score, pos, new_flip))
     flip = new_flip if upper is None else flip
     out = layout.records_out(score / norm), layout.records_out(pos), flip
     if mesh is not None:
@@ -232,8 +233,7 @@ def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
         raise ValueError("a layer without its candidate parents needs the records of the "
                          "layer above")
     slots = parents_lib.candidate_slots(upper.num_nodes, fitted.config.top_m)
-    index, mean = parents_lib.candidate_list(upper.score, upper.pos, slots, fitted.config,
-                                             upper.config, FIXED)
+    index, mean = parents_lib.candidate_list(upper, slots, fitted.config, FIXED)
     return dataclasses.replace(fitted, candidates=index, candidate_mean=mean)
 
 

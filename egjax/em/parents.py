@@ -96,14 +96,14 @@ def _first_survivors(score, pos, slots, child, parent, rules, num_images, images
     return order[first_kept], kept[first_kept]
 
 
-@functools.partial(jax.jit, static_argnames=("slots", "child", "parent", "rules"))
-def candidate_list(score: jnp.ndarray, pos: jnp.ndarray, slots: int, child: LayerConfig,
-                   parent: LayerConfig, rules) -> tuple[jnp.ndarray, jnp.ndarray]:
+@functools.partial(jax.jit, static_argnames=("slots", "child", "rules"))
+def candidate_list(upper, slots: int, child: LayerConfig, rules
+                   ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """The model's summary of the candidates (`LayerFit.candidates`, `candidate_mean`) from
-    the records `score [U, N]`, `pos [U, N, 2]` of the upper layer (all images on one
-    device): their indices `[M]` (-1 for an empty slot) and mean positions `[M, 2]`."""
-    num = score.shape[1]
-    index, valid = _first_survivors(score, pos, slots, child, parent, rules, num, None)
+    the records `score [U, N]`, `pos [U, N, 2]` of the upper layer `upper` (a `LayerFit`):
+    their indices `[M]` (-1 for an empty slot) and mean positions `[M, 2]`."""
+    score, pos, num = upper.score, upper.pos, upper.num_images
+    index, valid = _first_survivors(score, pos, slots, child, upper.config, rules, num, None)
     return jnp.where(valid, index, -1), image_mean(pos[index], 1, num, None)
 
 

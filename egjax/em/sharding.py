@@ -9,9 +9,9 @@ axis, so the body is the single-device code with `Setup.images` set.
 
 Under `jax.distributed` (several processes), each process passes its own share of the
 images, p, p + P, p + 2P, ... (`egjax.data.iter_objects(shard=(p, P))`); they go straight
-from its host memory to its own devices. Records come back in image order, sharded over
-the images where N divides by the device count (a `jax.Array` cannot be split unevenly),
-else replicated on the devices; no host gathers them.
+from its host memory to its own devices. A fit's records come back in image order,
+followed by zeros up to a multiple of the device count (`image_order`; a `jax.Array` splits
+only evenly), split over the images: no host gathers them (`LayerFit.records`, `padding`).
 """
 
 from __future__ import annotations
@@ -128,52 +128,37 @@ def replicated(x, mesh: Mesh) -> jax.Array:
 
 
 def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
-    """How per-image records (images along `axis`) are kept: split over the images where N
-    divides by the device count, else replicated on the devices."""
+    """How per-image records of new images (`infer_graph`; images along `axis`) are
+    returned: split over the images where N divides by the device count, else replicated
+    on the devices (a `jax.Array` splits only evenly)."""
     even = images.num_images % mesh.devices.size == 0
     return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
 
 
-def image_order(x: jnp.ndarray, images: Images, axis: int = 0,
-                mesh: Mesh | None = None) -> jnp.ndarray:
-    """Per-image `x` in `images`' slots along `axis` -> image order (padding dropped): the
-    processes' blocks cut to their shares and interleaved (image i = q*P + p, `Images`).
-    With `mesh` (its images split over `mesh`), where the images of several processes
-    divide by its device count, moved device to device (`_exchange`)."""
-    if _exchanges(images, mesh):
-        return _exchange(x, mesh, images.slot_of_image(), axis)
-    shape = x.shape[:axis] + (images.num_images,) + x.shape[axis + 1:]
-    per_process = -(-images.num_images // images.processes)
-    x = x.reshape(x.shape[:axis] + (images.processes, images.block) + x.shape[axis + 1:])
-    x = jax.lax.slice_in_dim(x, 0, per_process, axis=axis + 1)
-    x = jnp.swapaxes(x, axis, axis + 1).reshape(
-        x.shape[:axis] + (per_process * images.processes,) + x.shape[axis + 2:])
-    return jax.lax.slice_in_dim(x, 0, images.num_images, axis=axis).reshape(shape)
+def image_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.ndarray:
+    """Per-image `x`, split over `mesh` in `images`' slots along `axis` -> image order, then
+    zeros up to the same length (as `LayerFit.records` keeps them). One process: the slots
+    are in image order already; several: moved device to device (`_exchange`)."""
+    slots, num = images.slots, images.num_images
+    if images.processes == 1:
+        real = (jnp.arange(slots) < num).reshape((-1,) + (1,) * (x.ndim - axis - 1))
+        return jnp.where(real, x, jnp.zeros_like(x))
+    source = np.concatenate([images.slot_of_image(), np.full(slots - num, slots)])
+    return _exchange(x, mesh, source, axis)
 
 
-def slot_order(x: jnp.ndarray, images: Images, axis: int = 0,
-               mesh: Mesh | None = None) -> jnp.ndarray:
-    """Per-image `x` in image order along `axis` -> `images`' slots (padding 0): the inverse
-    of `image_order`."""
-    if _exchanges(images, mesh):
-        return _exchange(x, mesh, images.image_at_slot(), axis)
-    per_process = -(-images.num_images // images.processes)
-
-    def pad(a, to, at):
-        return jnp.pad(a, [(0, to - a.shape[at]) if d == at else (0, 0) for d in range(a.ndim)])
-
-    x = pad(x, per_process * images.processes, axis)
-    x = x.reshape(x.shape[:axis] + (per_process, images.processes) + x.shape[axis + 1:])
-    x = pad(jnp.swapaxes(x, axis, axis + 1), images.block, axis + 1)
-    return x.reshape(x.shape[:axis] + (images.slots,) + x.shape[axis + 2:])
-
-
-def _exchanges(images: Images, mesh: Mesh | None) -> bool:
-    """Whether the move between image order and the slots goes device to device: several
-    processes' images, split evenly in both orders (else XLA may gather the whole array,
-    and an image order that does not divide is replicated anyway)."""
-    return (mesh is not None and images.processes > 1
-            and images.num_images % mesh.devices.size == 0)
+def slot_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.ndarray:
+    """Per-image `x` in image order along `axis` (N images, or followed by padding as
+    `image_order` returns them) -> `images`' slots (padding 0): the inverse of
+    `image_order`."""
+    slots, num = images.slots, images.num_images
+    if x.shape[axis] != slots:   # no padding, or another fit's
+        x = jax.lax.slice_in_dim(x, 0, num, axis=axis)
+        x = jnp.pad(x, [(0, slots - num) if d == axis else (0, 0) for d in range(x.ndim)])
+    if images.processes == 1:
+        return x
+    at = images.image_at_slot()
+    return _exchange(x, mesh, np.where(at < num, at, slots), axis)
 
 
 def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.ndarray:
@@ -220,7 +205,9 @@ def whole_records(layer: LayerFit) -> LayerFit:
             return jax.jit(lambda a: a, out_shardings=NamedSharding(split.mesh, P()))(x)
         return x
 
-    return dataclasses.replace(layer, score=whole(layer.score), pos=whole(layer.pos))
+    kept = layer.records
+    return dataclasses.replace(layer, records=kept._replace(score=whole(kept.score),
+                                                            pos=whole(kept.pos)))
 
 
 def _maps_spec(quantized: bool):
@@ -233,7 +220,8 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     maps (`put_images`) and per-image records split along the images, node parameters
     replicated. `parent` is the LayerConfig of the layer above (None for the top layer);
     the parent's records are taken in image order and put in `images`' slots, and the
-    records returned in image order."""
+    records returned in image order followed by padding (`image_order`), split over the
+    devices."""
     per_image = P(None, AXIS)
     out_specs = (P(), P(), P(), records_type(*[P(AXIS)] * len(records_type._fields)))
     parent_spec = None if parent is None else LayerFit(
@@ -244,16 +232,15 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                         check_vma=False)
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
-        records_type(*[record_sharding(mesh, images)] * len(records_type._fields)),)
+        records_type(*[NamedSharding(mesh, P(AXIS))] * len(records_type._fields)),)
 
     def run(coord, deform, maps, flipped, upper):
-        if upper is not None:
-            def to_slots(x, axis):
-                return slot_order(x, images, axis, mesh)
+        if upper is not None:   # its records as kept (`LayerFit.records`) -> the slots
+            kept = upper.records
             upper = LayerFit(coord=upper.coord, deform=upper.deform, parents=upper.parents,
-                             score=to_slots(upper.score, 1), pos=to_slots(upper.pos, 1),
-                             flip=to_slots(upper.flip, 0), alt_score=to_slots(upper.alt_score, 1),
-                             alt_pos=to_slots(upper.alt_pos, 1), config=upper.config)
+                             **{f: slot_order(getattr(kept, f), images, 0 if f == "flip" else 1,
+                                              mesh) for f in kept._fields},
+                             config=upper.config)
         coord, deform, parents, rec = fit(coord, deform, maps, flipped, upper)
         rec = jax.tree.map(lambda x: image_order(x, images, 0, mesh), rec)
         return coord, deform, parents, rec
