@@ -12,7 +12,7 @@ from egjax import saliency
 from egjax.models import propagation
 from egjax.models import VGG16
 from egjax.models.resnet import ResNet50
-from protocol_models import LinearClassifier, random_params
+from protocol_models import LinearClassifier, numpy_init, random_params
 from vgg_weight_files import random_params as vgg_random_params
 
 NUM_CLASSES = 3
@@ -249,7 +249,7 @@ def test_resnet50_layer_list_is_the_network_and_lrp0_is_gradient_x_input(variant
     with max pooling) LRP-0 equals gradient x input and sums to the target logit."""
     model = ResNet50(width=1 / 16, head="gap", num_classes=NUM_CLASSES, variant=variant)
     images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 32, 32, 3)), jnp.float32)
-    params = model.init(jax.random.key(1), images[:1])["params"]
+    params = numpy_init(model, images[:1].shape, seed=1)["params"]
     params = jax.tree.map(lambda x: x * 4.0, params)     # keep the signal alive over 50 layers
     params = _zero_biases(params)
     logits, _ = jax.jit(saliency._lrp_forward, static_argnums=0)(model.lrp_layers, params,
