@@ -31,8 +31,11 @@ browser:
 	      $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } ; } || \
 	  echo "make: no Chromium installed; the explorer's browser test will be skipped"
 
+# The suite runs one pytest worker per CPU (pytest-xdist), each test file on one worker so
+# that a file's fixtures and compiled programs are made once: most of its time is XLA
+# compiling, which takes one thread.
 test: install browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 demo: $(VENV)/.installed-demo
 	$(PY) experiments/vgg16_voc.py --overwrite
