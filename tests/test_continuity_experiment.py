@@ -128,3 +128,20 @@ def test_refused_seeds_are_replaced_and_recorded_and_too_few_make_no_comparison(
     assert not (tmp_path / "refused" / "continuity.png").exists()
     err = capsys.readouterr().err
     assert "seed 12 refused: " in err and "only 0 of 4 seeds passed (--seeds 2 needed)" in err
+
+
+def test_the_shared_phase_branches_when_until_fires_though_its_last_step_falls_back(
+        script, monkeypatch, tmp_path):
+    """`train.fit` records one more step after `until` fires. If that step pulls the mean
+    back under `--triplet-after`, the seed has still left the plateau: it branches at the
+    step count `fit` ran, and is not refused. Here the plateau test holds only for a
+    history of exactly 2 steps, so the 3-step history `fit` returns fails it."""
+    monkeypatch.setattr(script, "left_plateau", lambda accuracy: lambda history: len(history) == 2)
+    args = script.parse_args(["--runs", str(tmp_path), *TINY, "--steps", "8"])
+    from egjax.models import ModelMeta
+    meta = ModelMeta(source="synthetic", arch="vgg16", width=args.width, head="gap",
+                     num_classes=5, preprocessing="torch")
+    start, arms = script.train_pair(meta, args, seed=0)
+    assert start == 3
+    assert sorted(arms) == ["plain", "triplet"]
+    assert [len(arms[v][1]) for v in script.VARIANTS] == [8, 8]
