@@ -61,6 +61,9 @@ WORKER = textwrap.dedent("""
     inferred = egjax.infer_graph(graph, share(quantized), share(quantized_flipped))
     got = [{f: everything(getattr(l, f)) for f in ("pos", "score")} for l in graph.layers]
     got_inferred = [{f: everything(getattr(l, f)) for f in ("pos", "score", "flip")} for l in inferred]
+    out["inferred_kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
+                             [s.data.shape[1] for s in l.records.score.addressable_shards]]
+                            for l in inferred]
     if process == 0:
         ref = egjax.fit_graph(quantized, GRAPH, key=jax.random.key(0), flipped_maps=quantized_flipped,
                               devices=one, quiet=True)
@@ -185,6 +188,7 @@ def test_two_processes_equal_one(tmp_path):
     assert max(out["fixed_pos"]) < 1e-6, out["fixed_pos"]
     assert max(out["inferred_pos"]) < 1e-6 and max(out["inferred_score"]) < 1e-6, out
     assert all(out["inferred_flip"])
+    assert out["inferred_kept"] == other["inferred_kept"] == [[2, False, [3, 3]]] * 2, out
     assert out["stats_count"] == 7 and out["stats_sd"] < 1e-5, out
     assert out["batched_equal"] == [True, True, True], out   # every other batch each: bit for bit
     assert out["features_equal"]
