@@ -18,6 +18,7 @@ from egjax.maps import QuantizedMaps, dequantize
 
 TOP_IMAGES = 20
 TOP_NODES = 167
+RECORDS = ("score", "alt_score", "pos", "alt_pos", "flip")   # what node detections read
 
 
 class Detections(NamedTuple):
@@ -38,9 +39,6 @@ def node_detections(fit, image_size: int) -> Detections:
                          "records=False)`); use a graph saved with its records")
     return _detections(fit.config, image_size,
                        *(np.asarray(getattr(fit, f)) for f in RECORDS))
-
-
-RECORDS = ("score", "alt_score", "pos", "alt_pos", "flip")
 
 
 def _detections(cfg, image_size: int, score, alt_score, pos, alt_pos, flip) -> Detections:
@@ -95,7 +93,7 @@ def merged(parts: Best, top_images: int = TOP_IMAGES) -> Best:
     -> the `Best` of all of them, each pattern's best first as `best_images` orders them
     (by score, then image), so with the same values as `best_images` of all the images."""
     flat = [np.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]) for x in parts]
-    score, image, dist, seen = flat
+    score, image = flat[:2]
     order = np.lexsort((image, -score), axis=-1)[:, :min(top_images, score.shape[1])]
     return Best(*(np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
                                      axis=1) for x in flat))
