@@ -105,7 +105,8 @@ PADDED = textwrap.dedent("""
         out["inferred_kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
                                  l.records.pos.sharding.is_fully_replicated,
                                  l.records.flip.sharding.is_fully_replicated,
-                                 sorted({s.data.shape[1] for s in l.records.score.addressable_shards})]
+                                 sorted({s.data.shape[1]
+                                         for s in l.records.score.addressable_shards})]
                                 for l in inferred["eight"]]
         out["inferred"] = {name: [{f: np.asarray(getattr(l, f)).tolist() for f in
                                    ("score", "pos", "flip")} for l in layers]

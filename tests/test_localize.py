@@ -191,8 +191,9 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="graph's 2 layers"):
         localize.fit_part(graph, shots[:1], truth, visible)
     part = localize.fit_part(graph, shots, truth, visible, nodes=2)
+    mirrored = egjax.LayerInference(shots[1].score, shots[1].pos, ~shots[1].flip)
     with pytest.raises(ValueError, match="different orientations"):
-        localize.predict(part, graph, [shots[0], egjax.LayerInference(shots[1].score, shots[1].pos, ~shots[1].flip)])
+        localize.predict(part, graph, [shots[0], mirrored])
     with pytest.raises(ValueError, match="for 224-px images"):
         localize.predict(localize.PartModel(part.layer, part.index, part.offset, 70.0, 224),
                          graph, shots)
