@@ -195,16 +195,16 @@ def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray, *,
     for fit, layer_maps in zip(graph.layers, maps):
         cfg, num = fit.config, fit.num_images
         _check_images(num)
-        share = len(range(index, num, count))
-        if len(landmarks) != num or len(visible) != num or len(decoded(layer_maps)) != share:
+        share, layer_maps = len(range(index, num, count)), np.asarray(decoded(layer_maps))
+        if len(landmarks) != num or len(visible) != num or len(layer_maps) != share:
             raise ValueError(f"the graph holds {num} images: landmarks and visible must hold "
                              f"{num}, maps {share} (this process's share), got "
-                             f"{len(landmarks)}, {len(visible)}, {len(decoded(layer_maps))}")
+                             f"{len(landmarks)}, {len(visible)}, {len(layer_maps)}")
         held, det = _held_detections(fit, size) if count > 1 else (
             np.arange(num), node_detections(fit, size))
         nodes = _instability(_all(best_images(det, landmarks[held], visible[held],
                                               images=held), num, count)) / diagonal(size)
-        det = filter_detections(np.asarray(decoded(layer_maps)), cfg.stride, cfg.center)
+        det = filter_detections(layer_maps, cfg.stride, cfg.center)
         held = np.arange(index, num, count)
         filters = _instability(_all(best_images(det, landmarks[held], visible[held],
                                                 images=held), num, count)) / diagonal(size)
