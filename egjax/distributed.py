@@ -141,6 +141,29 @@ def gather_shares(x):
     return jax.tree.map(one, x)
 
 
+def gather_exact(x: np.ndarray) -> np.ndarray:
+    """`[P, ...]` every process's host array `x` (the same shape on each), bit for bit (as
+    bytes: jax arrays may hold no float64)."""
+    x = np.ascontiguousarray(x)
+    every = np.asarray(multihost_utils.process_allgather(x.reshape(-1).view(np.uint8)))
+    return every.view(x.dtype).reshape((jax.process_count(),) + x.shape)
+
+
+def addressable(x, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The part of `x` that this process holds along `axis` (a `jax.Array` split over the
+    devices of several processes; else all of it): `(index [n], values)`, the increasing
+    positions along `axis` and the values there, on the host."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.arange(np.shape(x)[axis]), np.asarray(x)
+    pieces = {}
+    for shard in x.addressable_shards:
+        start, stop, _ = shard.index[axis].indices(x.shape[axis])
+        pieces[start] = (stop, shard.data)
+    starts = sorted(pieces)
+    index = np.concatenate([np.arange(start, pieces[start][0]) for start in starts])
+    return index, np.concatenate([np.asarray(pieces[start][1]) for start in starts], axis=axis)
+
+
 def leave_together(name: str, timeout: int = 3600) -> None:
     """Wait until every process reaches `leave_together(name)` (at most `timeout` seconds),
     e.g. the others for process 0 to write the run folder: a process that leaves early

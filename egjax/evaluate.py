@@ -13,11 +13,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from egjax import geometry
+from egjax import distributed, geometry
 from egjax.maps import QuantizedMaps, dequantize
 
 TOP_IMAGES = 20
 TOP_NODES = 167
+RECORDS = ("score", "alt_score", "pos", "alt_pos", "flip")   # what node detections read
 
 
 class Detections(NamedTuple):
@@ -36,12 +37,14 @@ def node_detections(fit, image_size: int) -> Detections:
         raise ValueError("node_detections needs the layer's records of its training images, "
                          "and this graph was saved without them (`save(path, "
                          "records=False)`); use a graph saved with its records")
-    cfg = fit.config
-    score, alt_score = np.asarray(fit.score), np.asarray(fit.alt_score)
+    return _detections(fit.config, image_size,
+                       *(np.asarray(getattr(fit, f)) for f in RECORDS))
+
+
+def _detections(cfg, image_size: int, score, alt_score, pos, alt_pos, flip) -> Detections:
     use_alt = alt_score > score
-    cells = np.where(use_alt[..., None], np.asarray(fit.alt_pos), np.asarray(fit.pos))
-    mirrored = np.asarray(fit.flip)[None, :] != use_alt
-    px = geometry.cells_to_pixels(cells, cfg, mirrored, image_size)
+    cells = np.where(use_alt[..., None], alt_pos, pos)
+    px = geometry.cells_to_pixels(cells, cfg, flip[None, :] != use_alt, image_size)
     return Detections(np.maximum(score, alt_score), px)
 
 
@@ -55,11 +58,56 @@ def filter_detections(maps: np.ndarray, stride: float, center: float) -> Detecti
     return Detections(np.max(flat, axis=-1), geometry.to_pixels(cells, stride, center))
 
 
+class Best(NamedTuple):
+    """Per pattern, its best images, best first (ties: the lower image first): their
+    `score [V, k]`, `image [V, k]` indices, and per landmark the pixel distance `dist
+    [V, k, P]` to the pattern and whether it is visible there, `seen [V, k, P]`. Of some
+    images (`best_images`) or, merged, of all (`merged`)."""
+
+    score: np.ndarray
+    image: np.ndarray
+    dist: np.ndarray
+    seen: np.ndarray
+
+
+def best_images(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
+                top_images: int = TOP_IMAGES, images=None) -> Best:
+    """Each pattern's `top_images` best of the images of `det` (`score [V, n]`): `images
+    [n]` their increasing indices among all images (default 0..n-1), `landmarks [n, P, 2]`
+    and `visible [n, P]` theirs."""
+    score, px = np.asarray(det.score), np.asarray(det.px)
+    images = np.arange(score.shape[1]) if images is None else np.asarray(images)
+    k = min(top_images, score.shape[1])
+    best = np.argsort(-score, axis=1, kind="stable")[:, :k]                          # [V, k]
+    dist = []
+    for start in range(0, len(best), 4096):                         # bounded memory
+        chosen = best[start:start + 4096]
+        where = np.take_along_axis(px[start:start + 4096], chosen[..., None], axis=1)
+        dist.append(np.linalg.norm(landmarks[chosen] - where[:, :, None, :], axis=-1))
+    dist = np.concatenate(dist) if dist else np.zeros((0, k, visible.shape[1]))
+    return Best(np.take_along_axis(score, best, axis=1), images[best], dist, visible[best])
+
+
+def merged(parts: Best, top_images: int = TOP_IMAGES) -> Best:
+    """`Best` of several disjoint sets of images, stacked along a first axis `[S, V, k, ...]`
+    -> the `Best` of all of them, each pattern's best first as `best_images` orders them
+    (by score, then image), so with the same values as `best_images` of all the images."""
+    flat = [np.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]) for x in parts]
+    score, image = flat[:2]
+    order = np.lexsort((image, -score), axis=-1)[:, :min(top_images, score.shape[1])]
+    return Best(*(np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
+                                     axis=1) for x in flat))
+
+
 def ranked(det: Detections, top_images: int = TOP_IMAGES) -> np.ndarray:
     """Pattern indices by the mean of their `top_images` best scores, best first (stable)."""
     score = np.asarray(det.score)
     best = -np.sort(-score, axis=1)[:, :min(top_images, score.shape[1])]
-    return np.argsort(-best.mean(axis=1), kind="stable")
+    return _ranked(best)
+
+
+def _ranked(best_scores: np.ndarray) -> np.ndarray:
+    return np.argsort(-best_scores.mean(axis=1), kind="stable")
 
 
 def node_instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
@@ -73,26 +121,31 @@ def node_instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray
     `visible [N, P]`. Returns `[len(patterns)]`.
     """
     score, px = np.asarray(det.score), np.asarray(det.px)
-    num_images = score.shape[1]
-    if num_images < 2:
-        raise ValueError(f"instability needs at least 2 images, got {num_images}")
-    patterns = np.arange(score.shape[0]) if patterns is None else np.asarray(patterns)
-    k = min(top_images, num_images)
-    out = np.full(len(patterns), np.nan)
-    for start in range(0, len(patterns), 4096):                     # bounded memory
-        chosen = patterns[start:start + 4096]
-        images = np.argsort(-score[chosen], axis=1, kind="stable")[:, :k]          # [B, k]
-        where = np.take_along_axis(px[chosen], images[..., None], axis=1)           # [B, k, 2]
-        dist = np.linalg.norm(landmarks[images] - where[:, :, None, :], axis=-1)    # [B, k, P]
-        seen = visible[images]
-        count = seen.sum(axis=1)                                                     # [B, P]
-        mean = np.where(seen, dist, 0).sum(axis=1) / np.maximum(count, 1)
-        squares = np.where(seen, (dist - mean[:, None]) ** 2, 0).sum(axis=1)
-        spread = np.sqrt(squares / np.maximum(count - 1, 1))
+    _check_images(score.shape[1])
+    if patterns is not None:
+        score, px = score[np.asarray(patterns)], px[np.asarray(patterns)]
+    return spread(best_images(Detections(score, px), landmarks, visible, top_images))
+
+
+def spread(best: Best) -> np.ndarray:
+    """`node_instability` of each pattern of `best`: `[V]`."""
+    dist, seen = best.dist, best.seen
+    out = np.full(len(dist), np.nan)
+    for start in range(0, len(dist), 4096):                         # bounded memory
+        d, s = dist[start:start + 4096], seen[start:start + 4096]
+        count = s.sum(axis=1)                                                        # [B, P]
+        mean = np.where(s, d, 0).sum(axis=1) / np.maximum(count, 1)
+        squares = np.where(s, (d - mean[:, None]) ** 2, 0).sum(axis=1)
+        deviation = np.sqrt(squares / np.maximum(count - 1, 1))
         parts = count > 0
         with np.errstate(invalid="ignore"):
-            out[start:start + 4096] = np.where(parts, spread, 0).sum(1) / parts.sum(1)
+            out[start:start + 4096] = np.where(parts, deviation, 0).sum(1) / parts.sum(1)
     return out
+
+
+def _check_images(num_images: int) -> None:
+    if num_images < 2:
+        raise ValueError(f"instability needs at least 2 images, got {num_images}")
 
 
 def instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
@@ -103,8 +156,14 @@ def instability(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
     `top_nodes` kept; patterns that see no landmark are left out. `landmarks [N, P, 2]`
     pixels, `visible [N, P]`.
     """
-    patterns = ranked(det, top_images)[:top_nodes]
-    per_pattern = node_instability(det, landmarks, visible, top_images, patterns)
+    _check_images(np.shape(det.score)[1])
+    return _instability(best_images(det, landmarks, visible, top_images), top_nodes)
+
+
+def _instability(best: Best, top_nodes: int = TOP_NODES) -> float:
+    """`instability` from every image's `Best`."""
+    chosen = _ranked(best.score)[:top_nodes]
+    per_pattern = spread(Best(*(x[chosen] for x in best)))
     return float(np.mean(per_pattern[~np.isnan(per_pattern)]))
 
 
@@ -113,26 +172,71 @@ def diagonal(image_size: int) -> float:
     return math.hypot(image_size, image_size)
 
 
-def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray) -> dict:
+def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray, *,
+            across_processes: bool = False) -> dict:
     """Location instability of every graph layer's nodes and of its raw filters, side by side.
 
     `graph` an ExplanatoryGraph fitted on the images whose unmirrored normalised maps are
     `maps` (one `[N, S, S, C]` array per layer, bottom to top; uint8 `QuantizedMaps` are
     decoded); `landmarks [N, P, 2]` pixels, `visible [N, P]`. Values are divided by the image
     diagonal; `ratio` is nodes / filters (below 1: nodes are more stable).
+
+    `across_processes`: under several processes (`egjax.distributed`) every process calls
+    it, with its share of the maps (images p, p + P, ...: `distributed.shard()`), the graph
+    as fitted (its records split over the devices of all processes) and the landmarks of
+    all images. Each takes the best images of every pattern among the images it holds; only
+    those are exchanged, never a layer's records, and all get the one-process metrics, bit
+    for bit.
     """
     graph.require_records("evaluate.compare")
     size = graph.config.image_size
+    index, count = distributed.shard() if across_processes else (0, 1)
     rows = []
     for fit, layer_maps in zip(graph.layers, maps):
-        cfg = fit.config
-        nodes = instability(node_detections(fit, size), landmarks, visible) / diagonal(size)
-        raw = filter_detections(np.asarray(decoded(layer_maps)), cfg.stride, cfg.center)
-        filters = instability(raw, landmarks, visible) / diagonal(size)
+        cfg, num = fit.config, fit.num_images
+        _check_images(num)
+        share, layer_maps = len(range(index, num, count)), np.asarray(decoded(layer_maps))
+        if len(landmarks) != num or len(visible) != num or len(layer_maps) != share:
+            raise ValueError(f"the graph holds {num} images: landmarks and visible must hold "
+                             f"{num}, maps {share} (this process's share), got "
+                             f"{len(landmarks)}, {len(visible)}, {len(layer_maps)}")
+        held, det = _held_detections(fit, size) if count > 1 else (
+            np.arange(num), node_detections(fit, size))
+        nodes = _instability(_all(best_images(det, landmarks[held], visible[held],
+                                              images=held), num, count)) / diagonal(size)
+        det = filter_detections(layer_maps, cfg.stride, cfg.center)
+        held = np.arange(index, num, count)
+        filters = _instability(_all(best_images(det, landmarks[held], visible[held],
+                                                images=held), num, count)) / diagonal(size)
         rows.append({"tap": cfg.tap, "nodes": nodes, "filters": filters, "ratio": nodes / filters})
     nodes = float(np.mean([r["nodes"] for r in rows]))
     filters = float(np.mean([r["filters"] for r in rows]))
     return {"layers": rows, "nodes": nodes, "filters": filters, "ratio": nodes / filters}
+
+
+def _held_detections(fit, image_size: int) -> tuple[np.ndarray, Detections]:
+    """The images of `fit`'s records that this process holds (increasing) and their
+    detections, as `node_detections`."""
+    held, parts = None, []
+    for name in RECORDS:
+        held, values = distributed.addressable(getattr(fit.records, name),
+                                               0 if name == "flip" else 1)
+        real = held < fit.num_images   # not the padding (`LayerFit.records`)
+        parts.append(np.compress(real, values, axis=0 if name == "flip" else 1))
+    return held[real], _detections(fit.config, image_size, *parts)
+
+
+def _all(best: Best, num_images: int, processes: int) -> Best:
+    """The `Best` of every process's images, from this process's `best` (of its images)."""
+    if processes == 1:
+        return best
+    top = TOP_IMAGES
+    pad = top - best.score.shape[1]   # the same shape on every process; padding sorts last
+    padded = Best(*(np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2),
+                           constant_values=fill)
+                    for x, fill in zip(best, (-np.inf, num_images, 0, False))))
+    return merged(Best(*(distributed.gather_exact(x) for x in padded)),
+                  min(top, num_images))
 
 
 def decoded(maps):

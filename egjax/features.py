@@ -68,11 +68,14 @@ def _is_array(images) -> bool:
     return hasattr(images, "shape") and hasattr(images, "__getitem__")
 
 
-def _batches(images, batch_size: int) -> Iterator[np.ndarray]:
-    """uint8 numpy batches of at most `batch_size` images from an array or an iterable."""
+def _batches(images, batch_size: int, read=None) -> Iterator[np.ndarray | None]:
+    """uint8 numpy batches of at most `batch_size` images from an array or an iterable; from
+    an array, None for a batch whose number `read(number)` refuses (it is not sliced: an
+    array read when sliced, `egjax.data.StreamImages`, reads nothing)."""
     if _is_array(images):
         for start in range(0, images.shape[0], batch_size):
-            yield np.asarray(images[start:start + batch_size])
+            wanted = read is None or read(start // batch_size)
+            yield np.asarray(images[start:start + batch_size]) if wanted else None
         return
     for batch in images:
         batch = np.asarray(batch)
@@ -280,32 +283,38 @@ def negative_statistics(model, params, meta: ModelMeta, images, taps: Sequence[s
     `across_processes=False` (this process's images only); or, `same_images=True`, every
     process passes all the negatives, computes every P-th batch (process p: batches p, p + P,
     ...) and all merge every batch's moments in batch order: bit for bit the one-process
-    statistics.
+    statistics. An array read when sliced (`egjax.data.StreamImages`) is read only where a
+    batch is computed (an unreadable image skipped there leaves its batch short).
     """
     taps = _check_setup(model, images, taps, batch_size)
     function = _moment_function(model, meta, taps)
     variables = _variables(model, params)
     split = same_images and across_processes and jax.process_count() > 1
     index, processes = (jax.process_index(), jax.process_count()) if split else (0, 1)
-    state, sizes, mine, shapes = (0, {}, {}), [], [], None
+    state, batches, mine, shapes = (0, {}, {}), 0, [], None
     total = images.shape[0] if _is_array(images) else None
     with Step(total, "negative statistics", "images", quiet=quiet) as bar:
-        for number, batch in enumerate(_batches(images, batch_size)):
-            n = batch.shape[0]
-            sizes.append(n)
+        runs = lambda number: number % processes == index   # noqa: E731
+        for number, batch in enumerate(_batches(images, batch_size, runs)):
+            batches += 1
             if split and shapes is None:   # for a process that computes no batch
-                shapes = jax.eval_shape(function, variables, _padded(batch, batch_size),
-                                        jnp.int32(n))
-            if number % processes == index:
-                moments = function(variables, _padded(batch, batch_size), jnp.int32(n))
-                if split:   # kept (float32, as computed) until every batch is in
-                    mine.append(jax.device_get(moments))
-                else:
-                    state = _merge_batch(state, n, moments)
+                shape = (batch_size,) + (images.shape if batch is None else batch.shape)[1:]
+                shapes = jax.eval_shape(function, variables,
+                                        jax.ShapeDtypeStruct(shape, np.uint8), jnp.int32(0))
+            if batch is None:   # another process's, not read
+                bar.update(min(batch_size, total - number * batch_size))
+                continue
+            n = batch.shape[0]
+            moments = (function(variables, _padded(batch, batch_size), jnp.int32(n))
+                       if n and runs(number) else None)
+            if split and runs(number):   # kept (float32, as computed) until every batch is in
+                mine.append((n, jax.device_get(moments)))
+            elif moments is not None:
+                state = _merge_batch(state, n, moments)
             bar.update(n)
-    if split and sizes:
-        for n, moments in zip(sizes, _batches_in_order(mine, len(sizes), shapes)):
-            state = _merge_batch(state, n, moments)
+    if split and batches:
+        for n, moments in _batches_in_order(mine, batches, shapes):
+            state = _merge_batch(state, n, moments) if n else state
     count, mean, m2 = state
     if across_processes and not split and jax.process_count() > 1:
         count, mean, m2 = _merge_processes(count, mean, m2, taps)
@@ -333,22 +342,27 @@ def _merge_batch(state: tuple, n: int, moments: dict) -> tuple:
     return count + n, mean, m2
 
 
-def _batches_in_order(mine: list, batches: int, shapes: dict) -> list[dict]:
-    """Every batch's moments, in batch order, on every process, from this process's (its
-    every P-th batch, `mine`; `shapes` those of one batch's): exchanged as computed
-    (float32), so merged bit for bit as one process merges them."""
+def _batches_in_order(mine: list, batches: int, shapes: dict) -> list[tuple[int, dict]]:
+    """Every batch's `(size, moments)`, in batch order, on every process, from this
+    process's (its every P-th batch, `mine`, moments None where it held no image; `shapes`
+    those of one batch's): exchanged as computed (float32), so merged bit for bit as one
+    process merges them."""
     processes = jax.process_count()
     most = -(-batches // processes)
-    out = [{} for _ in range(batches)]
+    sizes = np.zeros(most, np.int32)
+    sizes[:len(mine)] = [n for n, _ in mine]
+    sizes = np.asarray(multihost_utils.process_allgather(sizes))   # [P, most]
+    out = [(int(sizes[b % processes, b // processes]), {}) for b in range(batches)]
     for tap, parts in shapes.items():
         for part, shape in enumerate(parts):   # the mean, the centred sum of squares
             local = np.zeros((most,) + shape.shape, shape.dtype)
-            for number, moments in enumerate(mine):
-                local[number] = moments[tap][part]
+            for number, (n, moments) in enumerate(mine):
+                if n:
+                    local[number] = moments[tap][part]
             every = np.asarray(multihost_utils.process_allgather(local))   # [P, most, ...]
             for number in range(batches):
-                out[number].setdefault(tap, [None, None])[part] = every[number % processes,
-                                                                       number // processes]
+                out[number][1].setdefault(tap, [None, None])[part] = every[number % processes,
+                                                                          number // processes]
     return out
 
 

@@ -24,7 +24,9 @@ class Records(NamedTuple):
     """The records of a layer's training images as a `LayerFit` keeps them (`records`):
     along the image axis (1; 0 for `flip`) the N images in image order, then
     `LayerFit.padding` slots of zeros, where the fit split the images evenly over its
-    devices (a `jax.Array` splits only evenly); read them through `LayerFit.score` etc."""
+    devices (a `jax.Array` splits only evenly); read them through `LayerFit.score` etc.
+    `LayerInference` keeps those of new images so, without `alt_score` and `alt_pos`
+    (None)."""
 
     score: jax.Array
     pos: jax.Array
@@ -33,9 +35,36 @@ class Records(NamedTuple):
     alt_pos: jax.Array
 
 
+class Kept:
+    """Per-image records kept as `records` (`Records`: image order, then `padding` zero
+    slots, split over the devices that made them), read in image order: `score`, `pos`,
+    `flip` (`LayerFit`, and `LayerInference` of new images)."""
+
+    records: Records | None
+    padding: int
+
+    def _image_order(self, name: str):
+        if self.records is None:
+            return None
+        kept = getattr(self.records, name)
+        if not self.padding or kept is None:
+            return kept
+        axis = 0 if name == "flip" else 1
+        return jax.lax.slice_in_dim(kept, 0, kept.shape[axis] - self.padding, axis=axis)
+
+    score = property(lambda self: self._image_order("score"), doc="`[V, N]`")
+    pos = property(lambda self: self._image_order("pos"), doc="`[V, N, 2]`")
+    flip = property(lambda self: self._image_order("flip"), doc="`[N]`")
+
+    @property
+    def num_images(self) -> int | None:
+        """Images recorded (None without records)."""
+        return None if self.records is None else self.records.score.shape[1] - self.padding
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class LayerFit:
+class LayerFit(Kept):
     """A fitted graph layer (V = C*K nodes, node v = c*K + k; N images; cells 0-based).
 
     The model, all that inference on new images needs: `coord [C,K,2]` prior positions
@@ -87,25 +116,8 @@ class LayerFit:
                             ("padding", padding)):
             object.__setattr__(self, name, value)
 
-    def _image_order(self, name: str):
-        if self.records is None:
-            return None
-        kept = getattr(self.records, name)
-        if not self.padding:
-            return kept
-        axis = 0 if name == "flip" else 1
-        return jax.lax.slice_in_dim(kept, 0, kept.shape[axis] - self.padding, axis=axis)
-
-    score = property(lambda self: self._image_order("score"), doc="`[V, N]`")
-    pos = property(lambda self: self._image_order("pos"), doc="`[V, N, 2]`")
-    flip = property(lambda self: self._image_order("flip"), doc="`[N]`")
     alt_score = property(lambda self: self._image_order("alt_score"), doc="`[V, N]`")
     alt_pos = property(lambda self: self._image_order("alt_pos"), doc="`[V, N, 2]`")
-
-    @property
-    def num_images(self) -> int | None:
-        """Training images recorded (None without records)."""
-        return None if self.records is None else self.records.score.shape[1] - self.padding
 
     @property
     def num_nodes(self) -> int:

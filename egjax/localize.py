@@ -123,7 +123,7 @@ def node_patterns(graph, inference) -> list[Patterns]:
     for fitted, inferred in zip(graph.layers, inference):
         cfg = fitted.config
         nodes = fitted.num_nodes
-        score, pos, flip = (np.asarray(a) for a in inferred)
+        score, pos, flip = (np.asarray(a) for a in (inferred.score, inferred.pos, inferred.flip))
         if score.ndim != 2 or score.shape[0] != nodes or pos.shape != (*score.shape, 2):
             raise ValueError(f"inference of layer {cfg.tap or len(out)} must hold score "
                              f"[{nodes}, N] and pos [{nodes}, N, 2], got {score.shape} and "

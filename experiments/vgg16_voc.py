@@ -126,15 +126,16 @@ def parse(argv):
 
 
 def read_data(args):
-    """(this process's share of the objects, uint8 negative images (all of them)):
-    `egjax.data`'s refusals (a corrupt file with --strict, no negatives) end the script with
-    one line."""
+    """(this process's share of the objects, uint8 negative images (all of them, read when
+    sliced: `egjax.data.StreamImages`)): `egjax.data`'s refusals (a corrupt file with
+    --strict, no negatives) end the script with one line."""
     try:
         batches = list(args.objects)
-        negatives = data.negatives(args.dataset, args.data_dir, args.category, split=args.split,
-                                   image_size=args.objects.image_size, limit=args.negatives,
-                                   negatives_dir=args.negatives_dir, strict=args.strict,
-                                   quiet=args.quiet, seed=args.seed)
+        negatives = data.iter_negatives(
+            args.dataset, args.data_dir, args.category, split=args.split,
+            image_size=args.objects.image_size, limit=args.negatives,
+            negatives_dir=args.negatives_dir, strict=args.strict, quiet=args.quiet,
+            seed=args.seed)
     except (OSError, ValueError) as error:
         cli.data_error(args.parser, error)
     read = distributed.counts(sum(len(b) for b in batches))
@@ -164,10 +165,14 @@ def main(argv=None) -> int:
           f"{', '.join(args.landmarks) or 'none'}; network "
           f"{args.checkpoint.name} ({meta.arch}, width {meta.width:g}); layers {', '.join(taps)}; "
           f"{args.iterations} iterations, compat={args.compat}; {distributed.describe()}")
-    # Every process computes every P-th batch of the negatives, all merge them in batch
-    # order (the same statistics, bit for bit, as one process); and its share of the objects.
-    stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
-                                same_images=True)
+    # Every process reads and computes every P-th batch of the negatives, all merge them in
+    # batch order (the same statistics, bit for bit, as one process); and its share of the
+    # objects.
+    try:
+        stats = negative_statistics(model, params, meta, negatives, taps, quiet=args.quiet,
+                                    same_images=True)
+    except ValueError as error:   # a negative unreadable with --strict, or none readable
+        cli.data_error(args.parser, error)
     features = extract_features(model, params, meta, objects.images, taps,
                                 sd={t: s.sd for t, s in stats.items()}, quantized=True,
                                 quiet=args.quiet)
@@ -178,45 +183,49 @@ def main(argv=None) -> int:
                             compat=args.compat, quiet=args.quiet)
     jax.block_until_ready(graph.layers[0].records)
     fit_seconds = time.perf_counter() - fitting
-    # Every process writes its shards of the records (orbax); process 0 reads the graph
-    # back to evaluate it and moves it into the run folder, so no other host holds every
-    # record. The images and maps of all processes are put together for the pictures.
+    # Every process writes its shards of the records (orbax), and evaluates the images it
+    # holds: only each pattern's best images are exchanged. Process 0 reads the graph back
+    # for the pictures and moves it into the run folder; the images and maps of all
+    # processes are put together for the pictures.
     saved = graph.save(args.out.with_name(f".{args.out.name}.graph-{distributed.agreed_token()}"))
     try:
-        return write_run(args, saved, objects, landmarks, distributed.gather_shares(maps),
-                         negatives, fit_seconds, started)
+        marks = distributed.gather_shares(
+            None if landmarks is None else (landmarks.landmarks, landmarks.visible))
+        metrics = ({"instability": NO_LANDMARKS} if landmarks is None
+                   else evaluate.compare(graph, maps, *marks, across_processes=True))
+        del graph
+        return write_run(args, saved, objects, metrics, marks, distributed.gather_shares(maps),
+                         stats[taps[0]].count, fit_seconds, started)
     finally:   # left behind only if the run failed before the graph was moved in
         if distributed.is_main():
             shutil.rmtree(saved, ignore_errors=True)
 
 
-def write_run(args, saved, objects, landmarks, maps, negatives, fit_seconds, started) -> int:
-    """Process 0: evaluate the graph checkpoint `saved` and write the run folder (the graph
-    moved into it); the other processes wait until it is written."""
-    images, marks = distributed.gather_shares(
-        (objects.images, None if landmarks is None else (landmarks.landmarks, landmarks.visible)))
+def write_run(args, saved, objects, metrics, marks, maps, negatives: int, fit_seconds,
+              started) -> int:
+    """Process 0: write the run folder, with the graph checkpoint `saved` (moved into it)
+    and the `metrics`; the other processes wait until it is written."""
+    images = distributed.gather_shares(objects.images)
     if not distributed.is_main():
         distributed.leave_together("run written")
         return 0
-    graph = egjax.ExplanatoryGraph.load(saved)
-    marks = marks or (None, None)
-    metrics = ({"instability": NO_LANDMARKS} if landmarks is None
-               else evaluate.compare(graph, maps, *marks))
+    graph = egjax.ExplanatoryGraph.load(saved)   # the pictures read every record
+    has_landmarks, marks = marks is not None, marks or (None, None)
     metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
                    split=args.split, category=args.category, images=len(images),
-                   landmarks=list(args.landmarks), negatives=len(negatives),
+                   landmarks=list(args.landmarks), negatives=negatives,
                    iterations=args.iterations, compat=args.compat, model=args.network[2].arch,
                    checkpoint=str(args.checkpoint), seed=args.seed,
                    fit_seconds=fit_seconds, total_seconds=time.perf_counter() - started)
     with runs.run_directory(args.out, overwrite=args.overwrite) as out:
         os.replace(saved, out / "graph")
         runs.write_json(out / "metrics.json", metrics)
-        if landmarks is not None:
+        if has_landmarks:
             figures.instability_chart(metrics, out / "instability.png")
         figures.detections(images, graph, out / "detections.png",
                            landmarks=marks[0], visible=marks[1])
         written = pictures.write(out, graph, images, maps, *marks, title=args.name)
-    if landmarks is not None:
+    if has_landmarks:
         print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location "
               f"instability / image diagonal; lower is better)")
         for row in metrics["layers"]:
@@ -227,7 +236,7 @@ def write_run(args, saved, objects, landmarks, maps, negatives, fit_seconds, sta
     else:
         print(f"\nno instability: {NO_LANDMARKS}")
     print(f"\nfit {fit_seconds:.0f} s; wrote {args.out}/ (graph/, metrics.json, "
-          + ("instability.png, " if landmarks is not None else "")
+          + ("instability.png, " if has_landmarks else "")
           + f"detections.png, {', '.join(written)}: open explorer/index.html in a browser)")
     distributed.leave_together("run written")
     return 0

@@ -121,6 +121,10 @@ def test_synthetic_through_the_contract_is_the_embedded_set():
     negatives = data.negatives("synthetic", None, "bird", limit=3, image_size=64, seed=3,
                                quiet=True)
     np.testing.assert_array_equal(negatives.images, synthetic.negatives(3, seed=3, image_size=64))
+    lazy = data.iter_negatives("synthetic", None, "bird", limit=3, image_size=64, seed=3,
+                               quiet=True).images   # read when sliced
+    assert lazy.shape == (3, 64, 64, 3) and lazy.dtype == np.uint8
+    np.testing.assert_array_equal(lazy[1:3], negatives.images[1:3])
     batches = list(data.iter_objects("synthetic", None, "bird", limit=4, image_size=64, seed=3,
                                      batch_size=3, quiet=True))
     assert [len(b) for b in batches] == [3, 1]

@@ -1,8 +1,9 @@
 """Two processes on localhost under `jax.distributed` (gloo), 2 CPU devices each, each
-holding every other image: `fit_graph`, `infer_graph`, feature extraction and the negative
-statistics give what one process gives on all images; the main job reads only its share of
-the objects; a graph whose records are sharded over both processes is written by both and
-reads back whole; a process that dies makes the other exit with a message."""
+holding every other image: `fit_graph`, `infer_graph`, feature extraction, the negative
+statistics and the evaluation give what one process gives on all images; the main job reads
+only its share of the objects, and of the negatives those of the batches it runs; a graph
+whose records are sharded over both processes is written by both and reads back whole; a
+process that dies makes the other exit with a message."""
 
 import json
 import os
@@ -48,11 +49,18 @@ WORKER = textwrap.dedent("""
     kept = graph.layers[0].records.score   # as kept: 10 images + 2 padding, 3 on each device
     out["kept"] = [kept.sharding.is_fully_replicated,
                    [s.data.shape[1] for s in kept.addressable_shards]]
+    # Evaluated where the records lie (each process its images), equal to one process's.
+    rng = np.random.default_rng(2)
+    landmarks, visible = rng.uniform(0, 64, (10, 3, 2)), rng.random((10, 3)) < 0.8
+    metrics = egjax.evaluate.compare(graph, share(maps), landmarks, visible,
+                                     across_processes=True)
     if process == 1:
         ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                               compat="original", devices=one, quiet=True)
         out["original_equal"] = {f"{i} {f}": bool(np.array_equal(got[i][f], np.asarray(getattr(l, f))))
                                  for i, l in enumerate(ref.layers) for f in fields}
+        out["original_equal"]["metrics"] = metrics == egjax.evaluate.compare(ref, maps, landmarks,
+                                                                            visible)
 
     quantized = [jax.tree.map(np.asarray, quantize(m)) for m in maps]
     quantized_flipped = [jax.tree.map(np.asarray, quantize(m)) for m in flipped]
@@ -61,6 +69,9 @@ WORKER = textwrap.dedent("""
     inferred = egjax.infer_graph(graph, share(quantized), share(quantized_flipped))
     got = [{f: everything(getattr(l, f)) for f in ("pos", "score")} for l in graph.layers]
     got_inferred = [{f: everything(getattr(l, f)) for f in ("pos", "score", "flip")} for l in inferred]
+    out["inferred_kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
+                             [s.data.shape[1] for s in l.records.score.addressable_shards]]
+                            for l in inferred]
     if process == 0:
         ref = egjax.fit_graph(quantized, GRAPH, key=jax.random.key(0), flipped_maps=quantized_flipped,
                               devices=one, quiet=True)
@@ -127,7 +138,12 @@ WORKER = textwrap.dedent("""
     args = script["parse"](["--images", "5", "--negatives", "2", "--runs", os.environ["RUNS"],
                             "--quiet"])
     objects, negatives = script["read_data"](args)
-    out["objects_read"] = len(read) - len(negatives)
+    out["objects_read"] = len(read)
+    # The negatives are read where their batches run: one of the 2 on each process.
+    network = args.network
+    count = features.negative_statistics(*network, negatives, ["conv5_3"], batch_size=1,
+                                         quiet=True, same_images=True)["conv5_3"].count
+    out["negatives_read"] = [len(read) - out["objects_read"], count]
     out["ids"] = list(objects.ids)
     together = distributed.gather_shares(objects.images)
     if process == 0:
@@ -185,11 +201,13 @@ def test_two_processes_equal_one(tmp_path):
     assert max(out["fixed_pos"]) < 1e-6, out["fixed_pos"]
     assert max(out["inferred_pos"]) < 1e-6 and max(out["inferred_score"]) < 1e-6, out
     assert all(out["inferred_flip"])
+    assert out["inferred_kept"] == other["inferred_kept"] == [[2, False, [3, 3]]] * 2, out
     assert out["stats_count"] == 7 and out["stats_sd"] < 1e-5, out
     assert out["batched_equal"] == [True, True, True], out   # every other batch each: bit for bit
     assert out["features_equal"]
     assert out["saved_spec"] == "P(None, 'images')" and out["saved_equal"]
     assert [out["objects_read"], other["objects_read"]] == [3, 2]   # every other of 5
+    assert out["negatives_read"] == other["negatives_read"] == [1, 2]
     assert out["ids"] == out["all_ids"][0::2] and other_ids == out["all_ids"][1::2]
     assert out["images_equal"]
 

@@ -99,6 +99,18 @@ PADDED = textwrap.dedent("""
         out["kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
                         sorted({s.data.shape[1] for s in l.records.score.addressable_shards})]
                        for l in graph.layers]
+        # So do those of infer_graph on the 100 images, equal to a one-device inference.
+        inferred = {name: egjax.infer_graph(graph, given, given_flipped, devices=devices)
+                    for name, devices in (("one", jax.devices()[:1]), ("eight", None))}
+        out["inferred_kept"] = [[l.padding, l.records.score.sharding.is_fully_replicated,
+                                 l.records.pos.sharding.is_fully_replicated,
+                                 l.records.flip.sharding.is_fully_replicated,
+                                 sorted({s.data.shape[1]
+                                         for s in l.records.score.addressable_shards})]
+                                for l in inferred["eight"]]
+        out["inferred"] = {name: [{f: np.asarray(getattr(l, f)).tolist() for f in
+                                   ("score", "pos", "flip")} for l in layers]
+                           for name, layers in inferred.items()}
         back = egjax.ExplanatoryGraph.load(graph.save(os.path.join(os.environ["RUNS"], "graph")))
         out["loaded"] = [{f: np.asarray(getattr(l, f)).tolist() for f in
                           ("score", "pos", "flip", "alt_score", "alt_pos")} for l in back.layers]
@@ -126,7 +138,8 @@ PADDED = textwrap.dedent("""
 def test_hundred_images_use_all_eight_devices(tmp_path):
     """100 images on 8 devices: 13 per device, the last 4 slots masked padding; the graph
     equals the one-device fit bit for bit (compat="original", float64); its records stay
-    split over the devices (13 slots each, 4 of them padding), and read back as saved."""
+    split over the devices (13 slots each, 4 of them padding), and read back as saved; so do
+    `infer_graph`'s, equal to one device's to float rounding (float64)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                TESTS=os.path.dirname(__file__), RUNS=str(tmp_path))
     run = subprocess.run([sys.executable, "-c", PADDED], capture_output=True, text=True, env=env,
@@ -142,6 +155,11 @@ def test_hundred_images_use_all_eight_devices(tmp_path):
             for field in ("coord", "deform", "score", "pos", "parents", "flip"):
                 np.testing.assert_array_equal(eight[field], one[field], err_msg=field)
     assert out["kept"] == [[4, False, [13]]] * 2, out["kept"]
+    assert out["inferred_kept"] == [[4, False, False, False, [13]]] * 2, out["inferred_kept"]
+    for one, eight in zip(out["inferred"]["one"], out["inferred"]["eight"]):
+        assert eight["flip"] == one["flip"] and len(one["flip"]) == 100
+        np.testing.assert_allclose(eight["score"], one["score"], rtol=1e-12)
+        np.testing.assert_allclose(eight["pos"], one["pos"], rtol=0, atol=1e-12)
     for loaded, one in zip(out["loaded"], out["originalone"]):
         for field in ("score", "pos", "flip"):
             np.testing.assert_array_equal(loaded[field], one[field], err_msg=field)

@@ -104,3 +104,27 @@ def test_compare_known_answer():
                                [nodes, filters, nodes / filters], rtol=1e-12)
     np.testing.assert_allclose([metrics["nodes"], metrics["filters"], metrics["ratio"]],
                                [nodes, filters, nodes / filters], rtol=1e-12)
+
+
+def test_best_images_merge_across_shares_bit_for_bit():
+    """The best images of each pattern among every other image (as two processes hold
+    them), merged, are those of all images, ties included (lower image first); the metric
+    from them equals the metric of all images bit for bit."""
+    rng = np.random.default_rng(1)
+    num, images, parts = 30, 25, 3
+    det = evaluate.Detections(rng.integers(0, 4, (num, images)).astype(float),   # many ties
+                              rng.uniform(0, 224, (num, images, 2)))
+    landmarks = rng.uniform(0, 224, (images, parts, 2))
+    visible = rng.random((images, parts)) < 0.7
+    whole = evaluate.best_images(det, landmarks, visible, top_images=20)
+    shares = [evaluate.best_images(evaluate.Detections(det.score[:, p::2], det.px[:, p::2]),
+                                   landmarks[p::2], visible[p::2], 20,
+                                   np.arange(p, images, 2)) for p in range(2)]
+    shares[1] = evaluate.Best(*(np.pad(x, [(0, 0), (0, 1)] + [(0, 0)] * (x.ndim - 2),
+                                       constant_values=fill)   # as padded for the exchange
+                                for x, fill in zip(shares[1], (-np.inf, images, 0, False))))
+    merged = evaluate.merged(evaluate.Best(*map(np.stack, zip(*shares))), 20)
+    for got, want in zip(merged, whole):
+        np.testing.assert_array_equal(got, want)
+    assert (evaluate._instability(merged, 10)
+            == evaluate.instability(det, landmarks, visible, top_nodes=10, top_images=20))

@@ -75,8 +75,9 @@ def test_a_shot_not_showing_the_part_is_ignored():
     visible = np.array([True, True, False, True])
     part = localize.fit_part(graph, shots, truth, visible, nodes=4)
     kept = [0, 1, 3]
-    alone = localize.fit_part(graph, [egjax.LayerInference(s[:, kept], p[:, kept], f[kept])
-                                      for s, p, f in shots], truth[kept], visible[kept], nodes=4)
+    alone = localize.fit_part(graph, [egjax.LayerInference(s.score[:, kept], s.pos[:, kept],
+                                                           s.flip[kept]) for s in shots],
+                              truth[kept], visible[kept], nodes=4)
     assert (part.layer[0], part.index[0]) == (TOP, PLANTED)
     np.testing.assert_array_equal(part.layer, alone.layer)
     np.testing.assert_array_equal(part.index, alone.index)
@@ -190,8 +191,9 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(ValueError, match="graph's 2 layers"):
         localize.fit_part(graph, shots[:1], truth, visible)
     part = localize.fit_part(graph, shots, truth, visible, nodes=2)
+    mirrored = egjax.LayerInference(shots[1].score, shots[1].pos, ~shots[1].flip)
     with pytest.raises(ValueError, match="different orientations"):
-        localize.predict(part, graph, [shots[0], shots[1]._replace(flip=~shots[1].flip)])
+        localize.predict(part, graph, [shots[0], mirrored])
     with pytest.raises(ValueError, match="for 224-px images"):
         localize.predict(localize.PartModel(part.layer, part.index, part.offset, 70.0, 224),
                          graph, shots)

@@ -1,4 +1,5 @@
-"""The dataset contract's functions: load, iter_objects, negatives, describe.
+"""The dataset contract's functions: load, iter_objects, negatives, iter_negatives,
+describe.
 
     objects = egjax.data.load("pascal_part", "~/data/pascal", "cow")       # ObjectSet, all N
     for batch in egjax.data.iter_objects("cub200", root, "bird", split="test", batch_size=64,
@@ -101,6 +102,11 @@ class ObjectStream:
         """Objects indexed for this shard (unreadable images are skipped when read)."""
         return len(self.entries)
 
+    @property
+    def images(self) -> StreamImages:
+        """The images, read when sliced (`StreamImages`)."""
+        return StreamImages(self)
+
     def __iter__(self) -> Iterator[ObjectSet]:
         try:
             with concurrent.futures.ThreadPoolExecutor(THREADS) as pool, tqdm(
@@ -114,6 +120,31 @@ class ObjectStream:
                         yield objects
         finally:
             self.bad.warn()
+
+
+class StreamImages:
+    """The images of an `ObjectStream`, uint8 `[total, S, S, 3]` as an array that is read
+    when sliced: `images[a:b]` reads objects a..b-1 only (unreadable ones skipped, so it
+    may hold fewer). `features.negative_statistics(same_images=True)` takes it: under
+    several processes each reads only the batches it runs."""
+
+    def __init__(self, stream: ObjectStream):
+        self.stream = stream
+        self.dtype = np.dtype(np.uint8)
+        self.shape = (stream.total, stream.image_size, stream.image_size, 3)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f"StreamImages reads slices (images[a:b]), got {index!r}")
+        stream = self.stream
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+            read = _read_batch(stream.entries[index], stream.index, stream.image_size,
+                               stream.bad, pool)
+        stream.bad.warn()
+        return read.images
 
 
 def _read_group(group: list[Entry], size: int,
@@ -228,6 +259,17 @@ def negatives(name: str, root, category: str, *, split: str = "all", image_size:
     the others have none of their own: give `negatives_dir`, a folder of images without the
     category (it overrides the dataset's own negatives too).
     """
+    return _gather(iter_negatives(name, root, category, split=split, image_size=image_size,
+                                  limit=limit, negatives_dir=negatives_dir, shard=shard,
+                                  strict=strict, quiet=quiet, seed=seed))
+
+
+def iter_negatives(name: str, root, category: str, *, split: str = "all",
+                   image_size: int = 224, limit: int | None = None, negatives_dir=None,
+                   shard: tuple[int, int] = (0, 1), strict: bool = False, quiet: bool = False,
+                   seed: int = 0) -> ObjectStream:
+    """`negatives` (same arguments) as a stream: indexed now, read as iterated or sliced
+    (`ObjectStream.images`)."""
     source = _check(name, split, image_size, limit, shard)
     bad = BadFiles(name if negatives_dir is None else str(negatives_dir), strict)
     if negatives_dir is not None:
@@ -244,5 +286,4 @@ def negatives(name: str, root, category: str, *, split: str = "all", image_size:
         raise ValueError(f"{name}: no negative images for {category!r}"
                          + (f" in {negatives_dir}" if negatives_dir is not None else ""))
     index = Index(f"not {category}", (), entries)
-    return _gather(ObjectStream(name, index, _share(entries, limit, shard), image_size, 64, bad,
-                                quiet))
+    return ObjectStream(name, index, _share(entries, limit, shard), image_size, 64, bad, quiet)

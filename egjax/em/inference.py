@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,18 +29,29 @@ from egjax.em import inputs, layout, sharding, windows
 from egjax.em.reduce import image_sum
 from egjax.em.rules import FIXED
 from egjax.em.schedule import for_devices
-from egjax.graph import ExplanatoryGraph, LayerFit
+from egjax.graph import ExplanatoryGraph, Kept, LayerFit, Records
 from egjax.maps import QuantizedMaps
 
 
-class LayerInference(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LayerInference(Kept):
     """One graph layer on new images (node v = c*K + k): `score [V, N]` normalised to mean 1
     over these images and nodes (as `LayerFit.score`), `pos [V, N, 2]` cells (h, w) in the
-    frame of `flip [N]` (True: the mirrored image was used)."""
+    frame of `flip [N]` (True: the mirrored image was used). Given so, or kept as `records`
+    with `padding` as a sharded fit keeps its own (`LayerFit.records`): split over the
+    devices that inferred them, also where N does not divide by their count."""
 
-    score: jax.Array
-    pos: jax.Array
-    flip: jax.Array
+    records: Records
+    padding: int = dataclasses.field(default=0, metadata=dict(static=True))
+
+    def __init__(self, score=None, pos=None, flip=None, *, records=None, padding=0):
+        if records is None:
+            records = Records(score, pos, flip, None, None)
+        elif score is not None or pos is not None or flip is not None:
+            raise ValueError("give the records either as score, pos, flip or as records")
+        object.__setattr__(self, "records", records)
+        object.__setattr__(self, "padding", padding)
 
 
 def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence | None = None,
@@ -52,7 +63,8 @@ def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence 
     `flipped_maps` those of the mirrored images (None: every image as given). `chunk`
     images share one batch of parent priors. The images are sharded over `devices` as
     `fit_graph` shards them (default: all devices of all processes; under several
-    processes `maps` holds this process's share).
+    processes `maps` holds this process's share), and the results stay split over them as
+    the fit keeps its records (`LayerInference.records`, `padding`).
     """
     sharding.check_together(devices, _check_inputs, graph, maps, flipped_maps)
     for index in range(len(graph.layers) - 1):   # on records that may span processes
@@ -82,12 +94,12 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     local = inputs.map_shape(maps)[0]
     images = None if mesh is None else sharding.image_layout(mesh, local)
     num = local if images is None else images.num_images
-    if upper is not None:
-        expected = (upper.num_nodes, num, 2)
-        if np.shape(above.pos) != expected or np.shape(above.flip) != (num,):
+    if upper is not None:   # read as kept: split over the devices (zeros in the padding)
+        got = (np.shape(above.records.pos)[0], above.num_images)
+        if got != (upper.num_nodes, num) or np.shape(above.records.pos)[2:] != (2,):
             raise ValueError(f"above must hold the layer above in these {num} images: pos "
-                             f"{expected}, got {np.shape(above.pos)}")
-        if flipped_maps is None and bool(jnp.any(above.flip)):
+                             f"{(upper.num_nodes, num, 2)}, got {np.shape(above.pos)}")
+        if flipped_maps is None and bool(jnp.any(above.records.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
     dtype = inputs.compute_dtype()
@@ -106,11 +118,14 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     else:
         maps = inputs.as_sharded(maps, mesh, images, dtype)
         flipped_maps = inputs.as_sharded(flipped_maps, mesh, images, dtype)
-    score, pos, flip = _infer_layer(fitted, upper, None if above is None else above.pos,
-                                    None if above is None else above.flip, maps, flipped_maps,
+    if above is not None:   # one device: in image order; several: as kept (`slot_order`)
+        above = ((above.pos, above.flip) if mesh is None else
+                 (above.records.pos, above.records.flip))
+    score, pos, flip = _infer_layer(fitted, upper, *(above or (None, None)), maps, flipped_maps,
                                     setup, mesh)
     # Done before returning: the call may read the caller's maps in place (`inputs.as_device`).
-    return LayerInference(*jax.block_until_ready((score, pos, flip)))
+    return LayerInference(records=Records(*jax.block_until_ready((score, pos, flip)), None, None),
+                          padding=0 if images is None else images.slots - num)
 
 
 @functools.partial(jax.jit, static_argnames=("setup", "mesh"))
@@ -118,7 +133,9 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
                  setup: layer_lib.Setup, mesh=None):
     """One layer: `(score [V, N], pos [V, N, 2], flip [N])`; `upper_pos [U, N, 2]` the layer
     above's positions in these images (None for the top layer), `flip` its orientations.
-    The images sharded along `mesh` as `setup.images` lays them out (None: one device)."""
+    The images sharded along `mesh` as `setup.images` lays them out (None: one device); then
+    the image axes, in and out, hold the N images followed by padding as `LayerFit.records`
+    (in: or none), split over the devices."""
     cfg = setup.cfg
     dtype = fitted.coord.dtype
     c, k = fitted.deform.shape
@@ -148,6 +165,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
                                                       prior, cfg.iterations, setup)
         norm = jnp.mean(score)
+        flip = new_flip if upper is None else flip
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
                                                  (flip, deviation))
@@ -158,14 +176,13 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         score, pos, new_flip, norm = jax.shard_map(
             per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
-        score, pos, new_flip = jax.tree.map(
-            lambda x: sharding.image_order(x, images, 0, mesh)[:images.num_images],
-            (score, pos, new_flip))
-    flip = new_flip if upper is None else flip
+        score, pos, flip = jax.tree.map(   # image order, then padding (`LayerFit.records`)
+            lambda x: sharding.image_order(x, images, 0, mesh), (score, pos, new_flip))
     out = layout.records_out(score / norm), layout.records_out(pos), flip
-    if mesh is not None:
-        out = jax.lax.with_sharding_constraint(
-            out, tuple(sharding.record_sharding(mesh, images, axis) for axis in (1, 1, 0)))
+    if mesh is not None:   # split over the images, as a sharded fit keeps its records
+        split = lambda axis: jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(*[None] * axis, sharding.AXIS))
+        out = jax.lax.with_sharding_constraint(out, (split(1), split(1), split(0)))
     return out
 
 

@@ -9,9 +9,10 @@ axis, so the body is the single-device code with `Setup.images` set.
 
 Under `jax.distributed` (several processes), each process passes its own share of the
 images, p, p + P, p + 2P, ... (`egjax.data.iter_objects(shard=(p, P))`); they go straight
-from its host memory to its own devices. A fit's records come back in image order,
-followed by zeros up to a multiple of the device count (`image_order`; a `jax.Array` splits
-only evenly), split over the images: no host gathers them (`LayerFit.records`, `padding`).
+from its host memory to its own devices. A fit's records, and `infer_graph`'s, come back in
+image order, followed by zeros up to a multiple of the device count (`image_order`; a
+`jax.Array` splits only evenly), split over the images: no host gathers them
+(`LayerFit.records`, `LayerInference.records`, `padding`).
 """
 
 from __future__ import annotations
@@ -125,14 +126,6 @@ def put_images(x, mesh: Mesh, images: Images, dtype=None) -> jax.Array:
 def replicated(x, mesh: Mesh) -> jax.Array:
     """`x` (the same on every process) on every device of `mesh`."""
     return jax.device_put(np.asarray(x), NamedSharding(mesh, P()))
-
-
-def record_sharding(mesh: Mesh, images: Images, axis: int = 0) -> NamedSharding:
-    """How per-image records of new images (`infer_graph`; images along `axis`) are
-    returned: split over the images where N divides by the device count, else replicated
-    on the devices (a `jax.Array` splits only evenly)."""
-    even = images.num_images % mesh.devices.size == 0
-    return NamedSharding(mesh, P(*[None] * axis, AXIS) if even else P())
 
 
 def image_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.ndarray:
