@@ -37,11 +37,11 @@ def node_detections(fit, image_size: int) -> Detections:
         raise ValueError("node_detections needs the layer's records of its training images, "
                          "and this graph was saved without them (`save(path, "
                          "records=False)`); use a graph saved with its records")
-    return _detections(fit.config, image_size,
-                       *(np.asarray(getattr(fit, f)) for f in RECORDS))
+    return detections(fit.config, image_size, *(np.asarray(getattr(fit, f)) for f in RECORDS))
 
 
-def _detections(cfg, image_size: int, score, alt_score, pos, alt_pos, flip) -> Detections:
+def detections(cfg, image_size: int, score, alt_score, pos, alt_pos, flip) -> Detections:
+    """`node_detections` of the records `RECORDS` (`score [V, n]` ...) of a layer `cfg`."""
     use_alt = alt_score > score
     cells = np.where(use_alt[..., None], alt_pos, pos)
     px = geometry.cells_to_pixels(cells, cfg, flip[None, :] != use_alt, image_size)
@@ -217,13 +217,21 @@ def compare(graph, maps, landmarks: np.ndarray, visible: np.ndarray, *,
 def _held_detections(fit, image_size: int) -> tuple[np.ndarray, Detections]:
     """The images of `fit`'s records that this process holds (increasing) and their
     detections, as `node_detections`."""
+    held, records = held_records(fit)
+    return held, detections(fit.config, image_size, *records)
+
+
+def held_records(fit) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The images of `fit`'s records that this process holds (increasing; all of them
+    unless the records are split over several processes) and its records of them, in
+    `RECORDS` order, on the host."""
     held, parts = None, []
     for name in RECORDS:
         held, values = distributed.addressable(getattr(fit.records, name),
                                                0 if name == "flip" else 1)
         real = held < fit.num_images   # not the padding (`LayerFit.records`)
         parts.append(np.compress(real, values, axis=0 if name == "flip" else 1))
-    return held[real], _detections(fit.config, image_size, *parts)
+    return held[real], parts
 
 
 def _all(best: Best, num_images: int, processes: int) -> Best:
