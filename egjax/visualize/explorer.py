@@ -28,7 +28,7 @@ import numpy as np
 
 from egjax import evaluate, geometry, runs
 from egjax.maps import QuantizedMaps
-from egjax.visualize import heatmaps, patches, raster, selection
+from egjax.visualize import heatmaps, patches, raster, selection, summary
 from egjax.visualize.graph_figure import edge_offsets
 
 CHUNK = 256
@@ -39,19 +39,22 @@ STATIC = ("index.html", "explorer.js", "explorer.css")
 
 
 def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=None, *,
-          title: str = "explanatory graph") -> pathlib.Path:
+          title: str = "explanatory graph", summaries=None) -> pathlib.Path:
     """Write the explorer for `graph` fitted on `images [N, H, W, 3]` uint8 (unmirrored) into
     `directory` (atomically; replaces an earlier one). `maps`: the layers' normalised
     unmirrored maps, bottom to top (`[N, S, S, C]` or uint8 `QuantizedMaps`); `landmarks
-    [N, P, 2]` px and `visible [N, P]` give per-node instability (omitted when None)."""
-    _check(graph, images, maps, landmarks, visible)
+    [N, P, 2]` px and `visible [N, P]` give per-node instability (omitted when None).
+    `summaries`: the graph's `summary.summarize` (with the landmarks, if given), if already
+    made; the graph's records are not read then."""
+    _check(graph, images, maps, landmarks, visible, summaries)
+    summaries = summaries or summary.summarize(graph, landmarks, visible)
     with runs.run_directory(directory, overwrite=True) as out:
         assets = out / "assets"
         (assets / "data").mkdir(parents=True)
         (assets / "images").mkdir()
         for n, image in enumerate(images):
             raster.save(image, assets / "images" / f"{n:04d}.jpg", quality=88)
-        layers = [_write_layer(assets / "data", graph, index, maps[index], landmarks, visible)
+        layers = [_write_layer(assets / "data", graph, index, maps[index], summaries)
                   for index in range(len(graph.layers))]
         _emit(assets / "data" / "meta.js", "meta", {
             "title": title, "image_size": graph.config.image_size, "images": len(images),
@@ -65,9 +68,11 @@ def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=No
     return pathlib.Path(directory)
 
 
-def _check(graph, images, maps, landmarks, visible) -> None:
-    graph.require_records("the explorer")
-    size, count = graph.config.image_size, graph.layers[0].num_images
+def _check(graph, images, maps, landmarks, visible, summaries) -> None:
+    if summaries is None:
+        graph.require_records("the explorer")
+    size = graph.config.image_size
+    count = summaries[0].num_images if summaries else graph.layers[0].num_images
     if np.ndim(images) != 4 or np.shape(images)[1:] != (size, size, 3) or len(images) != count:
         raise ValueError(f"images must be [{count}, {size}, {size}, 3] (the graph's images), "
                          f"got {np.shape(images)}")
@@ -100,14 +105,13 @@ def _emit(path: pathlib.Path, name: str, data) -> None:
     path.write_text(f"EGX.receive({json.dumps(name)},{body});\n")
 
 
-def _children(graph, index: int) -> list[list[tuple[int, int]]]:
+def _children(graph, index: int, summaries) -> list[list[tuple[int, int]]]:
     """Per node of layer `index`: (child, parent slot) pairs of the live nodes of the layer
     below that take it as a parent, best first."""
     found = [[] for _ in range(graph.layers[index].num_nodes)]
     if index == 0:
         return found
-    below = graph.layers[index - 1]
-    det = evaluate.node_detections(below, graph.config.image_size)
+    below, det = graph.layers[index - 1], summaries[index - 1]
     parents = np.asarray(below.parents)
     for child in selection.strongest(det, len(parents)):
         for slot, parent in enumerate(parents[child]):
@@ -116,40 +120,33 @@ def _children(graph, index: int) -> list[list[tuple[int, int]]]:
     return found
 
 
-def _best(score: np.ndarray, count: int) -> np.ndarray:
-    """`[V, count]` each node's best images, best first (as `patches.best_images`)."""
-    return np.argsort(-score, axis=1, kind="stable")[:, :count]
-
-
 def _links(nodes, offsets) -> list:
     """`[[node, dh, dw], ...]` for the valid (>= 0) entries of `nodes`."""
     return [[n, *o] for n, o in zip(nodes, offsets) if n >= 0]
 
 
-def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, landmarks,
-                 visible) -> dict:
+def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, summaries) -> dict:
     """Write a layer's summary and detail chunks; return its entry in meta."""
-    fit, size = graph.layers[index], graph.config.image_size
+    fit, size, det = graph.layers[index], graph.config.image_size, summaries[index]
     cfg = fit.config
-    det = evaluate.node_detections(fit, size)
     num, per_filter = np.shape(det.score)[0], np.shape(fit.deform)[1]
     dead = selection.dead(det)
-    summary = {"score": _rounded(selection.strength(det), 3),
-               "mean": _rounded(det.score.mean(axis=1), 3),
+    columns = {"score": _rounded(selection.strength(det), 3), "mean": _rounded(det.mean, 3),
                "dead": np.flatnonzero(dead).tolist()}
-    if landmarks is not None:
-        per_node = evaluate.node_instability(det, np.asarray(landmarks), np.asarray(visible))
-        summary["instability"] = _rounded(np.where(dead, np.nan,
-                                                   per_node / evaluate.diagonal(size)))
-    _emit(folder / f"layer{index}.js", f"layer{index}", summary)
+    if det.instability is not None:
+        columns["instability"] = _rounded(np.where(dead, np.nan,
+                                                   det.instability / evaluate.diagonal(size)))
+    _emit(folder / f"layer{index}.js", f"layer{index}", columns)
     above = index + 1 < len(graph.layers)
     parents = np.asarray(fit.parents).tolist()
-    up = _rounded(edge_offsets(fit, graph.layers[index + 1]), 1) if above else None
-    down = _rounded(-edge_offsets(graph.layers[index - 1], fit), 1) if index > 0 else None
-    children = _children(graph, index)
-    best = _best(det.score, PATCH_IMAGES)
-    top_px = _rounded(np.take_along_axis(det.px, best[..., None], axis=1), 1)
-    top_score = _rounded(np.take_along_axis(det.score, best, axis=1), 3)
+    up = (_rounded(edge_offsets(fit, graph.layers[index + 1], summaries[index:index + 2]), 1)
+          if above else None)
+    down = (_rounded(-edge_offsets(graph.layers[index - 1], fit, summaries[index - 1:index + 1]),
+                     1) if index > 0 else None)
+    children = _children(graph, index, summaries)
+    best = det.image[:, :PATCH_IMAGES]                 # each node's best images, best first
+    top_px = _rounded(det.px[:, :PATCH_IMAGES], 1)
+    top_score = _rounded(det.score[:, :PATCH_IMAGES], 3)
     coord = _rounded(np.asarray(fit.coord).reshape(-1, 2), 2)
     deform = _rounded(np.asarray(fit.deform).reshape(-1), 3)
     values = np.asarray(evaluate.decoded(layer_maps), np.float32)
@@ -162,9 +159,10 @@ def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, landmarks,
             "parents": _links(parents[v], up[v]) if above else [],
             "children": [[c, *down[c][slot]] for c, slot in children[v][:CHILDREN_SHOWN]],
             "children_total": len(children[v]),
-            "top": [[n, *px, sc] for n, px, sc in zip(best[v].tolist(), top_px[v], top_score[v])
-                    if det.score[v, n] > 0],
-            "heat": [w for w in heat[v] if det.score[v, w[0]] > 0]} for v in nodes]
+            "top": [[n, *px, sc] for i, (n, px, sc)
+                    in enumerate(zip(best[v].tolist(), top_px[v], top_score[v]))
+                    if det.score[v, i] > 0],
+            "heat": [w for i, w in enumerate(heat[v]) if det.score[v, i] > 0]} for v in nodes]
         _emit(folder / f"layer{index}-{start // CHUNK}.js", f"layer{index}-{start // CHUNK}",
               {"start": start, "nodes": details})
     return {"tap": cfg.tap or f"layer {index}", "filters": int(np.shape(fit.deform)[0]),
@@ -179,9 +177,9 @@ def _heat_windows(values: np.ndarray, fit, det, nodes) -> list[list]:
     `HEAT_IMAGES` best images, scaled so that 255 is its largest value there."""
     cfg, per_filter = fit.config, np.shape(fit.deform)[1]
     nodes = np.asarray(nodes)
-    chosen = _best(det.score[nodes], HEAT_IMAGES)                                    # [B, I]
+    chosen = det.image[nodes, :HEAT_IMAGES]                                          # [B, I]
     flat_nodes = np.repeat(nodes, chosen.shape[1])
-    cells = geometry.to_cells(det.px[flat_nodes, chosen.reshape(-1)], cfg.stride, cfg.center)
+    cells = geometry.to_cells(det.px[nodes, :HEAT_IMAGES].reshape(-1, 2), cfg.stride, cfg.center)
     deform = np.asarray(fit.deform).reshape(-1)[flat_nodes]
     half = heatmaps.search_half_range(deform, cfg)
     heat = heatmaps.evidence(values[chosen.reshape(-1), :, :, flat_nodes // per_filter], cells,

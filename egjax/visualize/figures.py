@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from egjax import evaluate  # noqa: E402
-from egjax.visualize import raster, selection  # noqa: E402
+from egjax.visualize import raster, selection, summary  # noqa: E402
 
 LAYER_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628")
 NODE_COLOURS = ((228, 26, 28), (30, 110, 220), (40, 170, 60), (170, 60, 190), (255, 127, 0),
@@ -42,16 +42,16 @@ def instability_chart(metrics: dict, path) -> None:
 
 
 def detections(images: np.ndarray, graph, path, *, landmarks=None, visible=None,
-               images_shown: int = 6, nodes_per_layer: int = 6) -> None:
+               images_shown: int = 6, nodes_per_layer: int = 6, summaries=None) -> None:
     """PNG of `detections_grid` (same arguments)."""
     raster.save(detections_grid(images, graph, landmarks=landmarks, visible=visible,
-                                images_shown=images_shown, nodes_per_layer=nodes_per_layer),
-                path)
+                                images_shown=images_shown, nodes_per_layer=nodes_per_layer,
+                                summaries=summaries), path)
 
 
 def detections_grid(images: np.ndarray, graph, *, landmarks=None, visible=None,
                     images_shown: int = 6, nodes_per_layer: int = 6,
-                    cell: int = 150) -> np.ndarray:
+                    cell: int = 150, summaries=None) -> np.ndarray:
     """uint8 picture: where chosen nodes are found in the first `images_shown` images
     `[N, H, W, 3]` (unmirrored). Under a title (`TITLE_HEIGHT` px), one row per layer (top
     layer first): a label (`LABEL_WIDTH` px: the layer, the nodes in their colours), then
@@ -61,21 +61,26 @@ def detections_grid(images: np.ndarray, graph, *, landmarks=None, visible=None,
     image; rings are drawn inside the thumbnail, clipped by its edges.
 
     Nodes per layer: the `nodes_per_layer` stablest (`selection.stablest`; `landmarks
-    [N, P, 2]` px and `visible [N, P]` given), else the highest-scoring live ones."""
+    [N, P, 2]` px and `visible [N, P]` given), else the highest-scoring live ones.
+
+    `summaries`: the graph's `summary.summarize` (with the landmarks, if given), if already
+    made; then only the first `images_shown` (at most `summary.FIRST`) `images` are read."""
     if nodes_per_layer > len(NODE_COLOURS):
         raise ValueError(f"nodes_per_layer must be at most {len(NODE_COLOURS)} (one colour "
                          f"each), got {nodes_per_layer}")
     size = graph.config.image_size
-    shown = min(images_shown, len(images))
+    summaries = summaries or summary.summarize(graph, landmarks, visible, first=images_shown)
+    shown = min(images_shown, summaries[0].num_images)
+    if shown > summaries[0].first_score.shape[1]:
+        raise ValueError(f"images_shown must be at most {summaries[0].first_score.shape[1]} "
+                         f"(the summaries' first images), got {images_shown}")
     rows = []
     for index in reversed(range(len(graph.layers))):
-        fit = graph.layers[index]
-        det = evaluate.node_detections(fit, size)
+        fit, det = graph.layers[index], summaries[index]
         if landmarks is None:
             nodes = selection.strongest(det, nodes_per_layer)
         else:
-            nodes = selection.stablest(det, evaluate.node_instability(det, landmarks, visible),
-                                       nodes_per_layer)
+            nodes = selection.stablest(det, det.instability, nodes_per_layer)
         per_filter = np.shape(fit.deform)[1]
         names = [f"f{v // per_filter}·{v % per_filter}" for v in nodes.tolist()]
         label = raster.text_block([fit.config.tap or f"layer {index}"] + names, LABEL_WIDTH,
@@ -96,15 +101,15 @@ def detections_grid(images: np.ndarray, graph, *, landmarks=None, visible=None,
     return raster.column([title] + rows, 4)
 
 
-def _rings(image: np.ndarray, det: evaluate.Detections, nodes: np.ndarray, n: int,
+def _rings(image: np.ndarray, det: summary.LayerSummary, nodes: np.ndarray, n: int,
            cell: int) -> np.ndarray:
-    """`image` resized to `cell` px with a ring per node of `nodes` found in it."""
+    """`image` (number `n`) resized to `cell` px with a ring per node of `nodes` found in it."""
     size = image.shape[0]
     tile = Image.fromarray(raster.resized(image, cell))
     draw = ImageDraw.Draw(tile)
-    best = np.asarray(det.score)[nodes].max(axis=1)
+    best = det.score[nodes, 0]
     for colour, v, top in zip(NODE_COLOURS, nodes.tolist(), best):
-        score, (h, w) = det.score[v, n], det.px[v, n]
+        score, (h, w) = det.first_score[v, n], det.first_px[v, n]
         if score <= 0 or not (-0.5 <= h < size - 0.5 and -0.5 <= w < size - 0.5):
             continue
         y, x = ((p + 0.5) * cell / size - 0.5 for p in (h, w))

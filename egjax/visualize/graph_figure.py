@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from egjax import evaluate, geometry  # noqa: E402
-from egjax.visualize import selection  # noqa: E402
+from egjax.visualize import selection, summary  # noqa: E402
 from egjax.visualize.figures import LAYER_COLOURS  # noqa: E402
 
 SLOT = 120             # px along a row per node
@@ -31,18 +31,23 @@ def pixels(fit) -> np.ndarray:
                               fit.config.center)
 
 
-def edge_offsets(lower, upper) -> np.ndarray:
+def edge_offsets(lower, upper, summaries=None) -> np.ndarray:
     """`[V, top_n, 2]` mean over images of parent position minus child position (pixels, h
-    and w, in the graph's own frame) for each parent of each node of `lower`; NaN where
-    there is no parent (-1). `upper` is the layer above."""
+    and w, in the graph's own frame: `pixels`) for each parent of each node of `lower`; NaN
+    where there is no parent (-1). `upper` is the layer above. Means of exact sums
+    (`summary.exact_mean`), or the layers' `summary.LayerSummary.position` (`summaries`: the
+    two, if already made)."""
+    child, parent = ([s.position for s in summaries] if summaries else
+                     [np.stack([summary.exact_mean(pixels(fit)[..., i]) for i in range(2)], -1)
+                      for fit in (lower, upper)])
     parents = np.asarray(lower.parents)
-    child, parent = pixels(lower), pixels(upper)
-    mean_parent = parent.mean(axis=1)[np.maximum(parents, 0)]               # [V, n, 2]
-    offsets = mean_parent - child.mean(axis=1)[:, None, :]
+    mean_parent = parent[np.maximum(parents, 0)]                             # [V, n, 2]
+    offsets = mean_parent - child[:, None, :]
     return np.where((parents >= 0)[..., None], offsets, np.nan)
 
 
-def figure_nodes(graph, roots: int = 3, per_layer: int = 8) -> tuple[list, list]:
+def figure_nodes(graph, roots: int = 3, per_layer: int = 8,
+                 summaries=None) -> tuple[list, list]:
     """Nodes to draw per layer (bottom to top), each layer in drawing order (left to right),
     and per node the parent through which it was taken (-1 in the top layer).
 
@@ -51,11 +56,11 @@ def figure_nodes(graph, roots: int = 3, per_layer: int = 8) -> tuple[list, list]
     Top layer: the `roots` highest-scoring of them, best first. Each layer below: up to
     `per_layer` of them with a parent among those drawn above, taken in rounds: each drawn
     node above in turn (left to right) takes its highest-scoring child not yet taken; drawn
-    in the order of the parents that took them, each parent's in the order taken."""
-    size = graph.config.image_size
+    in the order of the parents that took them, each parent's in the order taken.
+    `summaries`: the graph's `summary.summarize`, if already made."""
+    summaries = summaries or summary.summarize(graph)
     reach, eligible = None, []
-    for fit in graph.layers:
-        det = evaluate.node_detections(fit, size)
+    for fit, det in zip(graph.layers, summaries):
         ranked = selection.strongest(det, np.shape(det.score)[0])
         if reach is not None:
             ranked = ranked[np.isin(ranked, reach)]
@@ -92,14 +97,16 @@ def layout(chosen: list[np.ndarray]) -> dict:
             for index, nodes in enumerate(chosen) for i, v in enumerate(nodes.tolist())}
 
 
-def graph_figure(graph, path, *, roots: int = 3, per_layer: int = 8) -> None:
+def graph_figure(graph, path, *, roots: int = 3, per_layer: int = 8, summaries=None) -> None:
     """PNG of `figure_nodes` at the pixels of `layout` (`DPI` dots per inch, 1 figure unit
     = 1 px): a disc of `RADIUS` px per node in its layer's colour (`LAYER_COLOURS`), its
     name `f<filter>·<node>` and score below it; a line from each drawn node to each of its
     drawn parents: `EDGE_COLOUR`, labelled with the parent's mean position minus the
     child's `(dh, dw)` px in the graph's frame (`edge_offsets`), to the parent through
-    which it was taken; `OTHER_EDGE_COLOUR`, unlabelled, to the others."""
-    chosen, via = figure_nodes(graph, roots, per_layer)
+    which it was taken; `OTHER_EDGE_COLOUR`, unlabelled, to the others. `summaries`: the
+    graph's `summary.summarize`, if already made."""
+    summaries = summaries or summary.summarize(graph)
+    chosen, via = figure_nodes(graph, roots, per_layer, summaries)
     place = layout(chosen)
     width = LABEL_WIDTH + max(len(nodes) for nodes in chosen) * SLOT
     height = TITLE_HEIGHT + len(graph.layers) * ROW
@@ -108,11 +115,10 @@ def graph_figure(graph, path, *, roots: int = 3, per_layer: int = 8) -> None:
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_axis_off()
-    size = graph.config.image_size
     for index, (fit, nodes) in enumerate(zip(graph.layers, chosen)):
         colour = LAYER_COLOURS[index % len(LAYER_COLOURS)]
         per_filter = np.shape(fit.deform)[1]
-        score = selection.strength(evaluate.node_detections(fit, size))
+        score = selection.strength(summaries[index])
         y = TITLE_HEIGHT + (len(chosen) - 1 - index + 0.5) * ROW
         ax.text(8, y, fit.config.tap or f"layer {index}", ha="left", va="center", fontsize=10,
                 color=colour, fontweight="bold")
@@ -123,7 +129,7 @@ def graph_figure(graph, path, *, roots: int = 3, per_layer: int = 8) -> None:
                     ha="center", va="top", fontsize=7, color="#333333", zorder=4)
     for index in range(len(graph.layers) - 1):
         lower = graph.layers[index]
-        offsets = edge_offsets(lower, graph.layers[index + 1])
+        offsets = edge_offsets(lower, graph.layers[index + 1], summaries[index:index + 2])
         for v, through in zip(chosen[index].tolist(), via[index].tolist()):
             parents = np.asarray(lower.parents)[v].tolist()
             for p in dict.fromkeys(parents):                 # each parent once, first slot

@@ -23,7 +23,7 @@ import numpy as np
 
 from egjax import evaluate, geometry
 from egjax.config import LayerConfig
-from egjax.visualize import raster, selection
+from egjax.visualize import raster, selection, summary
 
 OPACITY = 0.8
 LABEL_WIDTH = 86
@@ -73,12 +73,17 @@ def node_heatmaps(maps, fit, node: int, image_size: int) -> np.ndarray:
 
 def layer_heatmaps(maps, fit, nodes, image_size: int) -> np.ndarray:
     """`[N, S, S]` cell-wise maximum of the heat maps of `nodes` of `fit` in every image."""
-    values = np.asarray(evaluate.decoded(maps))
     nodes = np.asarray(nodes)
+    return _maximum(np.asarray(evaluate.decoded(maps)), fit, nodes,
+                    detected_cells(fit, image_size)[nodes])
+
+
+def _maximum(values: np.ndarray, fit, nodes: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """`layer_heatmaps` in the images of `values [n, S, S, C]`, the nodes detected at `cells
+    [B, n, 2]` there."""
     per_filter = np.shape(fit.deform)[1]
     deform = np.asarray(fit.deform).reshape(-1)[nodes]
     half = search_half_range(deform, fit.config)
-    cells = detected_cells(fit, image_size)[nodes]                           # [B, N, 2]
     out = np.zeros(values.shape[:3], np.float32)
     for i, v in enumerate(nodes):
         filter_maps = values[..., v // per_filter]                            # [N, S, S]
@@ -119,18 +124,27 @@ def overlay(image: np.ndarray, heat: np.ndarray, vmax: float | None = None) -> n
 
 
 def heatmap_grid(images: np.ndarray, graph, maps, *, images_shown: int = 6, nodes: int = 10,
-                 cell: int = 160) -> np.ndarray:
+                 cell: int = 160, summaries=None) -> np.ndarray:
     """uint8 picture: under a title (`TITLE_HEIGHT` px), one row per layer (top layer
     first): a label (`LABEL_WIDTH` px), then per image (`cell` px, 2 px apart) the layer heat
     map of its `nodes` highest-scoring live nodes (`selection.strongest`) over the image,
-    then the row's colour bar (`colour_bar`): one colour scale per row, 0 to its maximum."""
+    then the row's colour bar (`colour_bar`): one colour scale per row, 0 to its maximum.
+    `summaries`: the graph's `summary.summarize`, if already made; then only the first
+    `images_shown` (at most `summary.FIRST`) images and maps are read."""
     size = graph.config.image_size
-    shown = min(images_shown, len(images))
+    summaries = summaries or summary.summarize(graph, first=images_shown)
+    shown = min(images_shown, summaries[0].num_images)
+    if shown > summaries[0].first_score.shape[1]:
+        raise ValueError(f"images_shown must be at most {summaries[0].first_score.shape[1]} "
+                         f"(the summaries' first images), got {images_shown}")
     rows = []
     for index in reversed(range(len(graph.layers))):
-        fit = graph.layers[index]
-        chosen = selection.strongest(evaluate.node_detections(fit, size), nodes)
-        heat = upsample(layer_heatmaps(maps[index], fit, chosen, size)[:shown], fit.config, size)
+        fit, det = graph.layers[index], summaries[index]
+        chosen = selection.strongest(det, nodes)
+        first = np.asarray(evaluate.decoded(maps[index]))[:shown]
+        cells = geometry.to_cells(det.first_px[chosen, :shown], fit.config.stride,
+                                  fit.config.center)
+        heat = upsample(_maximum(first, fit, chosen, cells), fit.config, size)
         vmax = float(heat.max())
         label = raster.text_block([fit.config.tap or f"layer {index}", f"top {len(chosen)}",
                                    "nodes"], LABEL_WIDTH, cell)

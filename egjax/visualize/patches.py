@@ -11,7 +11,7 @@ import numpy as np
 
 from egjax import evaluate
 from egjax.config import LayerConfig
-from egjax.visualize import raster, selection
+from egjax.visualize import raster, selection, summary
 
 PAPER_SIDE = 70      # px: the paper's patches for conv4 of VGG-16 (stride 8) at 224 px
 PAPER_STRIDE = 8
@@ -55,12 +55,16 @@ def node_patches(images: np.ndarray, det: evaluate.Detections, node: int, count:
 
 
 def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 10,
-               side: int | None = None, cell: int = 64, title: str | None = None) -> np.ndarray:
+               side: int | None = None, cell: int = 64, title: str | None = None,
+               layer_summary=None) -> np.ndarray:
     """One row per node of `fit` (in the order of `nodes`): a label (filter, node, mean of
-    its top-20 scores) and its `count` best patches, each resized to `cell` px; under
-    `title` (its lines 15 px apart) if given. uint8."""
+    its top-20 scores) and its `count` (at most `summary.TOP`) best patches, each resized to
+    `cell` px; under `title` (its lines 15 px apart) if given. uint8. `layer_summary`: the
+    layer's `summary.LayerSummary`, if already made."""
+    if count > summary.TOP:
+        raise ValueError(f"count must be at most {summary.TOP}, got {count}")
     side = side or patch_side(fit.config)
-    det = evaluate.node_detections(fit, image_size)
+    det = layer_summary or summary.summarize_layer(fit, image_size)
     per_filter = np.shape(fit.deform)[1]
     top = selection.strength(det)
     rows = []
@@ -71,21 +75,25 @@ def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 
     for v in nodes:
         f, k = divmod(int(v), per_filter)
         label = raster.text_block([f"filter {f}", f"node {k}", f"score {top[v]:.2f}"], 106, cell)
-        tiles = [raster.resized(p, cell) for p in node_patches(images, det, v, count, side)]
+        tiles = [raster.resized(crop(images[n], px, side), cell)   # as `node_patches`
+                 for n, px in zip(det.image[v, :count].tolist(), det.px[v, :count])]
         rows.append(raster.row([label] + tiles, 2))
     return raster.column(rows, 4)
 
 
 def layer_patch_grid(images: np.ndarray, graph, layer: int, *, nodes: int = 12,
-                     count: int = 10, cell: int = 64) -> np.ndarray:
+                     count: int = 10, cell: int = 64, summaries=None) -> np.ndarray:
     """`patch_grid` of a graph layer's `nodes` highest-scoring live nodes
     (`selection.strongest`: by the mean of their top-20 image scores, as
-    `evaluate.instability` ranks them), with a title that says so."""
+    `evaluate.instability` ranks them), with a title that says so. `summaries`: the graph's
+    `summary.summarize`, if already made."""
     fit = graph.layers[layer]
-    chosen = selection.strongest(evaluate.node_detections(fit, graph.config.image_size), nodes)
+    det = (summaries[layer] if summaries else
+           summary.summarize_layer(fit, graph.config.image_size))
+    chosen = selection.strongest(det, nodes)
     name = fit.config.tap or f"layer {layer}"
     title = (f"{name}: the {len(chosen)} highest-scoring nodes (mean of their top-"
              f"{evaluate.TOP_IMAGES} image scores)\n{patch_side(fit.config)}-px patches at "
              f"each node's position in its {count} best images")
     return patch_grid(images, fit, graph.config.image_size, chosen, count=count, cell=cell,
-                      title=title)
+                      title=title, layer_summary=det)

@@ -7,6 +7,9 @@ in every image: it was never found, so its positions, instability and parents ca
 evidence. Rankings by stability consider only nodes scoring at least `MIN_SCORE`, the
 layer's mean score: weaker nodes fire in few images, and the spread of their positions
 over their "best" images is noise (in the demo some of them look the stablest of all).
+
+Each function reads only `score [V, n]`, of a layer's `evaluate.Detections` or of its
+`summary.LayerSummary` (whose rows hold each node's best scores, enough for all of them).
 """
 
 from __future__ import annotations

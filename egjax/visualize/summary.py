@@ -35,7 +35,7 @@ class LayerSummary(NamedTuple):
     in the unmirrored image); `mean [V]` its mean score over all `N` images; `position [V, 2]`
     its mean position over all images in the graph's own frame (pixels, `graph_figure.pixels`);
     `first_score [V, F]`, `first_px [V, F, 2]` its detections in images `0..F-1`
-    (`F = min(FIRST, N)`); `instability [V]` (pixels, NaN where no landmark is seen) or None
+    (`F = min(first, N)`, `summarize`); `instability [V]` (pixels, NaN where no landmark is seen) or None
     without landmarks; `num_images` N."""
 
     score: np.ndarray
@@ -49,28 +49,29 @@ class LayerSummary(NamedTuple):
     num_images: int
 
 
-def summarize(graph, landmarks=None, visible=None, *,
+def summarize(graph, landmarks=None, visible=None, *, first: int = FIRST,
               across_processes: bool = False) -> list[LayerSummary]:
     """Every layer's `LayerSummary`, bottom to top. `landmarks [N, P, 2]` px and `visible
-    [N, P]` of all N images give the instability (None: none). `across_processes`: every
+    [N, P]` of all N images give the instability (None: none); `first` F, the images whose
+    detections are kept. `across_processes`: every
     process calls it with the graph as fitted (records split over the devices of all
     processes); all get the one-process summaries."""
     graph.require_records("the pictures")
     if (landmarks is None) != (visible is None):
         raise ValueError("give both landmarks and visible, or neither")
-    return [summarize_layer(fit, graph.config.image_size, landmarks, visible,
+    return [summarize_layer(fit, graph.config.image_size, landmarks, visible, first=first,
                             across_processes=across_processes) for fit in graph.layers]
 
 
 def summarize_layer(fit, image_size: int, landmarks=None, visible=None, *,
-                    across_processes: bool = False) -> LayerSummary:
+                    first: int = FIRST, across_processes: bool = False) -> LayerSummary:
     """`summarize` of one fitted layer `fit`."""
     processes = distributed.shard()[1] if across_processes else 1
     num = fit.num_images
     held, records = ((np.arange(num), [np.asarray(getattr(fit, f)) for f in evaluate.RECORDS])
                      if processes == 1 else evaluate.held_records(fit))
     share = summarize_share(fit.config, image_size, held, *records, num_images=num,
-                            landmarks=landmarks, visible=visible)
+                            landmarks=landmarks, visible=visible, first=first)
     if processes == 1:
         return merge([share], num)
     return merge(_exchanged(share, num), num)
@@ -89,7 +90,8 @@ class Share(NamedTuple):
 
 
 def summarize_share(cfg, image_size: int, held, score, alt_score, pos, alt_pos, flip, *,
-                    num_images: int, landmarks=None, visible=None) -> Share:
+                    num_images: int, landmarks=None, visible=None,
+                    first: int = FIRST) -> Share:
     """The `Share` of the images `held [n]` (increasing indices among all `num_images`),
     from their records (`evaluate.RECORDS`, e.g. `score [V, n]`); `landmarks [N, P, 2]`,
     `visible [N, P]` of all images or None."""
@@ -107,7 +109,7 @@ def summarize_share(cfg, image_size: int, held, score, alt_score, pos, alt_pos, 
                                    (-np.inf, num_images, 0, 0, False)))
     where = geometry.to_pixels(np.asarray(pos, np.float64), cfg.stride, cfg.center)
     sums = tuple(exact_sums(x) for x in (det.score, where[..., 0], where[..., 1]))
-    first = min(FIRST, num_images)
+    first = min(first, num_images)
     mine = np.isin(np.arange(first), held)
     local = np.searchsorted(held, np.arange(first)[mine])
     first_score = np.zeros((len(det.score), first), np.asarray(det.score).dtype)
@@ -177,6 +179,11 @@ def rounded_sums(parts) -> np.ndarray:
     terms = np.concatenate([np.ldexp(total[..., 0], exponents - 27),
                             np.ldexp(total[..., 1], exponents - 53)], axis=1)
     return np.asarray([math.fsum(row) for row in terms.tolist()])
+
+
+def exact_mean(x: np.ndarray) -> np.ndarray:
+    """`[V]` row means of `x [V, n]`: the exact sums (`exact_sums`) correctly rounded, / n."""
+    return rounded_sums([exact_sums(x)]) / np.shape(x)[1]
 
 
 def _exchanged(share: Share, num_images: int) -> list[Share]:
