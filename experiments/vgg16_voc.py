@@ -35,7 +35,7 @@ import egjax  # noqa: E402
 from egjax import cli, data, distributed, evaluate, runs  # noqa: E402
 from egjax.features import extract_features, negative_statistics  # noqa: E402
 from egjax.models import load  # noqa: E402
-from egjax.visualize import figures, pictures  # noqa: E402
+from egjax.visualize import figures, pictures, summary  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SYNTHETIC_IMAGES = 100  # synthetic objects are drawn, so they need a count
@@ -183,33 +183,36 @@ def main(argv=None) -> int:
                             compat=args.compat, quiet=args.quiet)
     jax.block_until_ready(graph.layers[0].records)
     fit_seconds = time.perf_counter() - fitting
-    # Every process writes its shards of the records (orbax), and evaluates the images it
-    # holds: only each pattern's best images are exchanged. Process 0 reads the graph back
-    # for the pictures and moves it into the run folder; the images and maps of all
-    # processes are put together for the pictures.
+    # Every process writes its shards of the records (orbax), evaluates the images it holds
+    # and summarises them for the pictures: only each pattern's best images and exact sums
+    # are exchanged, never a layer's records. Process 0 moves the graph into the run folder;
+    # the images and maps of all processes are put together for the pictures.
     saved = graph.save(args.out.with_name(f".{args.out.name}.graph-{distributed.agreed_token()}"))
     try:
         marks = distributed.gather_shares(
             None if landmarks is None else (landmarks.landmarks, landmarks.visible))
         metrics = ({"instability": NO_LANDMARKS} if landmarks is None
                    else evaluate.compare(graph, maps, *marks, across_processes=True))
+        summaries = summary.summarize(graph, *(marks or (None, None)), across_processes=True)
+        model = egjax.ExplanatoryGraph(tuple(layer.without_records() for layer in graph.layers),
+                                       graph.config)
         del graph
         return write_run(args, saved, objects, metrics, marks, distributed.gather_shares(maps),
-                         stats[taps[0]].count, fit_seconds, started)
+                         model, summaries, stats[taps[0]].count, fit_seconds, started)
     finally:   # left behind only if the run failed before the graph was moved in
         if distributed.is_main():
             shutil.rmtree(saved, ignore_errors=True)
 
 
-def write_run(args, saved, objects, metrics, marks, maps, negatives: int, fit_seconds,
-              started) -> int:
-    """Process 0: write the run folder, with the graph checkpoint `saved` (moved into it)
-    and the `metrics`; the other processes wait until it is written."""
+def write_run(args, saved, objects, metrics, marks, maps, graph, summaries, negatives: int,
+              fit_seconds, started) -> int:
+    """Process 0: write the run folder, with the graph checkpoint `saved` (moved into it),
+    the `metrics` and the pictures of `graph` (its model) from its `summaries`; the other
+    processes wait until it is written."""
     images = distributed.gather_shares(objects.images)
     if not distributed.is_main():
         distributed.leave_together("run written")
         return 0
-    graph = egjax.ExplanatoryGraph.load(saved)   # the pictures read every record
     has_landmarks, marks = marks is not None, marks or (None, None)
     metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
                    split=args.split, category=args.category, images=len(images),
@@ -223,8 +226,9 @@ def write_run(args, saved, objects, metrics, marks, maps, negatives: int, fit_se
         if has_landmarks:
             figures.instability_chart(metrics, out / "instability.png")
         figures.detections(images, graph, out / "detections.png",
-                           landmarks=marks[0], visible=marks[1])
-        written = pictures.write(out, graph, images, maps, *marks, title=args.name)
+                           landmarks=marks[0], visible=marks[1], summaries=summaries)
+        written = pictures.write(out, graph, images, maps, *marks, title=args.name,
+                                 summaries=summaries)
     if has_landmarks:
         print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location "
               f"instability / image diagonal; lower is better)")
