@@ -54,6 +54,8 @@ WORKER = textwrap.dedent("""
     landmarks, visible = rng.uniform(0, 64, (10, 3, 2)), rng.random((10, 3)) < 0.8
     metrics = egjax.evaluate.compare(graph, share(maps), landmarks, visible,
                                      across_processes=True)
+    from egjax.visualize import summary   # what the pictures read: summarised where they lie
+    summaries = summary.summarize(graph, landmarks, visible, across_processes=True)
     if process == 1:
         ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                               compat="original", devices=one, quiet=True)
@@ -61,6 +63,10 @@ WORKER = textwrap.dedent("""
                                  for i, l in enumerate(ref.layers) for f in fields}
         out["original_equal"]["metrics"] = metrics == egjax.evaluate.compare(ref, maps, landmarks,
                                                                             visible)
+        out["original_equal"]["summaries"] = all(
+            np.array_equal(a, b, equal_nan=True) for got_layer, ref_layer
+            in zip(summaries, summary.summarize(ref, landmarks, visible))
+            for a, b in zip(got_layer, ref_layer))
 
     quantized = [jax.tree.map(np.asarray, quantize(m)) for m in maps]
     quantized_flipped = [jax.tree.map(np.asarray, quantize(m)) for m in flipped]
