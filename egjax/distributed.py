@@ -141,6 +141,41 @@ def gather_shares(x):
     return jax.tree.map(one, x)
 
 
+def gather_rows(x: np.ndarray, wanted) -> np.ndarray:
+    """`x_all[wanted]` on every process, from every process's share (`shard()`) `x [n, ...]`
+    of the rows of `x_all` (rows p, p + P, ...): only the rows `wanted` are exchanged."""
+    index, count = shard()
+    x, wanted = np.asarray(x), np.asarray(wanted, np.int64)
+    if count == 1:
+        return x[wanted]
+    mine = wanted % count == index
+    part = np.zeros((len(wanted),) + x.shape[1:], x.dtype)
+    part[mine] = x[wanted[mine] // count]
+    return gather_exact(part)[wanted % count, np.arange(len(wanted))]
+
+
+def gather_blobs(blobs: list[bytes]) -> list[bytes]:
+    """Every process's share (`shard()`) of a list of byte strings (e.g. encoded images),
+    put together in image order, on every process."""
+    index, count = shard()
+    if count == 1:
+        return list(blobs)
+    shares = counts(len(blobs))
+    lengths = np.zeros(int(shares.max()), np.int64)
+    lengths[:len(blobs)] = [len(b) for b in blobs]
+    data = np.frombuffer(b"".join(blobs), np.uint8)
+    longest = int(counts(len(data)).max())
+    every_length = gather_exact(lengths)
+    every = gather_exact(np.pad(data, (0, longest - len(data))))
+    out = [b""] * int(shares.sum())
+    for p in range(count):
+        ends = np.cumsum(every_length[p][:shares[p]])
+        for j, (start, end) in enumerate(zip((ends - every_length[p][:shares[p]]).tolist(),
+                                             ends.tolist())):
+            out[p + j * count] = every[p, start:end].tobytes()
+    return out
+
+
 def gather_exact(x: np.ndarray) -> np.ndarray:
     """`[P, ...]` every process's host array `x` (the same shape on each), bit for bit (as
     bytes: jax arrays may hold no float64)."""

@@ -23,10 +23,11 @@ import base64
 import importlib.resources
 import json
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 
-from egjax import evaluate, geometry, runs
+from egjax import distributed, evaluate, geometry, runs
 from egjax.maps import QuantizedMaps
 from egjax.visualize import heatmaps, patches, raster, selection, summary
 from egjax.visualize.graph_figure import edge_offsets
@@ -35,29 +36,60 @@ CHUNK = 256
 PATCH_IMAGES = 10
 HEAT_IMAGES = 4
 CHILDREN_SHOWN = 24
+JPEG_QUALITY = 88
 STATIC = ("index.html", "explorer.js", "explorer.css")
 
 
+class Prepared(NamedTuple):
+    """What the explorer reads of the images and maps: every image as JPEG (`jpegs`, bytes,
+    in image order) and per layer its live nodes' `heat_windows` (`heat`: {node: windows})."""
+
+    jpegs: list
+    heat: list
+
+
+def prepare(graph, images, maps, summaries, *, across_processes: bool = False) -> Prepared:
+    """The explorer's `Prepared` from `images` and `maps` (as `write` takes them) and the
+    graph's `summary.summarize`. `across_processes`: every process calls it with its share
+    of the images and maps (images p, p + P, ...: `distributed.shard()`); only JPEGs and
+    heat-map windows are exchanged, and all get the whole."""
+    own = [raster.encoded(image, quality=JPEG_QUALITY) for image in images]
+    jpegs = distributed.gather_blobs(own) if across_processes else own
+    heat = []
+    for fit, layer_maps, det in zip(graph.layers, maps, summaries):
+        values = np.asarray(evaluate.decoded(layer_maps), np.float32)
+        live, layer = np.flatnonzero(~selection.dead(det)), {}
+        for start in range(0, len(live), CHUNK):                     # bounded memory
+            nodes = live[start:start + CHUNK]
+            layer.update(zip(nodes.tolist(), heat_windows(values, fit, det, nodes,
+                                                          across_processes=across_processes)))
+        heat.append(layer)
+    return Prepared(jpegs, heat)
+
+
 def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=None, *,
-          title: str = "explanatory graph", summaries=None) -> pathlib.Path:
+          title: str = "explanatory graph", summaries=None, prepared=None) -> pathlib.Path:
     """Write the explorer for `graph` fitted on `images [N, H, W, 3]` uint8 (unmirrored) into
     `directory` (atomically; replaces an earlier one). `maps`: the layers' normalised
     unmirrored maps, bottom to top (`[N, S, S, C]` or uint8 `QuantizedMaps`); `landmarks
     [N, P, 2]` px and `visible [N, P]` give per-node instability (omitted when None).
     `summaries`: the graph's `summary.summarize` (with the landmarks, if given), if already
-    made; the graph's records are not read then."""
-    _check(graph, images, maps, landmarks, visible, summaries)
+    made; the graph's records are not read then. `prepared`: `prepare`'s, if already made;
+    `images` and `maps` are not read then (None will do)."""
+    _check(graph, images, maps, landmarks, visible, summaries, prepared)
     summaries = summaries or summary.summarize(graph, landmarks, visible)
+    prepared = prepared or prepare(graph, images, maps, summaries)
     with runs.run_directory(directory, overwrite=True) as out:
         assets = out / "assets"
         (assets / "data").mkdir(parents=True)
         (assets / "images").mkdir()
-        for n, image in enumerate(images):
-            raster.save(image, assets / "images" / f"{n:04d}.jpg", quality=88)
-        layers = [_write_layer(assets / "data", graph, index, maps[index], summaries)
+        for n, jpeg in enumerate(prepared.jpegs):
+            (assets / "images" / f"{n:04d}.jpg").write_bytes(jpeg)
+        layers = [_write_layer(assets / "data", graph, index, summaries, prepared.heat[index])
                   for index in range(len(graph.layers))]
         _emit(assets / "data" / "meta.js", "meta", {
-            "title": title, "image_size": graph.config.image_size, "images": len(images),
+            "title": title, "image_size": graph.config.image_size,
+            "images": len(prepared.jpegs),
             "top_images": evaluate.TOP_IMAGES, "heat_opacity": heatmaps.OPACITY,
             "patch_images": PATCH_IMAGES, "min_score": selection.MIN_SCORE,
             "instability": landmarks is not None, "layers": layers})
@@ -68,11 +100,26 @@ def write(directory, graph, images: np.ndarray, maps, landmarks=None, visible=No
     return pathlib.Path(directory)
 
 
-def _check(graph, images, maps, landmarks, visible, summaries) -> None:
+def _check(graph, images, maps, landmarks, visible, summaries, prepared) -> None:
     if summaries is None:
         graph.require_records("the explorer")
-    size = graph.config.image_size
     count = summaries[0].num_images if summaries else graph.layers[0].num_images
+    if prepared is not None:
+        if len(prepared.jpegs) != count or len(prepared.heat) != len(graph.layers):
+            raise ValueError(f"prepared must hold {count} images and {len(graph.layers)} "
+                             f"layers, got {len(prepared.jpegs)} and {len(prepared.heat)}")
+    else:
+        _check_images(graph, images, maps, count)
+    if (landmarks is None) != (visible is None):
+        raise ValueError("give both landmarks and visible, or neither")
+    if landmarks is not None and (np.shape(landmarks)[:1] != (count,)
+                                  or np.shape(landmarks)[:2] != np.shape(visible)):
+        raise ValueError(f"landmarks must be [{count}, P, 2] and visible [{count}, P], got "
+                         f"{np.shape(landmarks)} and {np.shape(visible)}")
+
+
+def _check_images(graph, images, maps, count: int) -> None:
+    size = graph.config.image_size
     if np.ndim(images) != 4 or np.shape(images)[1:] != (size, size, 3) or len(images) != count:
         raise ValueError(f"images must be [{count}, {size}, {size}, 3] (the graph's images), "
                          f"got {np.shape(images)}")
@@ -86,12 +133,6 @@ def _check(graph, images, maps, landmarks, visible, summaries) -> None:
         if np.shape(data) != (count, s, s, c):
             raise ValueError(f"maps[{index}] must be [{count}, {s}, {s}, {c}], "
                              f"got {np.shape(data)}")
-    if (landmarks is None) != (visible is None):
-        raise ValueError("give both landmarks and visible, or neither")
-    if landmarks is not None and (np.shape(landmarks)[:1] != (count,)
-                                  or np.shape(landmarks)[:2] != np.shape(visible)):
-        raise ValueError(f"landmarks must be [{count}, P, 2] and visible [{count}, P], got "
-                         f"{np.shape(landmarks)} and {np.shape(visible)}")
 
 
 def _rounded(values, digits: int = 4) -> list:
@@ -125,7 +166,7 @@ def _links(nodes, offsets) -> list:
     return [[n, *o] for n, o in zip(nodes, offsets) if n >= 0]
 
 
-def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, summaries) -> dict:
+def _write_layer(folder: pathlib.Path, graph, index: int, summaries, heat: dict) -> dict:
     """Write a layer's summary and detail chunks; return its entry in meta."""
     fit, size, det = graph.layers[index], graph.config.image_size, summaries[index]
     cfg = fit.config
@@ -149,11 +190,8 @@ def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, summaries)
     top_score = _rounded(det.score[:, :PATCH_IMAGES], 3)
     coord = _rounded(np.asarray(fit.coord).reshape(-1, 2), 2)
     deform = _rounded(np.asarray(fit.deform).reshape(-1), 3)
-    values = np.asarray(evaluate.decoded(layer_maps), np.float32)
     for start in range(0, num, CHUNK):
         nodes = range(start, min(start + CHUNK, num))
-        live = [v for v in nodes if not dead[v]]
-        heat = dict(zip(live, _heat_windows(values, fit, det, live))) if live else {}
         details = [{"coord": coord[v], "deform": deform[v], "dead": True} if dead[v] else {
             "coord": coord[v], "deform": deform[v],
             "parents": _links(parents[v], up[v]) if above else [],
@@ -172,26 +210,50 @@ def _write_layer(folder: pathlib.Path, graph, index: int, layer_maps, summaries)
             "chunk": CHUNK}
 
 
-def _heat_windows(values: np.ndarray, fit, det, nodes) -> list[list]:
-    """Per node: `[image, h0, w0, rows, cols, base64 uint8]` heat-map windows in its
-    `HEAT_IMAGES` best images, scaled so that 255 is its largest value there."""
+def heat_windows(values: np.ndarray, fit, det, nodes, *,
+                 across_processes: bool = False) -> list[list]:
+    """Per node of `nodes` of `fit`: `[image, h0, w0, rows, cols, base64 uint8]` heat-map
+    windows (`heatmaps.evidence`; the window holds all of it) in its `HEAT_IMAGES` best
+    images, scaled so that 255 is its largest value there. `values [N, S, S, C]` the
+    layer's decoded maps, `det` its `summary.LayerSummary`. `across_processes`: every
+    process calls it with its share of the maps (images p, p + P, ...:
+    `distributed.shard()`); each computes the windows in the images it holds, and all get
+    every window."""
     cfg, per_filter = fit.config, np.shape(fit.deform)[1]
-    nodes = np.asarray(nodes)
+    index, count = distributed.shard() if across_processes else (0, 1)
+    nodes = np.asarray(nodes, np.int64)
     chosen = det.image[nodes, :HEAT_IMAGES]                                          # [B, I]
-    flat_nodes = np.repeat(nodes, chosen.shape[1])
+    flat_nodes, images = np.repeat(nodes, chosen.shape[1]), chosen.reshape(-1)
     cells = geometry.to_cells(det.px[nodes, :HEAT_IMAGES].reshape(-1, 2), cfg.stride, cfg.center)
     deform = np.asarray(fit.deform).reshape(-1)[flat_nodes]
     half = heatmaps.search_half_range(deform, cfg)
-    heat = heatmaps.evidence(values[chosen.reshape(-1), :, :, flat_nodes // per_filter], cells,
-                             deform, half)
-    peak = heat.reshape(len(nodes), -1).max(axis=1)
-    scale = np.repeat(np.where(peak > 0, 255 / np.where(peak > 0, peak, 1), 0), chosen.shape[1])
     centre = np.floor(cells + 0.5).astype(int)
-    low = np.clip(centre - half[:, None], 0, cfg.map_size - 1).tolist()
-    high = (np.clip(centre + half[:, None], 0, cfg.map_size - 1) + 1).tolist()
+    low = np.clip(centre - half[:, None], 0, cfg.map_size - 1)
+    high = np.clip(centre + half[:, None], 0, cfg.map_size - 1) + 1
+    mine = np.flatnonzero(images % count == index)
+    heat = heatmaps.evidence(values[images[mine] // count, :, :, flat_nodes[mine] // per_filter],
+                             cells[mine], deform[mine], half[mine])
+    cut = [heat[j, h0:h1, w0:w1] for j, ((h0, w0), (h1, w1))
+           in enumerate(zip(low[mine].tolist(), high[mine].tolist()))]
+    if count == 1:
+        parts = cut
+    else:   # each window from the process that holds its image, in order
+        every = distributed.gather_exact(np.concatenate([c.reshape(-1) for c in cut] + [
+            np.zeros(int(np.prod(high - low, axis=1).sum()) - sum(c.size for c in cut),
+                     np.float32)]))
+        sizes, starts = np.prod(high - low, axis=1), np.zeros(count, np.int64)
+        parts = []
+        for i, owner in enumerate((images % count).tolist()):
+            parts.append(every[owner, starts[owner]:starts[owner] + sizes[i]].reshape(
+                high[i] - low[i]))
+            starts[owner] += sizes[i]
+    peak = np.asarray([max((float(p.max()) for p in parts[b:b + chosen.shape[1]] if p.size),
+                           default=0.0) for b in range(0, len(parts), chosen.shape[1])],
+                      np.float32)
+    scale = np.repeat(np.where(peak > 0, 255 / np.where(peak > 0, peak, 1), 0), chosen.shape[1])
     windows = []
-    for i, n in enumerate(chosen.reshape(-1).tolist()):
-        (h0, w0), (h1, w1) = low[i], high[i]
-        codes = np.round(heat[i, h0:h1, w0:w1] * scale[i]).astype(np.uint8)
-        windows.append([n, h0, w0, h1 - h0, w1 - w0, base64.b64encode(codes.tobytes()).decode()])
+    for i, n in enumerate(images.tolist()):
+        (h0, w0), (rows, cols) = low[i].tolist(), parts[i].shape
+        codes = np.round(parts[i] * scale[i]).astype(np.uint8)
+        windows.append([n, h0, w0, rows, cols, base64.b64encode(codes.tobytes()).decode()])
     return [windows[b:b + chosen.shape[1]] for b in range(0, len(windows), chosen.shape[1])]

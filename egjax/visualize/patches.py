@@ -16,6 +16,7 @@ from egjax.visualize import raster, selection, summary
 PAPER_SIDE = 70      # px: the paper's patches for conv4 of VGG-16 (stride 8) at 224 px
 PAPER_STRIDE = 8
 PADDING = 128        # grey outside the image
+NODES, COUNT = 12, 10   # `layer_patch_grid`: nodes shown, patches per node
 
 
 def patch_side(config: LayerConfig) -> int:
@@ -81,8 +82,8 @@ def patch_grid(images: np.ndarray, fit, image_size: int, nodes, *, count: int = 
     return raster.column(rows, 4)
 
 
-def layer_patch_grid(images: np.ndarray, graph, layer: int, *, nodes: int = 12,
-                     count: int = 10, cell: int = 64, summaries=None) -> np.ndarray:
+def layer_patch_grid(images: np.ndarray, graph, layer: int, *, nodes: int = NODES,
+                     count: int = COUNT, cell: int = 64, summaries=None) -> np.ndarray:
     """`patch_grid` of a graph layer's `nodes` highest-scoring live nodes
     (`selection.strongest`: by the mean of their top-20 image scores, as
     `evaluate.instability` ranks them), with a title that says so. `summaries`: the graph's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import uuid
@@ -43,6 +44,13 @@ def column(rows, gap: int) -> np.ndarray:
     padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)),
                      constant_values=BACKGROUND) for r in rows]
     return np.concatenate(padded, axis=0)[:-gap or None]
+
+
+def encoded(image: np.ndarray, *, quality: int = 85) -> bytes:
+    """uint8 `[H, W, 3]` as JPEG bytes, as `save` writes a .jpg."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def save(image: np.ndarray, path, *, quality: int = 85) -> pathlib.Path:
