@@ -6,8 +6,9 @@
 Runs `experiments/vgg16_voc.py --compat original` on the embedded synthetic set once as one
 process and once as two processes on localhost (`--coordinator`, gloo collectives, one CPU
 device each), into a temporary runs folder, then compares the two run folders: every array
-of `graph/` (model and records) with `np.array_equal`, and `metrics.json` with the timings
-(`fit_seconds`, `total_seconds`) left out. Prints what differs and exits 1 if anything does.
+of `graph/` (model and records) with `np.array_equal`, `metrics.json` with the timings
+(`fit_seconds`, `total_seconds`) left out, and every other file (the figures, the explorer)
+byte for byte. Prints what differs and exits 1 if anything does.
 Too slow for the test suite (two full main jobs); the issue's test, as a script.
 """
 
@@ -77,6 +78,13 @@ def differences(one: pathlib.Path, two: pathlib.Path) -> list[str]:
     for key in sorted(set(ma) | set(mb)):
         if key not in TIMINGS and ma.get(key) != mb.get(key):
             out.append(f"metrics {key}: {ma.get(key)!r} != {mb.get(key)!r}")
+    pictures = [sorted(p.relative_to(run) for p in run.rglob("*") if p.is_file()
+                       and p.parts[len(run.parts)] != "graph" and p.name != "metrics.json")
+                for run in (one, two)]
+    if pictures[0] != pictures[1]:
+        out.append(f"files: {sorted(set(pictures[0]) ^ set(pictures[1]))}")
+    out += [str(name) for name in pictures[0] if name in pictures[1]
+            and (one / name).read_bytes() != (two / name).read_bytes()]
     return out
 
 
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
         print("DIFFERENT: " + "; ".join(found))
         return 1
     print("equal: every graph array (model and records) bit for bit, metrics.json "
-          "(timings aside)")
+          "(timings aside), every figure and explorer file byte for byte")
     return 0
 
 

@@ -184,9 +184,10 @@ def main(argv=None) -> int:
     jax.block_until_ready(graph.layers[0].records)
     fit_seconds = time.perf_counter() - fitting
     # Every process writes its shards of the records (orbax), evaluates the images it holds
-    # and summarises them for the pictures: only each pattern's best images and exact sums
-    # are exchanged, never a layer's records. Process 0 moves the graph into the run folder;
-    # the images and maps of all processes are put together for the pictures.
+    # and summarises its records and images for the pictures: only each pattern's best
+    # images, exact sums, the images shown, the explorer's JPEGs and heat-map windows are
+    # exchanged, never a layer's records or maps. Process 0 moves the graph into the run
+    # folder and draws the pictures.
     saved = graph.save(args.out.with_name(f".{args.out.name}.graph-{distributed.agreed_token()}"))
     try:
         marks = distributed.gather_shares(
@@ -197,25 +198,27 @@ def main(argv=None) -> int:
         model = egjax.ExplanatoryGraph(tuple(layer.without_records() for layer in graph.layers),
                                        graph.config)
         del graph
-        return write_run(args, saved, objects, metrics, marks, distributed.gather_shares(maps),
-                         model, summaries, stats[taps[0]].count, fit_seconds, started)
+        prepared = pictures.prepare(model, objects.images, maps, summaries,
+                                    across_processes=True)
+        return write_run(args, saved, metrics, marks, model, summaries, prepared,
+                         stats[taps[0]].count, fit_seconds, started)
     finally:   # left behind only if the run failed before the graph was moved in
         if distributed.is_main():
             shutil.rmtree(saved, ignore_errors=True)
 
 
-def write_run(args, saved, objects, metrics, marks, maps, graph, summaries, negatives: int,
+def write_run(args, saved, metrics, marks, graph, summaries, prepared, negatives: int,
               fit_seconds, started) -> int:
     """Process 0: write the run folder, with the graph checkpoint `saved` (moved into it),
-    the `metrics` and the pictures of `graph` (its model) from its `summaries`; the other
-    processes wait until it is written."""
-    images = distributed.gather_shares(objects.images)
+    the `metrics` and the pictures of `graph` (its model) from its `summaries` and
+    `prepared` (`egjax.visualize.pictures.prepare`); the other processes wait until it is
+    written."""
     if not distributed.is_main():
         distributed.leave_together("run written")
         return 0
     has_landmarks, marks = marks is not None, marks or (None, None)
     metrics.update(dataset=args.dataset, data_dir=args.data_dir and str(args.data_dir),
-                   split=args.split, category=args.category, images=len(images),
+                   split=args.split, category=args.category, images=summaries[0].num_images,
                    landmarks=list(args.landmarks), negatives=negatives,
                    iterations=args.iterations, compat=args.compat, model=args.network[2].arch,
                    checkpoint=str(args.checkpoint), seed=args.seed,
@@ -225,10 +228,10 @@ def write_run(args, saved, objects, metrics, marks, maps, graph, summaries, nega
         runs.write_json(out / "metrics.json", metrics)
         if has_landmarks:
             figures.instability_chart(metrics, out / "instability.png")
-        figures.detections(images, graph, out / "detections.png",
+        figures.detections(prepared.images, graph, out / "detections.png",
                            landmarks=marks[0], visible=marks[1], summaries=summaries)
-        written = pictures.write(out, graph, images, maps, *marks, title=args.name,
-                                 summaries=summaries)
+        written = pictures.write(out, graph, None, None, *marks, title=args.name,
+                                 summaries=summaries, prepared=prepared)
     if has_landmarks:
         print(f"\n{'layer':10s} {'nodes':>8s} {'filters':>8s} {'ratio':>6s}   (location "
               f"instability / image diagonal; lower is better)")
