@@ -100,8 +100,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         runs = pathlib.Path(tmp)
-        seconds = {p: run_job(runs, f"p{p}", p, args) for p in (1, 2)}
-        found = differences(runs / "p1", runs / "p2")
+        # The same run name (the explorer's title) in two runs folders.
+        seconds = {p: run_job(runs / f"p{p}", "run", p, args) for p in (1, 2)}
+        found = differences(runs / "p1" / "run", runs / "p2" / "run")
     print(f"main job, {args.images} images, {args.negatives} negatives, {args.iterations} "
           f"iterations, compat={args.compat}: 1 process {seconds[1]:.0f} s, 2 processes "
           f"{seconds[2]:.0f} s (wall, start-up included)")

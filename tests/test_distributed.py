@@ -54,8 +54,12 @@ WORKER = textwrap.dedent("""
     landmarks, visible = rng.uniform(0, 64, (10, 3, 2)), rng.random((10, 3)) < 0.8
     metrics = egjax.evaluate.compare(graph, share(maps), landmarks, visible,
                                      across_processes=True)
-    from egjax.visualize import summary   # what the pictures read: summarised where they lie
+    from egjax.visualize import pictures, summary   # what the pictures read, where it lies
     summaries = summary.summarize(graph, landmarks, visible, across_processes=True)
+    pixels = np.random.default_rng(3).integers(0, 256, (10, 96, 96, 3), dtype=np.uint8)
+    model = egjax.ExplanatoryGraph(tuple(l.without_records() for l in graph.layers), GRAPH)
+    prepared = pictures.prepare(model, pixels[process::2], share(maps), summaries,
+                                across_processes=True)
     if process == 1:
         ref = egjax.fit_graph(maps, GRAPH, key=jax.random.key(0), flipped_maps=flipped,
                               compat="original", devices=one, quiet=True)
@@ -63,10 +67,17 @@ WORKER = textwrap.dedent("""
                                  for i, l in enumerate(ref.layers) for f in fields}
         out["original_equal"]["metrics"] = metrics == egjax.evaluate.compare(ref, maps, landmarks,
                                                                             visible)
+        ref_summaries = summary.summarize(ref, landmarks, visible)
         out["original_equal"]["summaries"] = all(
             np.array_equal(a, b, equal_nan=True) for got_layer, ref_layer
-            in zip(summaries, summary.summarize(ref, landmarks, visible))
-            for a, b in zip(got_layer, ref_layer))
+            in zip(summaries, ref_summaries) for a, b in zip(got_layer, ref_layer))
+        alone = pictures.prepare(ref, pixels, maps, ref_summaries)
+        rows = sorted(alone.images._rows)
+        out["original_equal"]["prepared"] = (
+            rows == sorted(prepared.images._rows)
+            and all(np.array_equal(prepared.images[n], alone.images[n]) for n in rows)
+            and all(np.array_equal(a, b) for a, b in zip(prepared.maps, alone.maps))
+            and prepared.explorer == alone.explorer and len(alone.explorer.jpegs) == 10)
 
     quantized = [jax.tree.map(np.asarray, quantize(m)) for m in maps]
     quantized_flipped = [jax.tree.map(np.asarray, quantize(m)) for m in flipped]

@@ -35,8 +35,8 @@ class LayerSummary(NamedTuple):
     in the unmirrored image); `mean [V]` its mean score over all `N` images; `position [V, 2]`
     its mean position over all images in the graph's own frame (pixels, `graph_figure.pixels`);
     `first_score [V, F]`, `first_px [V, F, 2]` its detections in images `0..F-1`
-    (`F = min(first, N)`, `summarize`); `instability [V]` (pixels, NaN where no landmark is seen) or None
-    without landmarks; `num_images` N."""
+    (`F = min(first, N)`, `summarize`); `instability [V]` (pixels, NaN where no landmark is
+    seen) or None without landmarks; `num_images` N."""
 
     score: np.ndarray
     image: np.ndarray
@@ -74,7 +74,7 @@ def summarize_layer(fit, image_size: int, landmarks=None, visible=None, *,
                             landmarks=landmarks, visible=visible, first=first)
     if processes == 1:
         return merge([share], num)
-    return merge(_exchanged(share, num), num)
+    return merge(_exchanged(share), num)
 
 
 class Share(NamedTuple):
@@ -186,7 +186,7 @@ def exact_mean(x: np.ndarray) -> np.ndarray:
     return rounded_sums([exact_sums(x)]) / np.shape(x)[1]
 
 
-def _exchanged(share: Share, num_images: int) -> list[Share]:
+def _exchanged(share: Share) -> list[Share]:
     """Every process's `Share` (`distributed.gather_exact`): the best images and first
     detections as they are, the sums over the exponents any process has."""
     top = [distributed.gather_exact(x) for x in share.top]
