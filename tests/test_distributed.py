@@ -1,6 +1,7 @@
 """Two processes on localhost under `jax.distributed` (gloo), 2 CPU devices each, each
 holding every other image: `fit_graph`, `infer_graph`, feature extraction, the negative
-statistics and the evaluation give what one process gives on all images; the main job reads
+statistics, the evaluation and what the pictures read (`visualize.summary`,
+`pictures.prepare`) give what one process gives on all images; the main job reads
 only its share of the objects, and of the negatives those of the batches it runs; a graph
 whose records are sharded over both processes is written by both and reads back whole; a
 process that dies makes the other exit with a message."""
@@ -72,9 +73,9 @@ WORKER = textwrap.dedent("""
             np.array_equal(a, b, equal_nan=True) for got_layer, ref_layer
             in zip(summaries, ref_summaries) for a, b in zip(got_layer, ref_layer))
         alone = pictures.prepare(ref, pixels, maps, ref_summaries)
-        rows = sorted(alone.images._rows)
+        rows = alone.images.indices
         out["original_equal"]["prepared"] = (
-            rows == sorted(prepared.images._rows)
+            rows == prepared.images.indices
             and all(np.array_equal(prepared.images[n], alone.images[n]) for n in rows)
             and all(np.array_equal(a, b) for a, b in zip(prepared.maps, alone.maps))
             and prepared.explorer == alone.explorer and len(alone.explorer.jpegs) == 10)

@@ -4,9 +4,10 @@
 script and style, the images as JPEG, and the data as small scripts that hand their content
 to the page (`EGX.receive(name, data)`), so the page works from `file://` with no server and
 no network. Data is split so that a VGG-16 graph (61,440 nodes) stays quick to open:
-`data/meta.js` (layers, images), `data/layer<l>.js` (every node's scores and instability,
-for the sortable columns, and which are dead) and `data/layer<l>-<chunk>.js` (`CHUNK` nodes'
-details, loaded when one of them is opened). A node's details: prior position, deformation,
+`data/meta.js` (layers, images), `data/layer<l>.js` (every node's scores (the mean of its
+top 20, and its mean over all images: the exact sum, correctly rounded, / N) and
+instability, for the sortable columns, and which are dead) and `data/layer<l>-<chunk>.js`
+(`CHUNK` nodes' details, loaded when one of them is opened). A node's details: prior position, deformation,
 parents and live children with their mean offsets (`graph_figure.edge_offsets`), its
 `PATCH_IMAGES` best images with its detections there (the page cuts the patches,
 `patches.patch_side` px, from the images) and the heat maps (`heatmaps` module) of its
@@ -14,7 +15,9 @@ parents and live children with their mean offsets (`graph_figure.edge_offsets`),
 the node's largest value over those images. Dead nodes (`selection.dead`: score 0 in every
 image) have none of these but their prior position and deformation: the page marks them,
 counts them per layer and lists them last. Sorting by stability ranks the nodes scoring at
-least `selection.MIN_SCORE`; the page shows that threshold.
+least `selection.MIN_SCORE`; the page shows that threshold. All of it is read from the
+layers' `summary.LayerSummary`s and `prepare`'s JPEGs and heat windows, which several
+processes make together without gathering a layer's records or maps.
 """
 
 from __future__ import annotations

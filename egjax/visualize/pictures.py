@@ -19,6 +19,11 @@ class Rows:
         self._rows = dict(zip(np.asarray(wanted).tolist(), values))
         self._total = total
 
+    @property
+    def indices(self) -> list[int]:
+        """The rows held, increasing."""
+        return sorted(self._rows)
+
     def __getitem__(self, n):
         return self._rows[int(n)]
 
