@@ -7,8 +7,9 @@ no network. Data is split so that a VGG-16 graph (61,440 nodes) stays quick to o
 `data/meta.js` (layers, images), `data/layer<l>.js` (every node's scores (the mean of its
 top 20, and its mean over all images: the exact sum, correctly rounded, / N) and
 instability, for the sortable columns, and which are dead) and `data/layer<l>-<chunk>.js`
-(`CHUNK` nodes' details, loaded when one of them is opened). A node's details: prior position, deformation,
-parents and live children with their mean offsets (`graph_figure.edge_offsets`), its
+(`CHUNK` nodes' details, loaded when one of them is opened). A node's details: prior
+position, deformation, parents and live children with their mean offsets
+(`graph_figure.edge_offsets`), its
 `PATCH_IMAGES` best images with its detections there (the page cuts the patches,
 `patches.patch_side` px, from the images) and the heat maps (`heatmaps` module) of its
 `HEAT_IMAGES` best images, each stored as the window of cells it covers, uint8 relative to
