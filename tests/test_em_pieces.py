@@ -177,7 +177,7 @@ def test_prior_from_a_single_parent_is_that_parent():
     deviation = jnp.array([[[1.5, -0.5]], [[0.25, 2.0]]])      # [M=2, n=1, 2]
     deform = jnp.array([0.7, 1.3])
     parents = jnp.array([[1], [0]])                             # V=2, T=1
-    weights = parents_lib.prior_weights(parents, deform, 1.0)
+    weights = parents_lib.prior_weights(parents, deform, 2, 1.0)
     shift, scale = parents_lib.shift_and_scale(weights, deviation, 1.0)
     np.testing.assert_allclose(shift[:, 0], [[0.25, 2.0], [1.5, -0.5]], rtol=1e-6)
     np.testing.assert_allclose(weights.sigma, [1.3, 0.7], rtol=1e-6)
@@ -189,7 +189,7 @@ def test_prior_of_several_parents_matches_its_definition():
     deviation = rng.normal(size=(6, 3, 2))
     deform = rng.uniform(0.5, 2, 6)
     parents = np.array([[0, 3, 5], [1, 2, 4]])
-    weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), 2.0)
+    weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), 6, 2.0)
     shift, scale = parents_lib.shift_and_scale(weights, jnp.asarray(deviation), 2.0)
     for v in range(2):
         dev, s = deviation[parents[v]] * 2.0, deform[parents[v]] * 2.0      # [T, n, 2], [T]

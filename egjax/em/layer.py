@@ -171,7 +171,7 @@ def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | No
     sigma = jnp.full(shape, setup.cfg.init_delta * setup.cfg.map_size, dtype)
     if parents is None:
         return Prior(sigma, None, jnp.asarray(False))
-    weights = setup.rules.prior_weights(jnp.maximum(parents, 0), candidate_deform,
+    weights = setup.rules.prior_weights(jnp.maximum(parents, 0), candidate_deform, setup.slots,
                                         setup.scale_to_child)
     return Prior(jnp.where(active, weights.sigma.reshape(shape), sigma), weights,
                  jnp.asarray(active))

@@ -164,10 +164,10 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
 
 
 class PriorWeights(NamedTuple):
-    """The parents of every child: `weight [V, T]` `(1/T) / s_u^2` of each of child v's T
-    parents; `total [V]` their sum, `sigma [V]` `= total^(-1/2)`, `log_scale [V]`
-    `= log sigma - sum_u log s_u`; `parents [V, T]` the candidate slots and `deform [V, T]`
-    their `s_u`, in rank order."""
+    """The parents of every child as dense weights: `weight [V, M]` holds `(1/T) / s_u^2` at
+    each of child v's T parent slots (0 elsewhere); `total [V]` their sum, `sigma [V]`
+    `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`; `parents [V, T]` the
+    slots and `deform [V, T]` their `s_u`, in rank order."""
 
     weight: jnp.ndarray
     total: jnp.ndarray
@@ -177,17 +177,19 @@ class PriorWeights(NamedTuple):
     deform: jnp.ndarray
 
 
-def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: float,
-                  add=lambda w: jnp.sum(w, axis=-1)) -> PriorWeights:
-    """Parent weights from `parents [V, T]` (candidate slots) and the candidates'
+def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, slots: int,
+                  scale_to_child: float, add=lambda w: jnp.sum(w, axis=-1)) -> PriorWeights:
+    """Dense parent weights from `parents [V, T]` (candidate slots) and the candidates'
     `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells); `add` sums
     each child's, `[V, T] -> [V]`."""
     top_n = parents.shape[-1]
     s = deform[parents] * scale_to_child                         # [V, T]
     w = (1 / top_n) / s**2
+    dense = jnp.zeros((parents.shape[0], slots), w.dtype)
+    dense = dense.at[jnp.arange(parents.shape[0])[:, None], parents].add(w)
     total = add(w)
     sigma = jnp.sqrt(1 / total)
-    return PriorWeights(w, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1),
+    return PriorWeights(dense, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1),
                         parents, s)
 
 
@@ -203,9 +205,7 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     dev = deviation * scale_to_child
     m, n, _ = dev.shape
     stacked = jnp.concatenate([dev, jnp.sum(dev * dev, -1, keepdims=True)], -1)  # [M, n, 3]
-    # Each child's T parents' rows, gathered (a dense [V, M] weight would be read whole).
-    rows = stacked.reshape(m, n * 3)[weights.parents]                          # [V, T, 3n]
-    sums = jnp.einsum("vt,vtk->vk", weights.weight, rows).reshape(-1, n, 3)
+    sums = (weights.weight @ stacked.reshape(m, n * 3)).reshape(-1, n, 3)
     shift = sums[..., :2] / weights.total[:, None, None]
     spread = sums[..., 2] - jnp.sum(shift * shift, -1) * weights.total[:, None]
     return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)
