@@ -168,6 +168,18 @@ def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp
     return index_position(index, inference.center, nodes.offsets), best
 
 
+def candidate_sum(inference: Inference) -> jnp.ndarray:
+    """Each node's score `S = sum_cand pi F` `[K,C]`, the candidates added in w-major order
+    (as `statistics` adds them; XLA:CPU compiles a reduction over the leading axis of
+    `[J, K, C]` to scalar code)."""
+    def add(j, total):
+        return total + inference.spatial_prior[j] * inference.evidence[j]
+
+    num = inference.spatial_prior.shape[0]
+    return jax.lax.fori_loop(0, num, add, jnp.zeros_like(inference.scale),
+                             unroll=math.isqrt(num))
+
+
 class _Running(NamedTuple):
     """Accumulators of `statistics` over the candidates seen so far, `[K, C]` each."""
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
 from egjax.em.batching import map_images, masked_sum, scan_chunks
-from egjax.em.estep import Inference, Nodes, best_candidate
+from egjax.em.estep import Inference, Nodes, best_candidate, candidate_sum
 from egjax.em.grid import half_range, offset_table
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, image_mean, real
@@ -350,7 +350,7 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
         inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
                                               scale, t, setup.rules)
         pos, _ = best_candidate(inference, node_q)
-        return jnp.sum(inference.spatial_prior * inference.evidence, axis=0), pos, flip
+        return candidate_sum(inference), pos, flip
 
     def one_chunk(inputs, valid):
         n = valid.shape[0]
