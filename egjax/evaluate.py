@@ -88,15 +88,28 @@ def best_images(det: Detections, landmarks: np.ndarray, visible: np.ndarray,
     return Best(np.take_along_axis(score, best, axis=1), images[best], dist, visible[best])
 
 
-def merged(parts: Best, top_images: int = TOP_IMAGES) -> Best:
+def merged(parts, top_images: int = TOP_IMAGES):
     """`Best` of several disjoint sets of images, stacked along a first axis `[S, V, k, ...]`
     -> the `Best` of all of them, each pattern's best first as `best_images` orders them
-    (by score, then image), so with the same values as `best_images` of all the images."""
-    flat = [np.moveaxis(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]) for x in parts]
+    (by score, then image), so with the same values as `best_images` of all the images.
+    `parts` may be any NamedTuple whose first two fields are `score` and `image` (per image
+    fields `[S, V, k, ...]` after them); the result is of its type."""
+    flat = [np.moveaxis(x, 0, 1).reshape(x.shape[1], x.shape[0] * x.shape[2], *x.shape[3:])
+            for x in parts]
     score, image = flat[:2]
     order = np.lexsort((image, -score), axis=-1)[:, :min(top_images, score.shape[1])]
-    return Best(*(np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)),
-                                     axis=1) for x in flat))
+    return type(parts)._make(
+        np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+        for x in flat)
+
+
+def padded(best, top_images: int, num_images: int):
+    """`best` (as `merged` takes it, one set `[V, k, ...]`) padded to `top_images` images
+    per pattern with entries that sort last: score -inf, image `num_images`, zeros."""
+    pad = top_images - best.score.shape[1]
+    return type(best)._make(
+        np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        for x, fill in zip(best, (-np.inf, num_images) + (0,) * (len(best) - 2)))
 
 
 def ranked(det: Detections, top_images: int = TOP_IMAGES) -> np.ndarray:
@@ -238,13 +251,9 @@ def _all(best: Best, num_images: int, processes: int) -> Best:
     """The `Best` of every process's images, from this process's `best` (of its images)."""
     if processes == 1:
         return best
-    top = TOP_IMAGES
-    pad = top - best.score.shape[1]   # the same shape on every process; padding sorts last
-    padded = Best(*(np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2),
-                           constant_values=fill)
-                    for x, fill in zip(best, (-np.inf, num_images, 0, False))))
-    return merged(Best(*(distributed.gather_exact(x) for x in padded)),
-                  min(top, num_images))
+    same_shape = padded(best, TOP_IMAGES, num_images)   # on every process
+    return merged(Best(*(distributed.gather_exact(x) for x in same_shape)),
+                  min(TOP_IMAGES, num_images))
 
 
 def decoded(maps):

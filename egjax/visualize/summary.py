@@ -77,6 +77,17 @@ def summarize_layer(fit, image_size: int, landmarks=None, visible=None, *,
     return merge(_exchanged(share), num)
 
 
+class Top(NamedTuple):
+    """A node's best images among some (`evaluate.Best` with their detections `px [V, k,
+    2]`), as `evaluate.merged` and `evaluate.padded` take them."""
+
+    score: np.ndarray
+    image: np.ndarray
+    px: np.ndarray
+    dist: np.ndarray
+    seen: np.ndarray
+
+
 class Share(NamedTuple):
     """A `LayerSummary` of the images `held` of one process: the best of them (`top`: score,
     image, px, dist, seen as `evaluate.Best` with px), `exact_sums` of the scores and of the
@@ -84,7 +95,7 @@ class Share(NamedTuple):
     first images it holds (`first`: score `[V, F]`, px `[V, F, 2]`, `mine [F]` which it
     holds)."""
 
-    top: tuple
+    top: Top
     sums: tuple
     first: tuple
 
@@ -103,10 +114,8 @@ def summarize_share(cfg, image_size: int, held, score, alt_score, pos, alt_pos, 
                                 k, images=held)
     local = np.searchsorted(held, best.image)
     px = np.take_along_axis(np.asarray(det.px), local[..., None], axis=1)
-    pad = k - best.score.shape[1]   # fewer images here than k: padding sorts last
-    top = tuple(np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-                for x, fill in zip((best.score, best.image, px, best.dist, best.seen),
-                                   (-np.inf, num_images, 0, 0, False)))
+    top = evaluate.padded(Top(best.score, best.image, px, best.dist, best.seen), k,
+                          num_images)   # fewer images here than k: padding sorts last
     where = geometry.to_pixels(np.asarray(pos, np.float64), cfg.stride, cfg.center)
     sums = tuple(exact_sums(x) for x in (det.score, where[..., 0], where[..., 1]))
     first = min(first, num_images)
@@ -120,12 +129,8 @@ def summarize_share(cfg, image_size: int, held, score, alt_score, pos, alt_pos, 
 
 def merge(shares: list[Share], num_images: int) -> LayerSummary:
     """The `LayerSummary` of all images from the `Share`s of disjoint sets of them."""
-    top = [np.concatenate(x, axis=1) for x in zip(*(s.top for s in shares))]
-    score, image = top[:2]
-    order = np.lexsort((image, -score), axis=-1)[:, :min(TOP, num_images)]
-    score, image, px, dist, seen = (
-        np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
-        for x in top)
+    score, image, px, dist, seen = evaluate.merged(
+        Top(*map(np.stack, zip(*(s.top for s in shares)))), min(TOP, num_images))
     instability = (evaluate.spread(evaluate.Best(score, image, dist, seen))
                    if dist.shape[-1] else None)
     mean, h, w = (rounded_sums([s.sums[i] for s in shares]) for i in range(3))
@@ -200,5 +205,5 @@ def _exchanged(share: Share) -> list[Share]:
         wide[:, np.searchsorted(union, exponents)] = values
         sums.append((union, distributed.gather_exact(wide)))
     processes = len(top[0])
-    return [Share(tuple(x[p] for x in top), tuple((e, s[p]) for e, s in sums),
+    return [Share(Top(*(x[p] for x in top)), tuple((e, s[p]) for e, s in sums),
                   tuple(x[p] for x in first)) for p in range(processes)]
