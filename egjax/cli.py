@@ -1,6 +1,6 @@
 """What the experiment scripts share on the command line: argparse value types (each refuses
 a bad value with the range it allows), the run-folder flags and their checks, and `run`,
-which ends a script on Ctrl-C with one line.
+which ends a script on Ctrl-C with one line, and `end`, which ends the process with its status.
 
     parser = argparse.ArgumentParser()
     cli.add_run_arguments(parser, name="bird", runs_folder="runs")
@@ -8,7 +8,7 @@ which ends a script on Ctrl-C with one line.
     args.out = cli.run_folder(parser, args)       # checked before any work
     ...
     if __name__ == "__main__":
-        sys.exit(cli.run(main))
+        cli.end(cli.run(main))
 
 Scripts that read a dataset take `add_data_arguments`' flags and call `data_error` for what
 `egjax.data` refuses (an unknown category or part, a missing folder, a corrupt file with
@@ -22,6 +22,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from egjax import data, distributed, runs
 
@@ -171,6 +172,9 @@ def run_folder(parser: argparse.ArgumentParser, args: argparse.Namespace) -> pat
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 
 
+INTERRUPTED = 130   # the shell's status for a process ended by SIGINT
+
+
 def run(main: Callable[[], int | None]) -> int:
     """Calls a script's `main()` and returns its exit status; Ctrl-C ends it with one line
     and status 130 instead of a traceback (run folders and checkpoints are written
@@ -180,4 +184,17 @@ def run(main: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{os.path.basename(sys.argv[0])}: interrupted (Ctrl-C); "
                          f"nothing half-written was kept\n")
-        return 130
+        return INTERRUPTED
+
+
+def end(status: int) -> NoReturn:
+    """Ends the process with `status`. After Ctrl-C it skips the interpreter's teardown
+    (`os._exit`, once stdout and stderr are flushed): JAX may still be compiling on a
+    background thread, and tearing its client down under that compile crashes the process
+    (SIGSEGV in `PjRtLoadedExecutable::Create`, jaxlib 0.10) instead of ending it with 130.
+    The script's own cleanup has already run as the interrupt unwound it."""
+    if status == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

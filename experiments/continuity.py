@@ -584,4 +584,4 @@ def main(argv=None) -> int:
     return 0
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.end(cli.run(main))

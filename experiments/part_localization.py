@@ -437,4 +437,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.end(cli.run(main))

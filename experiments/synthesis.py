@@ -26,7 +26,6 @@ import argparse
 import io
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
@@ -215,4 +214,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.end(cli.run(main))

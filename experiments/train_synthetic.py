@@ -174,4 +174,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.end(cli.run(main))

