@@ -185,7 +185,7 @@ def test_3_original_uses_parent_cells_as_child_cells(x64):
 
     @functools.partial(jax.jit, static_argnums=(0,))
     def prior(setup, parents, deform, deviation):
-        weights = setup.rules.prior_weights(parents, deform, slots, setup.scale_to_child)
+        weights = setup.rules.prior_weights(parents, deform, setup.scale_to_child)
         shift, scale = setup.rules.shift_and_scale(weights, deviation, setup.scale_to_child)
         return shift, weights.sigma, scale
 

@@ -167,7 +167,7 @@ def assert_candidates(data: layer_lib.LayerData, cands: ref.Candidates):
 @functools.partial(jax.jit, static_argnames="setup")
 def kernel_prior(slots, cands, setup):
     """The kernel's parent prior (`parents.prior_weights`, `parents.shift_and_scale`)."""
-    weights = parents_lib.prior_weights(slots, cands.deform, setup.slots, setup.scale_to_child)
+    weights = parents_lib.prior_weights(slots, cands.deform, setup.scale_to_child)
     return (weights,) + parents_lib.shift_and_scale(weights, cands.deviation,
                                                     setup.scale_to_child)
 

@@ -177,7 +177,7 @@ def test_prior_from_a_single_parent_is_that_parent():
     deviation = jnp.array([[[1.5, -0.5]], [[0.25, 2.0]]])      # [M=2, n=1, 2]
     deform = jnp.array([0.7, 1.3])
     parents = jnp.array([[1], [0]])                             # V=2, T=1
-    weights = parents_lib.prior_weights(parents, deform, 2, 1.0)
+    weights = parents_lib.prior_weights(parents, deform, 1.0)
     shift, scale = parents_lib.shift_and_scale(weights, deviation, 1.0)
     np.testing.assert_allclose(shift[:, 0], [[0.25, 2.0], [1.5, -0.5]], rtol=1e-6)
     np.testing.assert_allclose(weights.sigma, [1.3, 0.7], rtol=1e-6)
@@ -189,7 +189,7 @@ def test_prior_of_several_parents_matches_its_definition():
     deviation = rng.normal(size=(6, 3, 2))
     deform = rng.uniform(0.5, 2, 6)
     parents = np.array([[0, 3, 5], [1, 2, 4]])
-    weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), 6, 2.0)
+    weights = parents_lib.prior_weights(jnp.asarray(parents), jnp.asarray(deform), 2.0)
     shift, scale = parents_lib.shift_and_scale(weights, jnp.asarray(deviation), 2.0)
     for v in range(2):
         dev, s = deviation[parents[v]] * 2.0, deform[parents[v]] * 2.0      # [T, n, 2], [T]
@@ -223,6 +223,37 @@ def test_parent_selection_matches_its_definition():
     affinity = np.einsum("nv,vun->vu", best, np.exp(-dist * rate[:, None, None]))
     expected = np.flatnonzero(valid)[np.argsort(-affinity, axis=1, kind="stable")[:, :top_n]]
     np.testing.assert_array_equal(got, expected)
+
+
+def test_affinity_is_the_same_in_any_order_of_the_images():
+    """The affinities are sums over 200 images, taken in float64 and rounded once
+    (`reduce.wide`): the images in another order give them bit for bit (float32 sums of
+    these terms in another order differ in the last bit), and they agree with the
+    definition summed in float64."""
+    rng = np.random.default_rng(4)
+    num, children, slots = 200, 24, 7
+    upper = LayerConfig(map_size=6, stride=16, center=7.5, density=0.1)
+    child_pos = rng.uniform(0, 12, (num, 2, children)).astype(np.float32)
+    best = rng.uniform(0.1, 1, (num, children)).astype(np.float32)
+    deviation = rng.normal(0, 1, (slots, num, 2)).astype(np.float32)
+    order = rng.permutation(num)
+
+    def affinity(pos, best, deviation):
+        cands = parents_lib.Candidates(jnp.arange(slots), jnp.ones(slots, bool),
+                                       jnp.asarray(deviation), jnp.ones(slots, jnp.float32))
+        return np.asarray(jax.jit(parents_lib.affinity, static_argnums=(3, 4, 5, 6, 7))(
+            jnp.asarray(pos), jnp.asarray(best), cands, CFG, upper, num, None, 8))
+
+    got = affinity(child_pos, best, deviation)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(affinity(child_pos[order], best[order], deviation[:, order]),
+                                  got)
+    a = (child_pos - child_pos.mean(0)) * CFG.stride                     # [N, 2, V]
+    b = deviation * upper.stride                                         # [U, N, 2]
+    dist = np.sum((a.transpose(2, 0, 1)[:, None] - b[None]) ** 2, -1, dtype=np.float64)
+    rate = 1 / (2 * dist.mean(axis=(1, 2)))
+    expected = np.einsum("nv,vun->vu", best, np.exp(-dist * rate[:, None, None]))
+    np.testing.assert_allclose(got, expected, rtol=2e-5)
 
 
 def _select_as_get_cur_distribution(child_pos, best, deviation, child, upper, top_n):

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from egjax.em.ieee import divide, rounded
 from egjax.em.original.glibc_exp import glibc_exp
-from egjax.em.original.ieee import divide, in_order_mean, in_order_sum, rounded
+from egjax.em.original.ieee import in_order_mean, in_order_sum
 
 
 def _c_library_exp():

@@ -37,7 +37,8 @@ def scan_chunks(fn: Callable, inputs, chunk: int, into=None):
                            out, recorded)
         return jax.tree.map(jnp.add, total, summed), out
 
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), summed)
+    with jax.enable_x64(True):   # of fn's sums' dtype: float64 for `reduce.wide` sums
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), summed)
     return jax.lax.fori_loop(0, -(-num // chunk), body, (zeros, into))
 
 

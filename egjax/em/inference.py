@@ -156,15 +156,14 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
     def per_image(plain, mirrored, flip, deviation, node_q, prior):
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
                                                       prior, cfg.iterations, setup)
-        norm = image_sum(jnp.sum(score, axis=(1, 2)), 0, setup.images) / (
-            setup.num_images * score.shape[1] * score.shape[2])
+        norm = image_sum(score, (0, 1, 2), setup.images) / (setup.num_images * score[0].size)
         return score, pos, new_flip, norm
 
     images = setup.images
     if mesh is None:
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
                                                       prior, cfg.iterations, setup)
-        norm = jnp.mean(score)
+        norm = image_sum(score, (0, 1, 2), None) / score.size
         flip = new_flip if upper is None else flip
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),

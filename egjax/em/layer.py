@@ -18,8 +18,9 @@ from egjax.em import parents as parents_lib
 from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import Inference, Nodes, best_candidate, candidate_sum
 from egjax.em.grid import half_range, offset_table
+from egjax.em.ieee import rounded
 from egjax.em.windows import Maps, pick
-from egjax.em.reduce import Images, image_mean, real
+from egjax.em.reduce import Images, image_sum, real, wide, wide_psum
 from egjax.em.schedule import CPU, Schedule
 
 if TYPE_CHECKING:   # egjax.em.rules imports this module
@@ -171,7 +172,7 @@ def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | No
     sigma = jnp.full(shape, setup.cfg.init_delta * setup.cfg.map_size, dtype)
     if parents is None:
         return Prior(sigma, None, jnp.asarray(False))
-    weights = setup.rules.prior_weights(jnp.maximum(parents, 0), candidate_deform, setup.slots,
+    weights = setup.rules.prior_weights(jnp.maximum(parents, 0), candidate_deform,
                                         setup.scale_to_child)
     return Prior(jnp.where(active, weights.sigma.reshape(shape), sigma), weights,
                  jnp.asarray(active))
@@ -249,7 +250,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     # The new records overwrite the previous ones, which the parent selection has read.
     into = ((state.pos, state.best, state.score, state.flip), rules.kept_into(state))
     sums, (records, kept) = scan_chunks(one_chunk, inputs, setup.chunk, into)
-    sums = rules.image_sums(sums, kept, setup.images)
+    sums = jax.tree.map(lambda x: x.astype(state.coord.dtype),     # rounded once
+                        rules.image_sums(sums, kept, setup.images))
     pos, best, score, flip = records
     coord, deform = m_step(state, sums, sigma, t, setup)
     return state._replace(coord=coord, deform=deform, pos=pos, best=best, score=score,
@@ -273,23 +275,24 @@ def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
 def move(coord: jnp.ndarray, sums: Sums, sigma: jnp.ndarray, t, cfg: LayerConfig) -> jnp.ndarray:
     """`coord + step * G / max(A, 1e-8)`, `step = eta (min sigma / t^(1/4))^2`."""
     step = cfg.eta * (jnp.min(sigma) / t**0.25) ** 2
-    return coord + sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step
+    return coord + rounded(sums.gradient / jnp.maximum(sums.responsibility_mass, 1e-8) * step)
 
 
 def per_chunk(summed: Sums, valid: jnp.ndarray) -> tuple[Sums, tuple]:
-    """A chunk's images' statistics `[n, ...]` -> their sum over the `valid` images, and
-    nothing kept per image (`image_sums`)."""
-    return jax.tree.map(lambda x: masked_sum(x, valid), summed), ()
+    """A chunk's images' statistics `[n, ...]` -> their float64 sum over the `valid` images
+    (`reduce.wide`), and nothing kept per image (`image_sums`)."""
+    with jax.enable_x64(True):
+        return jax.tree.map(lambda x: masked_sum(wide(x), valid), summed), ()
 
 
 def image_sums(sums: Sums, kept, images: Images | None) -> Sums:
-    """The sums over the chunks -> over all images (across devices)."""
-    return sums if images is None else jax.lax.psum(sums, images.axis)
+    """The float64 sums over the chunks -> over all images (across devices)."""
+    return jax.tree.map(lambda x: wide_psum(x, images), sums)
 
 
 def score_mean(score: jnp.ndarray, num_images: int, images: Images | None) -> jnp.ndarray:
     """Mean of the scores `[N, K, C]` over nodes and images."""
-    return image_mean(jnp.mean(score, axis=(1, 2)), 0, num_images, images)
+    return image_sum(score, (0, 1, 2), images) / score[0].size / num_images
 
 
 class Records(NamedTuple):

@@ -17,7 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.reduce import Images, image_mean, image_sum, image_var, real
+from egjax.em.ieee import divide, rounded
+from egjax.em.reduce import (Images, image_mean, image_sum, image_var, real, wide, wide_psum,
+                             wide_sum)
 
 LOW_VARIANCE_FRACTION = 0.5
 EDGE_FRACTION = 0.1
@@ -110,64 +112,74 @@ def candidate_list(upper, slots: int, child: LayerConfig, rules
 def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, top_n: int,
            child: LayerConfig, parent: LayerConfig, num_images: int, images: Images | None,
            block: int | None = 256) -> jnp.ndarray:
-    """Parents `[V, top_n]` (indices into the candidate slots) of every child node.
+    """Parents `[V, top_n]` (indices into the candidate slots) of every child node: the
+    top_n largest `affinity`, ties to the better-scored candidate."""
+    return jax.lax.top_k(affinity(child_pos, child_best, cands, child, parent, num_images,
+                                  images, block), top_n)[1]
+
+
+def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
+             child: LayerConfig, parent: LayerConfig, num_images: int, images: Images | None,
+             block: int | None = 256) -> jnp.ndarray:
+    """`A [V, M]` of every child node and candidate slot (-inf at empty slots).
 
     `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
-    distance between the child's and the candidate's deviations; the top_n largest, ties to
-    the better-scored candidate. `child_pos [N, 2, V]`, `child_best [N, V]` from the child's
-    previous iteration, images first as the E-step records them. `A` is accumulated for
-    `block` children at a time (None: all; `schedule.Schedule.children`), image by image,
-    so that the block's affinities stay in cache and nothing of size `[N, V]` is built
-    besides the inputs. Deviations in pixels: `d * stride`.
+    distance between the child's and the candidate's deviations. `child_pos [N, 2, V]`,
+    `child_best [N, V]` from the child's previous iteration, images first as the E-step
+    records them. `A` is accumulated in float64 (`reduce.wide`) for `block` children at a
+    time (None: all; `schedule.Schedule.children`), image by image, so that the block's
+    affinities stay in cache and nothing of size `[N, V]` is built besides the inputs.
+    Deviations in pixels: `d * stride`.
     """
     num_nodes = child_pos.shape[-1]
     block = min(block or num_nodes, num_nodes)
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
     b = cands.deviation * parent.stride                                # [M, N, 2]
-    weight = cands.valid.astype(b.dtype)
-    count = jnp.sum(weight)
-    b_mean = jnp.einsum("m,mnx->nx", weight, b) / count
-    b_sq_mean = jnp.einsum("m,mn->n", weight, jnp.sum(b * b, -1)) / count
+    b_sq = rounded(b[..., 0] * b[..., 0]) + rounded(b[..., 1] * b[..., 1])   # [M, N]
+    count = jnp.sum(cands.valid)
+    b_mean = divide(wide_sum(jnp.where(cands.valid[:, None, None], b, 0), 0), count)   # [N, 2]
+    b_sq_mean = divide(wide_sum(jnp.where(cands.valid[:, None], b_sq, 0), 0), count)   # [N]
     # mean_u |a - b_u|^2 = |a - mean_u b_u|^2 + mean_u |b_u|^2 - |mean_u b_u|^2, summed over
     # images and axes in one pass over the positions.
     a = (child_pos - child_mean) * child.stride                            # [N, 2, V]
     mean_sq = (image_mean((a - b_mean[..., None]) ** 2, (0, 1), num_images, images)
-               + image_mean(b_sq_mean - jnp.sum(b_mean * b_mean, -1), 0, num_images,
+               + image_mean(b_sq_mean - rounded(b_mean[:, 0] * b_mean[:, 0])
+                            - rounded(b_mean[:, 1] * b_mean[:, 1]), 0, num_images,
                             images))                                      # [V]
     rate = -1 / (2 * mean_sq)
     b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
-    def one_block(i, affinity):
+    def one_block(i, total):
         # The last block is moved back to end at V (it repeats some children's sums).
         start = jnp.minimum(i * block, num_nodes - block)
         pos = jax.lax.dynamic_slice_in_dim(child_pos, start, block, 2)
         dev = (pos - jax.lax.dynamic_slice_in_dim(child_mean, start, block, 1)) * child.stride
         blk_rate = jax.lax.dynamic_slice_in_dim(rate, start, block)[:, None]
 
-        def step(total, inputs):
+        def step(summed, inputs):
             ah, aw, wn, bh, bw = inputs
             dh, dw = ah[:, None] - bh[None, :], aw[:, None] - bw[None, :]
-            return total + wn[:, None] * jnp.exp((dh * dh + dw * dw) * blk_rate), None
+            d2 = rounded(dh * dh) + rounded(dw * dw)
+            return summed + wide(wn[:, None] * jnp.exp(d2 * blk_rate)), None
 
-        zeros = jnp.zeros((block, b.shape[0]), b.dtype)
         best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)   # 0 in padding
-        total = jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
-        return jax.lax.dynamic_update_slice_in_dim(affinity, total, start, 0)
+        with jax.enable_x64(True):
+            zeros = jnp.zeros((block, b.shape[0]), jnp.float64)
+            summed = jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
+        return jax.lax.dynamic_update_slice_in_dim(total, summed, start, 0)
 
-    affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
-                                 jnp.zeros((num_nodes, b.shape[0]), b.dtype))
-    if images is not None:
-        affinity = jax.lax.psum(affinity, images.axis)
-    affinity = jnp.where(cands.valid, affinity, -jnp.inf)
-    return jax.lax.top_k(affinity, top_n)[1]
+    with jax.enable_x64(True):
+        total = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
+                                  jnp.zeros((num_nodes, b.shape[0]), jnp.float64))
+    total = wide_psum(total, images).astype(b.dtype)                   # rounded once
+    return jnp.where(cands.valid, total, -jnp.inf)
 
 
 class PriorWeights(NamedTuple):
-    """The parents of every child as dense weights: `weight [V, M]` holds `(1/T) / s_u^2` at
-    each of child v's T parent slots (0 elsewhere); `total [V]` their sum, `sigma [V]`
-    `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`; `parents [V, T]` the
-    slots and `deform [V, T]` their `s_u`, in rank order."""
+    """The parents of every child: `parents [V, T]` the candidate slots and `deform [V, T]`
+    their `s_u`, in rank order; `weight [V, T]` `= (1/T) / s_u^2`, `total [V]` their sum,
+    `sigma [V]` `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`."""
 
     weight: jnp.ndarray
     total: jnp.ndarray
@@ -177,20 +189,17 @@ class PriorWeights(NamedTuple):
     deform: jnp.ndarray
 
 
-def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, slots: int,
-                  scale_to_child: float, add=lambda w: jnp.sum(w, axis=-1)) -> PriorWeights:
-    """Dense parent weights from `parents [V, T]` (candidate slots) and the candidates'
+def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: float,
+                  add=lambda w: wide_sum(w, -1)) -> PriorWeights:
+    """Parent weights from `parents [V, T]` (candidate slots) and the candidates'
     `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells); `add` sums
     each child's, `[V, T] -> [V]`."""
     top_n = parents.shape[-1]
     s = deform[parents] * scale_to_child                         # [V, T]
     w = (1 / top_n) / s**2
-    dense = jnp.zeros((parents.shape[0], slots), w.dtype)
-    dense = dense.at[jnp.arange(parents.shape[0])[:, None], parents].add(w)
     total = add(w)
     sigma = jnp.sqrt(1 / total)
-    return PriorWeights(dense, total, sigma, jnp.log(sigma) - jnp.sum(jnp.log(s), axis=-1),
-                        parents, s)
+    return PriorWeights(w, total, sigma, jnp.log(sigma) - add(jnp.log(s)), parents, s)
 
 
 def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_child: float
@@ -200,12 +209,16 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     `deviation [M, n, 2]` the candidates' deviations in these images. With the parents'
     weights `w_u = (1/T) / s_u^2`: `mu = sum_u w_u dev_u / sum_u w_u`, and
     `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`, whose exponent is
-    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`.
+    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`. The sums over the parents are taken in
+    float64 and products rounded before they are added (`egjax.em.ieee`), so that a child's
+    prior in an image does not depend on the other images computed with it.
     """
-    dev = deviation * scale_to_child
-    m, n, _ = dev.shape
-    stacked = jnp.concatenate([dev, jnp.sum(dev * dev, -1, keepdims=True)], -1)  # [M, n, 3]
-    sums = (weights.weight @ stacked.reshape(m, n * 3)).reshape(-1, n, 3)
-    shift = sums[..., :2] / weights.total[:, None, None]
-    spread = sums[..., 2] - jnp.sum(shift * shift, -1) * weights.total[:, None]
+    dev = deviation[weights.parents] * scale_to_child                        # [V, T, n, 2]
+    squared = rounded(dev[..., 0] * dev[..., 0]) + rounded(dev[..., 1] * dev[..., 1])
+    stacked = jnp.concatenate([dev, squared[..., None]], -1)                # [V, T, n, 3]
+    sums = wide_sum(weights.weight[:, :, None, None] * stacked, 1)           # [V, n, 3]
+    total = weights.total[:, None]
+    shift = divide(sums[..., :2], total[..., None])
+    mu_sq = rounded(shift[..., 0] * shift[..., 0]) + rounded(shift[..., 1] * shift[..., 1])
+    spread = sums[..., 2] - rounded(mu_sq * total)
     return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)

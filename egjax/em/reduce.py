@@ -3,7 +3,16 @@
 Inside `shard_map` each device holds a slice of the images, described by `Images`: the mesh
 axis they are split over and where each image sits. The slices are padded to equal length
 with masked images, which take no part in any sum; the sums are completed with `psum`. With
-`images=None` they are plain sums on one device.
+`images=None` they are sums on one device.
+
+Sums over images are accumulated in float64 and rounded once to the input's dtype (`wide`):
+a float32 term is exact in float64, and so is a sum of N of them whose magnitudes lie
+within 2^(29 - log2 N) of each other, in any order. The rounded result therefore does not
+depend on how the images are split over devices and processes, or in which order they
+come, except where a sum falls within float64 rounding of a float32 rounding boundary. In
+float32, the EM's discrete choices (best candidates, parents) would amplify the rounding
+differences of other orders into different fits. (Float64 inputs get plain float64 sums,
+whose order can change the last bit.)
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from egjax.em.ieee import divide
 
 
 class Images(NamedTuple):
@@ -60,18 +71,38 @@ def real(x: jnp.ndarray, axis: int, images: Images | None) -> jnp.ndarray:
     return jnp.where(valid, x, jnp.zeros_like(x))
 
 
+def wide(x: jnp.ndarray) -> jnp.ndarray:
+    """`x` in float64 (whatever `jax_enable_x64` says), for sums over images."""
+    with jax.enable_x64(True):
+        return x.astype(jnp.float64)
+
+
+def wide_psum(x: jnp.ndarray, images: Images | None) -> jnp.ndarray:
+    """`psum` of float64 partial sums across the devices holding images (None: `x`)."""
+    if images is None:
+        return x
+    with jax.enable_x64(True):
+        return jax.lax.psum(x, images.axis)
+
+
+def wide_sum(x: jnp.ndarray, axis) -> jnp.ndarray:
+    """Sum over `axis` accumulated in float64 (`wide`), rounded once to `x`'s dtype."""
+    with jax.enable_x64(True):
+        return jnp.sum(wide(x), axis=axis).astype(x.dtype)
+
+
 def image_sum(x: jnp.ndarray, axis, images: Images | None) -> jnp.ndarray:
     """Sum over the image axis `axis` (or a tuple of axes, images first), across all devices
-    holding images, padding excluded."""
-    if images is None:
-        return jnp.sum(x, axis=axis)
+    holding images, padding excluded; accumulated in float64 (`wide`)."""
     first = axis[0] if isinstance(axis, tuple) else axis
-    return jax.lax.psum(jnp.sum(real(x, first, images), axis=axis), images.axis)
+    with jax.enable_x64(True):
+        total = jnp.sum(wide(real(x, first, images)), axis=axis)
+    return wide_psum(total, images).astype(x.dtype)
 
 
 def image_mean(x: jnp.ndarray, axis, num_images: int, images: Images | None) -> jnp.ndarray:
     """Mean over all `num_images` images, across devices."""
-    return image_sum(x, axis, images) / num_images
+    return divide(image_sum(x, axis, images), num_images)
 
 
 def image_var(x: jnp.ndarray, axis: int, num_images: int, images: Images | None) -> jnp.ndarray:

@@ -1,7 +1,10 @@
 """How the kernel computes docs/algorithm.md's equations: one `Rules` value, chosen once per
 fit (`fit.RULES`, from `compat`) and held by `layer.Setup`.
 
-`FIXED` is the kernel's own: the corrected learner, computed as XLA likes.
+`FIXED` is the kernel's own: the corrected learner, computed as XLA likes, except that its
+sums over images are taken in float64 and the arithmetic around them kept from XLA's
+rewrites (`egjax.em.reduce`, `egjax.em.ieee`), so that a fit does not depend on the order or
+split of the images.
 `egjax.em.original.rules.ORIGINAL` is the released learner, its quirks included, computed
 with its arithmetic (glibc's `exp`, sums in its order, products rounded before adding, true
 divisions, its 1-based frame). No other module of `egjax.em` tells the two apart.
@@ -14,6 +17,7 @@ from typing import Callable, NamedTuple
 import jax.numpy as jnp
 
 from egjax.em import estep, layer, parents
+from egjax.em.ieee import divide
 
 
 class Rules(NamedTuple):
@@ -58,7 +62,7 @@ FIXED = Rules(
     nodes=estep.nodes, infer=estep.infer, competing_mass=estep.competing_mass,
     statistics=estep.statistics, per_chunk=layer.per_chunk, kept_into=lambda state: (),
     image_sums=layer.image_sums, move=layer.move, score_mean=layer.score_mean,
-    divide=jnp.divide, prior_weights=parents.prior_weights,
+    divide=divide, prior_weights=parents.prior_weights,
     shift_and_scale=parents.shift_and_scale, select=parents.select,
     deviation=parents.deviation,
     scale_to_child=lambda child, parent: parent.stride / child.stride,

@@ -17,7 +17,8 @@ from egjax.em.estep import Inference, Nodes, accumulate, infer_at
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table
 from egjax.em.original.glibc_exp import exp_as_original
-from egjax.em.original.ieee import divide, in_order_mean, rounded
+from egjax.em.ieee import divide, rounded
+from egjax.em.original.ieee import in_order_mean
 from egjax.em.windows import Maps, window_values
 
 

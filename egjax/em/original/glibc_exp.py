@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.em.original.ieee import rounded
+from egjax.em.ieee import rounded
 
 _TABLE_BITS = 7
 _N = 1 << _TABLE_BITS

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em import parents
 from egjax.em.original.glibc_exp import exp_as_original
-from egjax.em.original.ieee import divide, in_order_mean, in_order_sum, rounded
+from egjax.em.ieee import divide, rounded
+from egjax.em.original.ieee import in_order_mean, in_order_sum
 from egjax.em.reduce import Images, all_images
 
 

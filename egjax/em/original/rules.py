@@ -9,7 +9,8 @@ import jax.numpy as jnp
 
 from egjax.em.layer import LayerState, Sums
 from egjax.em.original import estep, parents
-from egjax.em.original.ieee import divide, in_order_mean, in_order_sum, rounded
+from egjax.em.ieee import divide, rounded
+from egjax.em.original.ieee import in_order_mean, in_order_sum
 from egjax.em.reduce import Images, all_images
 from egjax.em.rules import Rules
 from egjax.em.sharding import whole_records
