@@ -24,3 +24,8 @@ def rounded(x: jax.Array) -> jax.Array:
     no-op that XLA does not see through; an optimisation barrier does not keep the fusion
     away.)"""
     return jnp.where(x != 0, x, jnp.zeros_like(x))
+
+
+def squared_length(h: jax.Array, w: jax.Array) -> jax.Array:
+    """`h^2 + w^2`, each square rounded before they are added."""
+    return rounded(h * h) + rounded(w * w)

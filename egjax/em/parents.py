@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.ieee import divide, rounded
+from egjax.em.ieee import divide, rounded, squared_length
 from egjax.em.reduce import (Images, image_mean, image_sum, image_var, real, wide, wide_psum,
                              wide_sum)
 
@@ -136,7 +136,7 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
     b = cands.deviation * parent.stride                                # [M, N, 2]
-    b_sq = rounded(b[..., 0] * b[..., 0]) + rounded(b[..., 1] * b[..., 1])   # [M, N]
+    b_sq = squared_length(b[..., 0], b[..., 1])                        # [M, N]
     count = jnp.sum(cands.valid)
     b_mean = divide(wide_sum(jnp.where(cands.valid[:, None, None], b, 0), 0), count)   # [N, 2]
     b_sq_mean = divide(wide_sum(jnp.where(cands.valid[:, None], b_sq, 0), 0), count)   # [N]
@@ -144,9 +144,8 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
     # images and axes in one pass over the positions.
     a = (child_pos - child_mean) * child.stride                            # [N, 2, V]
     mean_sq = (image_mean((a - b_mean[..., None]) ** 2, (0, 1), num_images, images)
-               + image_mean(b_sq_mean - rounded(b_mean[:, 0] * b_mean[:, 0])
-                            - rounded(b_mean[:, 1] * b_mean[:, 1]), 0, num_images,
-                            images))                                      # [V]
+               + image_mean(b_sq_mean - squared_length(b_mean[:, 0], b_mean[:, 1]), 0,
+                            num_images, images))                          # [V]
     rate = -1 / (2 * mean_sq)
     b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
@@ -159,8 +158,7 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
 
         def step(summed, inputs):
             ah, aw, wn, bh, bw = inputs
-            dh, dw = ah[:, None] - bh[None, :], aw[:, None] - bw[None, :]
-            d2 = rounded(dh * dh) + rounded(dw * dw)
+            d2 = squared_length(ah[:, None] - bh[None, :], aw[:, None] - bw[None, :])
             return summed + wide(wn[:, None] * jnp.exp(d2 * blk_rate)), None
 
         best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)   # 0 in padding
@@ -214,11 +212,10 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     prior in an image does not depend on the other images computed with it.
     """
     dev = deviation[weights.parents] * scale_to_child                        # [V, T, n, 2]
-    squared = rounded(dev[..., 0] * dev[..., 0]) + rounded(dev[..., 1] * dev[..., 1])
+    squared = squared_length(dev[..., 0], dev[..., 1])
     stacked = jnp.concatenate([dev, squared[..., None]], -1)                # [V, T, n, 3]
     sums = wide_sum(weights.weight[:, :, None, None] * stacked, 1)           # [V, n, 3]
     total = weights.total[:, None]
     shift = divide(sums[..., :2], total[..., None])
-    mu_sq = rounded(shift[..., 0] * shift[..., 0]) + rounded(shift[..., 1] * shift[..., 1])
-    spread = sums[..., 2] - rounded(mu_sq * total)
+    spread = sums[..., 2] - rounded(squared_length(shift[..., 0], shift[..., 1]) * total)
     return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)
