@@ -26,7 +26,6 @@ from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import inputs, layout, sharding, windows
-from egjax.em.reduce import image_sum
 from egjax.em.rules import FIXED
 from egjax.em.schedule import for_devices
 from egjax.graph import ExplanatoryGraph, Kept, LayerFit, Records
@@ -156,14 +155,14 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
     def per_image(plain, mirrored, flip, deviation, node_q, prior):
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
                                                       prior, cfg.iterations, setup)
-        norm = image_sum(score, (0, 1, 2), setup.images) / (setup.num_images * score[0].size)
+        norm = setup.rules.score_mean(score, setup.num_images, setup.images)
         return score, pos, new_flip, norm
 
     images = setup.images
     if mesh is None:
         score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
                                                       prior, cfg.iterations, setup)
-        norm = image_sum(score, (0, 1, 2), None) / score.size
+        norm = setup.rules.score_mean(score, setup.num_images, setup.images)
         flip = new_flip if upper is None else flip
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
@@ -177,7 +176,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
             check_vma=False)(*args)
         score, pos, flip = jax.tree.map(   # image order, then padding (`LayerFit.records`)
             lambda x: sharding.image_order(x, images, 0, mesh), (score, pos, new_flip))
-    out = layout.records_out(score / norm), layout.records_out(pos), flip
+    out = layout.records_out(setup.rules.divide(score, norm)), layout.records_out(pos), flip
     if mesh is not None:   # split over the images, as a sharded fit keeps its records
         split = lambda axis: jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec(*[None] * axis, sharding.AXIS))
