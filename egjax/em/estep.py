@@ -19,6 +19,7 @@ from egjax.config import LayerConfig
 from egjax.em.competition import LATTICE, competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
+from egjax.em.ieee import rounded
 from egjax.em.windows import Maps, window_values
 
 
@@ -129,10 +130,15 @@ def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) ->
     The offsets `h (2i + 1 - P) / P` are multiples of 1/P, so for integer centres (every
     node in the first iteration) these are integers: box edges and midpoints between
     candidates compare exactly, and ties go by the stated rule, not by rounding.
+    `P * centre` is rounded before the offset is added (`ieee.rounded`): XLA may compute
+    these positions again in each fusion that reads them (an optimisation barrier does not
+    stop it) and fuse the product and the sum into one multiply-add in some of them; a
+    node's own first candidate would then lie one ulp outside its own box, and its own
+    prior drop out of its competition (`tests/test_em_schedule.py`).
     """
     steps = (2 * jnp.arange(num) + 1 - num).astype(center.dtype)
     offsets = half_range.astype(center.dtype)[None] * steps[:, None, None]
-    return jax.lax.optimization_barrier(num * center[:, None] + offsets[None])
+    return rounded(num * center[:, None]) + offsets[None]
 
 
 def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:

@@ -4,11 +4,6 @@ The results do not depend on it (up to float rounding in the compute dtype); onl
 order in which the work is laid out does. On CPU, loops keep each step's intermediates in
 cache: images one at a time, filters in groups, children in blocks. On an accelerator,
 serial loops leave it idle, so everything a step can take at once is vectorised.
-
-Not `ACCELERATOR` on a CPU with `--xla_cpu_prefer_vector_width=512` (the scripts' setting):
-jaxlib 0.10.2 miscompiles the competition of 512 filters at once there (competing masses of
-zero at the grids' first candidates); `CPU`'s groups are checked against the flag-free
-result (`tests/test_em_schedule.py`).
 """
 
 from __future__ import annotations
