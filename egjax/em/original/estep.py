@@ -83,10 +83,10 @@ def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndar
 
     Only their order matters, but candidates of different nodes often tie exactly (integer
     centres in the first iteration), and which one wins a tie depends on this rounding.
-    Computed once behind an optimisation barrier so every comparison sees the same values.
+    Sums only: every fusion that computes them gets the same values (`estep.lattice_positions`
+    of the fixed path says why that matters).
     """
-    one_based = (center + 1)[:, None] + offsets[None]
-    return jax.lax.optimization_barrier(one_based)
+    return (center + 1)[:, None] + offsets[None]
 
 
 def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
