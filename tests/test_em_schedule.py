@@ -54,8 +54,8 @@ def test_the_accelerator_schedule_fits_as_the_cpu_schedule():
 def test_every_candidate_counts_its_own_nodes_prior_inside_a_fit(schedule, monkeypatch):
     """A node's own candidates lie inside its own box, so each one's competing mass is at
     least the node's own prior there (`getOtherProb.cpp` adds u = v too). Checked on every
-    competition of a two-layer fit (16 filters: the fusions of a real fit, where positions
-    computed twice once put a node's first candidates outside its own box)."""
+    competition of a two-layer fit, in the fusions XLA makes of a real one (16 filters),
+    where it may compute a candidate's position more than once."""
     shortfalls = []
 
     def checked(inference, nodes, filters):
@@ -98,7 +98,7 @@ def test_the_scripts_vector_width_flag_changes_no_competing_mass(tmp_path):
     """The scripts set `--xla_cpu_prefer_vector_width=512` (speed). With it, the competition
     of conv4_3 (40 nodes x 512 filters, off-lattice centres) in `CPU`'s groups of filters
     and in `ACCELERATOR`'s one group of all 512 comes out as without it, bit for bit, and
-    each candidate has at least its own node's prior."""
+    no mass is zero (each counts its own node's prior, which is positive)."""
     def competing_mass(flags, filters):
         out = tmp_path / f"{len(flags)}-{filters}.npy"
         env = dict(os.environ, XLA_FLAGS=flags,
