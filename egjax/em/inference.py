@@ -160,9 +160,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
 
     images = setup.images
     if mesh is None:
-        score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
-                                                      prior, cfg.iterations, setup)
-        norm = setup.rules.score_mean(score, setup.num_images, setup.images)
+        score, pos, new_flip, norm = per_image(plain, mirrored, flip, deviation, node_q, prior)
         flip = new_flip if upper is None else flip
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
