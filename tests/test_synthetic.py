@@ -239,10 +239,13 @@ def test_landmarks_scale_with_image_size():
     np.testing.assert_array_equal(small.mirrored, large.mirrored)
 
 
+@pytest.mark.timed
 def test_throughput():
-    """>= 200 images/s at 224 px on the 2-core CPU (221-266/s on a quiet one). Timed in CPU seconds of this process, so that other jobs on a shared machine do
-    not count against the generator (CI once measured 120/s wall-clock on a loaded machine);
-    the floor is lower than the target for slower CPUs."""
+    """>= 200 images/s at 224 px on the 2-core CPU (221-266/s on a quiet one). Timed in CPU
+    seconds of this process, so that other jobs on a shared machine count less against the
+    generator; the floor is lower than the target for slower CPUs. CPU time still stretches
+    when another process shares the cores (127-140/s beside the other test worker in CI), so
+    `make test` runs this test alone, after the rest."""
     synthetic.sample("quadruped", 8, seed=0)
     rates = []
     for seed in range(3):
