@@ -34,7 +34,7 @@ browser:
 # The suite runs one pytest worker per CPU (pytest-xdist), each test file on one worker so
 # that a file's fixtures and compiled programs are made once: most of its time is XLA
 # compiling, which takes one thread. The tests that measure speed (marked `timed`) run
-# afterwards, alone: another worker on the same cores slows them by up to 40%.
+# afterwards, alone: beside another worker on the same cores their rate fell by 40-50% in CI.
 test: install browser
 	$(PY) -m pytest -q -n auto --dist loadfile -m "not timed"
 	$(PY) -m pytest -q -m timed
