@@ -18,7 +18,9 @@ from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.original.estep import EXACT, competition_positions, evidence_in_order
 from egjax.em.original.rules import ORIGINAL
 from egjax.em.rules import FIXED
+from egjax.em import windows
 from egjax.em.windows import as_maps
+from egjax.maps import QuantizedMaps, divide
 
 CFG = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, top_n=2, top_m=4)
 
@@ -65,6 +67,49 @@ def test_evidence_of_a_single_blob():
         g = (math.exp(-dist2 / (2 * smoothing**2)) if dist2 < 9 * smoothing**2
              else math.exp(-4.5)) / (math.sqrt(2 * ORIGINAL_PI) * smoothing)
         assert float(inference.evidence[j, 0, 0]) == pytest.approx(3.0 * g, rel=1e-5)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_windows_read_the_cells_around_each_centre_and_zero_off_the_map(quantized):
+    """`decode(gather(...))` against a cell-by-cell loop: the cells within h of each centre,
+    w-major, decoded and rectified, 0 off the map, also for centres far off it."""
+    rng = np.random.default_rng(3)
+    size, channels, nodes, big = 7, 5, 6, 2
+    codes = rng.integers(0, 256, (1, size, size, channels)).astype(np.uint8)
+    minimum = rng.uniform(-1, 0.5, (1, channels)).astype(np.float32)   # some positive
+    spread = rng.uniform(0.5, 3, (1, channels)).astype(np.float32)
+    values = rng.normal(size=(1, size, size, channels)).astype(np.float32)
+    given = QuantizedMaps(codes, minimum, spread) if quantized else values
+    image = jax.tree.map(lambda x: x[0], as_maps(given, jnp.float32))
+    cells = rng.integers(-2 * big - 2, size + 2 * big + 2, (2, nodes, channels)).astype(np.int32)
+
+    def cell(h, w, c):
+        if not (0 <= h < size and 0 <= w < size):
+            return 0.0
+        if quantized:   # maps.dequantize's arithmetic, in float32
+            x = np.float32(codes[0, h, w, c]) * spread[0, c] / np.float32(255) + minimum[0, c]
+        else:
+            x = values[0, h, w, c]
+        return max(float(x), 0.0)
+
+    window = jax.jit(windows.gather, static_argnums=2)(image, jnp.asarray(cells), big)
+    for h in range(big + 1):
+        got = np.asarray(windows.decode(window, image, jnp.asarray(cells), big, h))
+        want = np.array([[cell(cells[0, k, c] + jh, cells[1, k, c] + jw, c)
+                          for jw in range(-h, h + 1) for jh in range(-h, h + 1)]
+                         for k in range(nodes) for c in range(channels)])
+        np.testing.assert_array_equal(got, want)
+
+
+def test_float32_divide_is_the_ieee_quotient():
+    """`divide` in float32 (taken in float64, rounded once) equals NumPy's float32 division
+    bit for bit, where XLA's own division by a broadcast divisor is up to 1 ulp off."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((200, 1000)) * 10.0 ** rng.integers(-20, 20, (200, 1000)))
+    d = rng.uniform(0.1, 300, 1000)
+    x, d = x.astype(np.float32), d.astype(np.float32)
+    np.testing.assert_array_equal(jax.jit(divide)(x, d), x / d)
+    np.testing.assert_array_equal(jax.jit(lambda x: divide(x, 255))(x), x / np.float32(255))
 
 
 def test_evidence_table_zero_outside_the_window_and_floor_far_away():

@@ -20,7 +20,8 @@ from egjax.em.competition import LATTICE, competition
 from egjax.em.evidence import ORIGINAL_PI, evidence, kernel_table
 from egjax.em.grid import half_range, offset_table, round_half_away
 from egjax.em.ieee import rounded
-from egjax.em.windows import Maps, window_values
+from egjax.em import windows
+from egjax.em.windows import Maps
 
 
 class Nodes(NamedTuple):
@@ -110,8 +111,10 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> 
 
 
 def _window_evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
-    return evidence(window_values(image, cells, nodes.weights.shape[0] - 1), nodes.half_range,
-                    nodes.weights)
+    big = nodes.weights.shape[0] - 1
+    window = windows.gather(image, cells, big)
+    return evidence(lambda size: windows.decode(window, image, cells, big, size),
+                    nodes.half_range, nodes.weights)
 
 
 def infer_at(image: Maps, nodes: Nodes, center: jnp.ndarray, scale: jnp.ndarray,

@@ -3,13 +3,14 @@
 Maps stay as they are given, `[N, S, S, C]`: floats, or the uint8 codes of
 `maps.QuantizedMaps`, decoded cell by cell as they are read so that memory holds one byte
 per cell. Nothing is transposed, oriented or copied per data set; each image is taken in its
-orientation when it is read (`pick`).
+orientation, and padded, when it is read (`pick`, `gather`).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 
 from egjax.maps import QuantizedMaps, divide
@@ -37,23 +38,44 @@ def pick(flip: jnp.ndarray, plain: Maps, mirrored: Maps) -> Maps:
     return Maps(*(None if a is None else jnp.where(flip, b, a) for a, b in zip(plain, mirrored)))
 
 
-def window_values(image: Maps, cells: jnp.ndarray, max_window: int) -> jnp.ndarray:
-    """Rectified map values in the `(2H+1)^2` cells around each node's centre cell, one image.
+def gather(image: Maps, cells: jnp.ndarray, max_window: int) -> jnp.ndarray:
+    """One image's raw map values (codes or floats) in the `(2H+1)^2` cells around each
+    node's centre cell: `[K, C, A, A]` (jh, jw; A = 2H + 1) from `image` (`values [S, S, C]`)
+    and `cells [2, K, C]` integer centres (h, w; any, also off the map); `decode` makes
+    them the E-step's values (cells off the map hold anything here).
 
-    `image` one image's Maps (`values [S, S, C]`), `cells [2, K, C]` integer centres (h, w;
-    any, also off the map) -> `[K, C, Q]`, Q = `(2H+1)^2` cells w-major (`jw` outer, `jh`
-    inner) as the original walks the window; cells off the map read 0.
+    Each window is one slice of the map padded by 2H on every side (a centre up to H off the
+    map still sees some of it; farther ones see none): XLA:CPU copies slices, where a gather
+    cell by cell computes an index per cell (several times slower).
     """
-    size = image.values.shape[0]
-    _, k, c = cells.shape
-    offsets = jnp.arange(-max_window, max_window + 1)
+    k, c = cells.shape[1:]
+    reach = 2 * max_window
+    padded = jnp.pad(image.values, ((reach, reach), (reach, reach), (0, 0)))
+    # The window of centre x starts at x - H, which is x + H in the padded map.
+    start = jnp.stack([cells[0] + max_window, cells[1] + max_window,
+                       jnp.broadcast_to(jnp.arange(c), (k, c))], -1)            # [K, C, 3]
+    numbers = jax.lax.GatherDimensionNumbers(offset_dims=(2, 3), collapsed_slice_dims=(2,),
+                                             start_index_map=(0, 1, 2))
+    side = 2 * max_window + 1
+    return jax.lax.gather(padded, start, numbers, (side, side, 1), mode="clip")
+
+
+def decode(window: jnp.ndarray, image: Maps, cells: jnp.ndarray, max_window: int,
+           size: int) -> jnp.ndarray:
+    """Rectified values `[K * C, (2 size + 1)^2]` of the cells within `size` of each node's
+    centre, w-major (`jw` outer, `jh` inner) as the original walks the window, from its
+    `window` (`gather` with half-range `max_window`); cells off the map read 0. The decoding
+    stays with what reads it (`evidence.evidence`: one product per half-range), so that
+    no window of floats four times the codes' size is written out."""
+    k, c = cells.shape[1:]
+    inner = slice(max_window - size, max_window + size + 1)
+    values = jnp.swapaxes(window[:, :, inner, inner], -1, -2)                   # jw, jh
+    offsets = jnp.arange(-size, size + 1)
     rows = cells[0][..., None, None] + offsets[None, :]            # [K, C, 1, A]  jh
     cols = cells[1][..., None, None] + offsets[:, None]            # [K, C, A, 1]  jw
-    inside = ((rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)).reshape(k, c, -1)
-    index = (jnp.clip(rows, 0, size - 1) * size + jnp.clip(cols, 0, size - 1)) * c
-    index = index.reshape(k, c, -1) + jnp.arange(c)[:, None]
-    values = image.values.reshape(-1).at[index].get(mode="promise_in_bounds")
+    size_h, size_w = image.values.shape[:2]
+    inside = (rows >= 0) & (rows < size_h) & (cols >= 0) & (cols < size_w)
     if image.minimum is not None:
-        codes = values.astype(image.minimum.dtype) * image.range[:, None]
-        values = divide(codes, 255) + image.minimum[:, None]
-    return jnp.where(inside, jnp.maximum(values, 0), 0)
+        codes = values.astype(image.minimum.dtype) * image.range[:, None, None]
+        values = divide(codes, 255) + image.minimum[:, None, None]
+    return jnp.where(inside, jnp.maximum(values, 0), 0).reshape(k * c, -1)

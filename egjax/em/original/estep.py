@@ -19,7 +19,8 @@ from egjax.em.grid import half_range, offset_table
 from egjax.em.original.glibc_exp import exp_as_original
 from egjax.em.ieee import divide, rounded
 from egjax.em.original.ieee import in_order_mean
-from egjax.em.windows import Maps, window_values
+from egjax.em import windows
+from egjax.em.windows import Maps
 
 
 def shifted(x: jnp.ndarray, shift: jnp.ndarray) -> jnp.ndarray:
@@ -57,7 +58,9 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> 
 
 
 def _evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
-    values = window_values(image, cells, (math.isqrt(nodes.weights.shape[1]) - 1) // 2)
+    big = (math.isqrt(nodes.weights.shape[1]) - 1) // 2
+    window = windows.gather(image, cells, big)
+    values = windows.decode(window, image, cells, big, big).reshape(cells.shape[1:] + (-1,))
     return evidence_in_order(values, nodes.weights)
 
 
