@@ -211,10 +211,13 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     float64 and products rounded before they are added (`egjax.em.ieee`), so that a child's
     prior in an image does not depend on the other images computed with it.
     """
-    dev = deviation[weights.parents] * scale_to_child                        # [V, T, n, 2]
-    squared = squared_length(dev[..., 0], dev[..., 1])
-    stacked = jnp.concatenate([dev, squared[..., None]], -1)                # [V, T, n, 3]
-    sums = wide_sum(weights.weight[:, :, None, None] * stacked, 1)           # [V, n, 3]
+    dev = deviation * scale_to_child                                         # [M, n, 2]
+    stacked = jnp.concatenate([dev, squared_length(dev[..., 0], dev[..., 1])[..., None]], -1)
+    # Parent by parent: XLA:CPU fuses the T gathers and adds into one loop over [V, n, 3],
+    # where a reduction over the parent axis writes out [V, T, n, 3] and reduces it slowly.
+    sums = functools.reduce(jnp.add, [
+        wide(rounded(weights.weight[:, u, None, None] * stacked[weights.parents[:, u]]))
+        for u in range(weights.parents.shape[-1])]).astype(deviation.dtype)   # [V, n, 3]
     total = weights.total[:, None]
     shift = divide(sums[..., :2], total[..., None])
     spread = sums[..., 2] - rounded(squared_length(shift[..., 0], shift[..., 1]) * total)
