@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+
+from egjax.em.reduce import slice_sum
 
 
 def scan_chunks(fn: Callable, inputs, chunk: int, into=None):
@@ -56,8 +57,6 @@ def map_images(fn: Callable, *args, batch: int | None = 1):
 
 
 def masked_sum(x: jnp.ndarray, valid: jnp.ndarray) -> jnp.ndarray:
-    """Sum over the leading (image) axis of the images marked `valid`, image after image:
-    XLA:CPU fuses the adds into one loop, where it hands a reduction over the leading axis
-    to a library call several times slower (float64)."""
-    x = jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
-    return functools.reduce(jnp.add, [x[i] for i in range(x.shape[0])])
+    """Sum over the leading (image) axis of the images marked `valid`, image after image
+    (`reduce.slice_sum`)."""
+    return slice_sum(jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), 0)

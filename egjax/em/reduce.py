@@ -91,19 +91,25 @@ def wide_sum(x: jnp.ndarray, axis) -> jnp.ndarray:
         return jnp.sum(wide(x), axis=axis).astype(x.dtype)
 
 
+def slice_sum(x: jnp.ndarray, axis: int, each=lambda part: part) -> jnp.ndarray:
+    """Sum of `each(slice)` over the slices of `x` along `axis`, one after another (a loop
+    unrolled by 8): XLA:CPU reduces over a leading axis tens of times slower."""
+    def add(i, total):
+        return total + each(jax.lax.dynamic_index_in_dim(x, i, axis, False))
+
+    part = jax.eval_shape(each, jax.ShapeDtypeStruct(x.shape[:axis] + x.shape[axis + 1:],
+                                                     x.dtype))
+    zeros = jnp.zeros(part.shape, part.dtype)
+    return jax.lax.fori_loop(0, x.shape[axis], add, zeros, unroll=8)
+
+
 def image_sum(x: jnp.ndarray, axis, images: Images | None) -> jnp.ndarray:
     """Sum over the image axis `axis` (or a tuple of axes, images first), across all devices
-    holding images, padding excluded; accumulated in float64 (`wide`), image after image (a
-    loop: XLA:CPU reduces over a leading axis tens of times slower)."""
+    holding images, padding excluded; accumulated in float64 (`wide`), image after image
+    (`slice_sum`)."""
     first, *others = axis if isinstance(axis, tuple) else (axis,)
-    x = real(x, first, images)
-
-    def add(i, total):
-        return total + wide(jax.lax.dynamic_index_in_dim(x, i, first, False))
-
     with jax.enable_x64(True):
-        zeros = jnp.zeros(x.shape[:first] + x.shape[first + 1:], jnp.float64)
-        total = jax.lax.fori_loop(0, x.shape[first], add, zeros, unroll=8)
+        total = slice_sum(real(x, first, images), first, wide)
         total = jnp.sum(total, axis=tuple(a - (a > first) for a in others))   # other axes
     return wide_psum(total, images).astype(x.dtype)
 
