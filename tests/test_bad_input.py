@@ -61,7 +61,7 @@ def test_quantized_maps_without_evidence_are_refused(maps, no_work):
 def test_inference_on_maps_without_evidence_is_refused(maps):
     plain, flipped = maps
     graph = toy_graph.graph()
-    with pytest.raises(ValueError, match=r"layer 0 maps hold no positive value"):
+    with pytest.raises(ValueError, match=r"layer 0 maps and flipped_maps hold no positive value"):
         egjax.infer_graph(graph, [np.zeros_like(plain[0]), plain[1]],
                           [np.zeros_like(flipped[0]), flipped[1]])
 

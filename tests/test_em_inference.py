@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import egjax
+from egjax.maps import QuantizedMaps
 from tests.test_em_fit import GRAPH, data, graph  # noqa: F401 (pytest fixtures)
 
 ITERATIONS = 3
@@ -100,6 +101,12 @@ def test_bad_maps_are_refused(data, graph):
         egjax.infer_layer(low, maps[0], flipped[0], upper=top, above=above)
     with pytest.raises(ValueError, match="chunk"):
         egjax.infer_layer(top, maps[1], chunk=0)
+    n, c = maps[1].shape[0], maps[1].shape[-1]      # checked as the fit checks them
+    codes = QuantizedMaps(maps[1].astype(np.uint16), np.zeros((n, c)), np.ones((n, c)))
+    with pytest.raises(ValueError, match="QuantizedMaps data must be uint8"):
+        egjax.infer_layer(top, codes)
+    with pytest.raises(ValueError, match="flipped_maps must have the shape of maps"):
+        egjax.infer_layer(top, maps[1], flipped[1][:5])
 
 
 

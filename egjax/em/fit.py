@@ -43,42 +43,11 @@ def random_init(key: jax.Array, cfg: LayerConfig, channels: int, dtype=None) -> 
     return {"coord": coord, "deform": deform}
 
 
-def _check_maps(name: str, maps, cfg: LayerConfig) -> None:
-    shape = inputs.map_shape(maps)
-    if len(shape) != 4:
-        raise ValueError(f"{name} must have rank 4 [N, S, S, C] (channels last), got shape "
-                         f"{shape}")
-    if shape[1] != cfg.map_size or shape[2] != cfg.map_size:
-        raise ValueError(f"{name} must be [N, S, S, C] (channels last) with S = the layer's "
-                         f"map_size {cfg.map_size}, got shape {shape}")
-    if shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 images, got {shape[0]}")
-    if isinstance(maps, QuantizedMaps):
-        if np.asarray(maps.data).dtype != np.uint8:
-            raise ValueError(f"{name}: QuantizedMaps data must be uint8")
-        if np.shape(maps.minimum) != (shape[0], shape[3]) or np.shape(maps.range) != (shape[0], shape[3]):
-            raise ValueError(f"{name}: QuantizedMaps minimum and range must be [N, C] = "
-                             f"{[shape[0], shape[3]]}")
-        if not (inputs.all_finite(maps.minimum) and inputs.all_finite(maps.range)):
-            raise ValueError(f"{name} contains NaN or Inf")
-    elif not inputs.all_finite(maps):
-        raise ValueError(f"{name} contains NaN or Inf")
-
-
 def _check_layer_inputs(maps, cfg, flipped_maps, parent, init, compat) -> None:
     if compat not in RULES:
         raise ValueError(f"compat must be one of {tuple(RULES)}, got {compat!r}")
-    _check_maps("maps", maps, cfg)
-    n, _, _, c = inputs.map_shape(maps)
-    if flipped_maps is not None:
-        _check_maps("flipped_maps", flipped_maps, cfg)
-        flipped_shape = inputs.map_shape(flipped_maps)
-        if flipped_shape[-1] != c:
-            raise ValueError(f"flipped_maps has {flipped_shape[-1]} channels but maps has {c}")
-        if flipped_shape[0] != n:
-            raise ValueError(f"flipped_maps has {flipped_shape[0]} images but maps has {n}")
-    inputs.check_evidence("maps" if flipped_maps is None else "maps and flipped_maps", maps,
-                          flipped_maps)
+    inputs.check_maps(maps, flipped_maps, cfg, min_images=2)
+    c = inputs.map_shape(maps)[-1]
     if parent is not None and not isinstance(parent, LayerFit):
         raise ValueError(f"parent must be the LayerFit of the layer above, got {type(parent)}")
     if init is not None:
@@ -262,13 +231,9 @@ def layer_fit(outputs, call: LayerCall) -> LayerFit:
 
 
 def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> None:
-    num = len(cfg.layers)
-    for name, seq in (("maps", maps), ("flipped_maps", flipped_maps), ("init", init)):
-        if seq is not None and len(seq) != num:
-            raise ValueError(f"{name} needs one entry per graph layer ({num}), got {len(seq)}")
-    counts = {inputs.map_shape(m)[0] for m in maps if len(inputs.map_shape(m)) == 4}
-    if len(counts) > 1:
-        raise ValueError(f"every layer's maps must hold the same images, got counts {sorted(counts)}")
+    inputs.check_per_layer(len(cfg.layers), maps=maps, flipped_maps=flipped_maps, init=init)
+    inputs.check_same_images(inputs.map_shape(m)[0] for m in maps
+                             if len(inputs.map_shape(m)) == 4)
     for index, layer_cfg in enumerate(cfg.layers):
         try:
             _check_layer_inputs(maps[index], layer_cfg,
@@ -276,7 +241,7 @@ def _check_graph_inputs(maps, cfg: GraphConfig, flipped_maps, init, compat) -> N
                                 None if init is None else init[index], compat)
         except ValueError as error:
             raise ValueError(f"layer {index} ({layer_cfg.tap or 'untapped'}): {error}") from None
-    for index in range(num - 1):
+    for index in range(len(cfg.layers) - 1):
         top_m = cfg.layers[index].top_m
         nodes = inputs.map_shape(maps[index + 1])[-1] * cfg.layers[index + 1].nodes_per_filter
         slots = parents_lib.candidate_slots(nodes, top_m)

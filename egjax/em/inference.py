@@ -22,14 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import inputs, layout, sharding, windows
 from egjax.em.rules import FIXED
 from egjax.em.schedule import for_devices
 from egjax.graph import ExplanatoryGraph, Kept, LayerFit, Records
-from egjax.maps import QuantizedMaps
 
 
 @jax.tree_util.register_dataclass
@@ -192,48 +190,24 @@ def _candidate_slot_of(parents: jax.Array, index: jax.Array) -> jax.Array:
 def _check_layer_call(fitted: LayerFit, maps, flipped_maps, upper, above, chunk) -> None:
     if not (isinstance(chunk, int) and chunk >= 1):
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
-    local = _check_layer_maps("maps", maps, fitted)
-    if flipped_maps is not None and _check_layer_maps("flipped_maps", flipped_maps,
-                                                      fitted) != local:
-        raise ValueError("flipped_maps must hold as many images as maps")
-    inputs.check_evidence("maps", maps, flipped_maps)
+    _check_layer_maps(fitted, maps, flipped_maps)
     if (upper is None) != (above is None):
         raise ValueError("a lower layer needs both upper (the fitted layer above) and above "
                          "(its inference); the top layer neither")
 
 
 def _check_inputs(graph: ExplanatoryGraph, maps, flipped_maps) -> None:
-    num_layers = len(graph.layers)
-    for name, seq in (("maps", maps), ("flipped_maps", flipped_maps)):
-        if seq is not None and len(seq) != num_layers:
-            raise ValueError(f"{name} needs one entry per graph layer ({num_layers}), "
-                             f"got {len(seq)}")
-    counts = set()
-    for index, fitted in enumerate(graph.layers):
-        for name, seq in (("maps", maps), ("flipped_maps", flipped_maps)):
-            if seq is not None:
-                counts.add(_check_layer_maps(f"layer {index} {name}", seq[index], fitted))
-        inputs.check_evidence(f"layer {index} maps", maps[index],
-                        None if flipped_maps is None else flipped_maps[index])
-    if len(counts) > 1:
-        raise ValueError(f"every layer's maps must hold the same images, got counts "
-                         f"{sorted(counts)}")
+    inputs.check_per_layer(len(graph.layers), maps=maps, flipped_maps=flipped_maps)
+    inputs.check_same_images([
+        _check_layer_maps(fitted, maps[index], None if flipped_maps is None else
+                          flipped_maps[index], where=f"layer {index} ")
+        for index, fitted in enumerate(graph.layers)])
 
 
-def _check_layer_maps(where: str, maps, fitted: LayerFit) -> int:
-    shape = inputs.map_shape(maps)
-    cfg: LayerConfig = fitted.config
-    filters = np.shape(fitted.deform)[0]
-    if len(shape) != 4 or shape[0] < 1:
-        raise ValueError(f"{where} must be [N, S, S, C] with N >= 1, got shape {shape}")
-    if shape[1:] != (cfg.map_size, cfg.map_size, filters):
-        raise ValueError(f"{where} must be [N, S, S, C] (channels last) = [N, {cfg.map_size}, "
-                         f"{cfg.map_size}, {filters}] as the graph layer was fitted on, got "
-                         f"shape {shape}")
-    arrays = (maps.minimum, maps.range) if isinstance(maps, QuantizedMaps) else (maps,)
-    if not all(inputs.all_finite(a) for a in arrays):
-        raise ValueError(f"{where} contains NaN or Inf")
-    return shape[0]
+def _check_layer_maps(fitted: LayerFit, maps, flipped_maps, where: str = "") -> int:
+    """`inputs.check_maps` against the layer as it was fitted; returns N."""
+    return inputs.check_maps(maps, flipped_maps, fitted.config, where=where,
+                             filters=np.shape(fitted.deform)[0])
 
 
 def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
