@@ -205,6 +205,8 @@ def test_bad_arguments_are_refused(data, graph):
                                                      "deform": np.ones((4, 2))})
     with pytest.raises(ValueError, match="one entry per graph layer"):
         egjax.fit_graph(maps[:1], GRAPH, key=key)
+    with pytest.raises(ValueError, match=r"the same images, got counts \[3, 8\]"):
+        egjax.fit_graph([maps[0][:3], maps[1]], GRAPH, key=key)
     top = graph.layers[1]
     flipped_once = dataclasses.replace(top, flip=np.arange(8) == 3)   # one mirrored image
     with pytest.raises(ValueError, match="pass flipped_maps"):

@@ -102,9 +102,9 @@ def check_per_layer(num_layers: int, **sequences) -> None:
 
 def check_same_images(counts) -> None:
     """ValueError unless every layer's maps hold as many images."""
-    if len(set(counts)) > 1:
-        raise ValueError(f"every layer's maps must hold the same images, got counts "
-                         f"{sorted(set(counts))}")
+    counts = sorted(set(counts))
+    if len(counts) > 1:
+        raise ValueError(f"every layer's maps must hold the same images, got counts {counts}")
 
 
 def as_sharded(maps, mesh, images, dtype):
