@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import reference_fixed as ref
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
@@ -20,7 +21,7 @@ from egjax.em.original.rules import ORIGINAL
 from egjax.em.rules import FIXED
 from egjax.em import windows
 from egjax.em.windows import as_maps
-from egjax.maps import QuantizedMaps, divide
+from egjax.maps import QuantizedMaps, dequantize, divide
 
 CFG = LayerConfig(map_size=12, stride=8, center=3.5, density=0.05, top_n=2, top_m=4)
 
@@ -71,7 +72,7 @@ def test_evidence_of_a_single_blob():
 
 @pytest.mark.parametrize("quantized", [False, True])
 def test_windows_read_the_cells_around_each_centre_and_zero_off_the_map(quantized):
-    """`decode(gather(...))` against a cell-by-cell loop: the cells within h of each centre,
+    """`window_values` against a cell-by-cell loop: the cells within H of each centre,
     w-major, decoded and rectified, 0 off the map, also for centres far off it."""
     rng = np.random.default_rng(3)
     size, channels, nodes, big = 7, 5, 6, 2
@@ -92,13 +93,35 @@ def test_windows_read_the_cells_around_each_centre_and_zero_off_the_map(quantize
             x = values[0, h, w, c]
         return max(float(x), 0.0)
 
-    window = jax.jit(windows.gather, static_argnums=2)(image, jnp.asarray(cells), big)
-    for h in range(big + 1):
-        got = np.asarray(windows.decode(window, image, jnp.asarray(cells), big, h))
-        want = np.array([[cell(cells[0, k, c] + jh, cells[1, k, c] + jw, c)
-                          for jw in range(-h, h + 1) for jh in range(-h, h + 1)]
-                         for k in range(nodes) for c in range(channels)])
-        np.testing.assert_array_equal(got, want)
+    got = jax.jit(windows.window_values, static_argnums=2)(image, jnp.asarray(cells), big)
+    want = np.array([[[cell(cells[0, k, c] + jh, cells[1, k, c] + jw, c)
+                       for jw in range(-big, big + 1) for jh in range(-big, big + 1)]
+                      for c in range(channels)] for k in range(nodes)])
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_evidence_of_nodes_of_every_half_range_is_the_reference():
+    """`infer`'s evidence, one matrix product per half-range over a shared window, against
+    `reference_fixed.evidence` (cell by cell) for nodes of every half-range 0..H side by
+    side in each filter, centres on, near and off the map, quantized maps."""
+    size, channels = 28, 3
+    cfg = LayerConfig(map_size=size, stride=8, center=3.5, density=0.05)
+    big = cfg.max_half_range                                               # 4
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (1, size, size, channels)).astype(np.uint8)
+    given = QuantizedMaps(codes, np.full((1, channels), -1.0, np.float32),
+                          np.full((1, channels), 3.0, np.float32))
+    h = np.tile(np.arange(big + 1), 2)[:, None].repeat(channels, 1)         # [K, C]
+    coord = rng.uniform(-3, size + 2, (2, *h.shape))
+    node_q = layer_lib.nodes(jnp.asarray(coord, jnp.float32), jnp.asarray((h + 0.1) / 3,
+                             jnp.float32), jnp.ones(h.shape, jnp.float32), setup_for(cfg))
+    np.testing.assert_array_equal(node_q.half_range, h)
+    image = jax.tree.map(lambda x: x[0], as_maps(given, jnp.float32))
+    got = jax.jit(infer)(image, node_q, jnp.zeros((2, *h.shape)), jnp.ones(h.shape)).evidence
+    decoded = np.asarray(dequantize(given), np.float64)[0]
+    for k, c in np.ndindex(*h.shape):
+        want = ref.evidence(decoded[:, :, c], coord[:, k, c], int(h[k, c]), cfg)
+        np.testing.assert_allclose(got[:, k, c], want, rtol=2e-5, atol=1e-6)
 
 
 def test_float32_divide_is_the_ieee_quotient():

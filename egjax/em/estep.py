@@ -111,10 +111,8 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> 
 
 
 def _window_evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
-    big = nodes.weights.shape[0] - 1
-    window = windows.gather(image, cells, big)
-    return evidence(lambda size: windows.decode(window, image, cells, big, size),
-                    nodes.half_range, nodes.weights)
+    values = windows.window_values(image, cells, nodes.weights.shape[0] - 1)
+    return evidence(values, nodes.half_range, nodes.weights)
 
 
 def infer_at(image: Maps, nodes: Nodes, center: jnp.ndarray, scale: jnp.ndarray,

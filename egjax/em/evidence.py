@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,27 +55,29 @@ def kernel_table(cfg: LayerConfig) -> np.ndarray:
     return table
 
 
-def evidence(values_of: Callable[[int], jnp.ndarray], half_range: jnp.ndarray,
-             table: jnp.ndarray) -> jnp.ndarray:
+def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
     """Evidence `[J, K, C]` of nodes whose candidate and window half-ranges are equal.
 
-    `values_of(h)` the window values `[K * C, (2h+1)^2]` of the cells that weigh anything for
-    half-range h (`windows.decode`; the rest of the table's row is zero), `half_range [K, C]`,
-    `table [H+1, J, Q]` (the diagonal of `kernel_table`). One matrix product per half-range h
-    that some node has, each node taking its own, so small windows cost little. Products are
-    laid out `[J, V]` as the E-step uses them.
+    `values [K, C, Q]` window values (`windows.window_values`), `half_range [K, C]`,
+    `table [H+1, J, Q]` (the diagonal of `kernel_table`). One matrix product per half-range
+    h that some node has, each node taking its own; a product reads only the `(2h+1)^2`
+    cells of the window that weigh anything for h (the rest of the table's row is zero), so
+    small windows cost little. Products are laid out `[J, V]` as the E-step uses them.
     """
-    k, c = half_range.shape
-    big, num = table.shape[0] - 1, table.shape[1]
-    side = 2 * big + 1
+    k, c, q = values.shape
+    side = math.isqrt(q)
+    big = (side - 1) // 2
+    cells = values.reshape(k * c, side, side)
     sizes = half_range.reshape(-1)
+    num = table.shape[1]
     out = jnp.zeros((num, k * c), table.dtype)
     for size in range(big + 1):
         inner = slice(big - size, big + size + 1)
 
         def take(out, size=size, inner=inner):
+            window = cells[:, inner, inner].reshape(k * c, -1)
             weights = table[size].reshape(num, side, side)[:, inner, inner].reshape(num, -1)
-            product = jax.lax.dot_general(weights, values_of(size), (((1,), (1,)), ((), ())))
+            product = jax.lax.dot_general(weights, window, (((1,), (1,)), ((), ())))
             return jnp.where(sizes == size, product, out)
         out = jax.lax.cond(jnp.any(sizes == size), take, lambda out: out, out)
     return out.reshape(-1, k, c)

@@ -59,9 +59,7 @@ def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> 
 
 def _evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
     big = (math.isqrt(nodes.weights.shape[1]) - 1) // 2
-    window = windows.gather(image, cells, big)
-    values = windows.decode(window, image, cells, big, big).reshape(cells.shape[1:] + (-1,))
-    return evidence_in_order(values, nodes.weights)
+    return evidence_in_order(windows.window_values(image, cells, big), nodes.weights)
 
 
 def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
