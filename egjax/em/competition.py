@@ -69,9 +69,9 @@ def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndar
     per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
     candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
     order, as the original computes and adds it. Filters are independent and taken at most
-    `filters` at a time (None: all; `schedule.Schedule.filters`), target nodes at most `block` at a time (divisors of C and K, so
-    nothing is padded), so that the intermediates stay in cache; the loop over u adds
-    `unroll` terms per pass over the accumulator.
+    `filters` at a time (None: all; `schedule.Schedule.filters`), target nodes at most
+    `block` at a time (divisors of C and K, so nothing is padded), so that the intermediates
+    stay in cache; the loop over u adds `unroll` terms per pass over the accumulator.
     """
     c = positions.shape[-1]
     filters = _divisor_at_most(c, filters or c)

@@ -95,7 +95,8 @@ def split_axes(values: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 def spread_weights(num: int, dtype) -> jnp.ndarray:
-    """`[J]` squared index distance of each candidate from the grid centre, `(ih-c)^2 + (iw-c)^2`."""
+    """`[J]` squared index distance of each candidate from the grid centre,
+    `(ih-c)^2 + (iw-c)^2`."""
     d = (jnp.arange(num, dtype=dtype) - (num - 1) / 2) ** 2
     along_h, along_w = split_axes(d)
     return along_h + along_w

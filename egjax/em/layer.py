@@ -343,8 +343,9 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
     `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters.
 
     `deviation [N, M, 2]` the candidate parents' deviations in each image (None in the top
-    layer) and `prior` what the parents make of the spatial prior (`parent_prior`); `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if
-    `flip` is None, where `rules.prefers_mirrored` them at iteration `t`.
+    layer) and `prior` what the parents make of the spatial prior (`parent_prior`);
+    `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if `flip` is None,
+    where `rules.prefers_mirrored` them at iteration `t`.
     """
     _, k, c = node_q.coord.shape
     choose = flip is None
