@@ -44,6 +44,19 @@ def scan_chunks(fn: Callable, inputs, chunk: int, into=None):
     return jax.lax.fori_loop(0, -(-num // chunk), body, (zeros, into))
 
 
+def row_blocks(fn: Callable, num: int, block: int | None, out: jnp.ndarray) -> jnp.ndarray:
+    """`out [num, ...]` with `fn(start, size) [size, ...]` written at rows `start` on, for
+    blocks of `size = block` rows (None: all) in one loop, so that each block's intermediates
+    stay in cache. The last block is moved back to end at row `num` (it repeats some rows)."""
+    size = min(block or num, num)
+
+    def one_block(i, out):
+        start = jnp.minimum(i * size, num - size)
+        return jax.lax.dynamic_update_slice_in_dim(out, fn(start, size), start, 0)
+
+    return jax.lax.fori_loop(0, -(-num // size), one_block, out)
+
+
 def map_images(fn: Callable, *args, batch: int | None = 1):
     """`fn(*args_of_one_image)` over the leading (image) axis of `args` (None entries pass
     through as None), `batch` images at a time, vmapped (None: all at once;

@@ -185,7 +185,7 @@ def _chunk_priors(prior: Prior, deviation, shape, setup: Setup):
         return None, None
     n, (k, c) = deviation.shape[0], shape
     shift, scale = setup.rules.shift_and_scale(prior.weights, jnp.swapaxes(deviation, 0, 1),
-                                               setup.scale_to_child)
+                                               setup.scale_to_child, setup.schedule.children)
     shift = jnp.where(prior.active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
     scale = jnp.where(prior.active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
     return shift, scale

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
+from egjax.em.batching import row_blocks
 from egjax.em.ieee import divide, rounded, squared_length
 from egjax.em.reduce import (Images, image_mean, image_sum, image_var, real, wide, wide_psum,
                              wide_sum)
@@ -132,7 +133,6 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
     Deviations in pixels: `d * stride`.
     """
     num_nodes = child_pos.shape[-1]
-    block = min(block or num_nodes, num_nodes)
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
     b = cands.deviation * parent.stride                                # [M, N, 2]
@@ -149,27 +149,23 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
     rate = -1 / (2 * mean_sq)
     b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
-    def one_block(i, total):
-        # The last block is moved back to end at V (it repeats some children's sums).
-        start = jnp.minimum(i * block, num_nodes - block)
-        pos = jax.lax.dynamic_slice_in_dim(child_pos, start, block, 2)
-        dev = (pos - jax.lax.dynamic_slice_in_dim(child_mean, start, block, 1)) * child.stride
-        blk_rate = jax.lax.dynamic_slice_in_dim(rate, start, block)[:, None]
+    def one_block(start, size):
+        pos = jax.lax.dynamic_slice_in_dim(child_pos, start, size, 2)
+        dev = (pos - jax.lax.dynamic_slice_in_dim(child_mean, start, size, 1)) * child.stride
+        blk_rate = jax.lax.dynamic_slice_in_dim(rate, start, size)[:, None]
 
         def step(summed, inputs):
             ah, aw, wn, bh, bw = inputs
             d2 = squared_length(ah[:, None] - bh[None, :], aw[:, None] - bw[None, :])
             return summed + wide(wn[:, None] * jnp.exp(d2 * blk_rate)), None
 
-        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)   # 0 in padding
-        with jax.enable_x64(True):
-            zeros = jnp.zeros((block, b.shape[0]), jnp.float64)
-            summed = jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
-        return jax.lax.dynamic_update_slice_in_dim(total, summed, start, 0)
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, size, 1)    # 0 in padding
+        zeros = jnp.zeros((size, b.shape[0]), jnp.float64)
+        return jax.lax.scan(step, zeros, (dev[:, 0], dev[:, 1], best, b_h, b_w))[0]
 
     with jax.enable_x64(True):
-        total = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
-                                  jnp.zeros((num_nodes, b.shape[0]), jnp.float64))
+        total = row_blocks(one_block, num_nodes, block,
+                           jnp.zeros((num_nodes, b.shape[0]), jnp.float64))
     total = wide_psum(total, images).astype(b.dtype)                   # rounded once
     return jnp.where(cands.valid, total, -jnp.inf)
 
@@ -200,8 +196,8 @@ def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: flo
     return PriorWeights(w, total, sigma, jnp.log(sigma) - add(jnp.log(s)), parents, s)
 
 
-def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_child: float
-                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_child: float,
+                    block: int | None = 256) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Each child's prior shift `mu [V, n, 2]` and scale `lambda [V, n]` in n images.
 
     `deviation [M, n, 2]` the candidates' deviations in these images. With the parents'
@@ -209,15 +205,26 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`, whose exponent is
     `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`. The sums over the parents are taken in
     float64 and products rounded before they are added (`egjax.em.ieee`), so that a child's
-    prior in an image does not depend on the other images computed with it.
+    prior in an image does not depend on the other images computed with it; `block`
+    children at a time (None: all; `schedule.Schedule.children`).
     """
     dev = deviation * scale_to_child                                         # [M, n, 2]
     stacked = jnp.concatenate([dev, squared_length(dev[..., 0], dev[..., 1])[..., None]], -1)
-    # Parent by parent: XLA:CPU fuses the T gathers and adds into one loop over [V, n, 3],
-    # where a reduction over the parent axis writes out [V, T, n, 3] and reduces it slowly.
-    sums = functools.reduce(jnp.add, [
-        wide(rounded(weights.weight[:, u, None, None] * stacked[weights.parents[:, u]]))
-        for u in range(weights.parents.shape[-1])]).astype(deviation.dtype)   # [V, n, 3]
+
+    def one_block(start, size):
+        # Parent by parent, a block of children at a time: XLA:CPU fuses the T gathers and
+        # adds into one loop. A reduction over the parent axis writes out [V, T, n, 3] and
+        # reduces it slowly; all children at once, XLA writes out every parent's rows and
+        # adds them twice, for the shift and for the scale (3-4x slower).
+        parents = jax.lax.dynamic_slice_in_dim(weights.parents, start, size)
+        weight = jax.lax.dynamic_slice_in_dim(weights.weight, start, size)
+        return functools.reduce(jnp.add, [
+            wide(rounded(weight[:, u, None, None] * stacked[parents[:, u]]))
+            for u in range(parents.shape[-1])]).astype(deviation.dtype)
+
+    sums = row_blocks(one_block, weights.parents.shape[0], block,
+                      jnp.zeros((weights.parents.shape[0],) + stacked.shape[1:],
+                                deviation.dtype))                           # [V, n, 3]
     total = weights.total[:, None]
     shift = divide(sums[..., :2], total[..., None])
     spread = sums[..., 2] - rounded(squared_length(shift[..., 0], shift[..., 1]) * total)

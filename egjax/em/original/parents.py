@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from egjax.config import LayerConfig
 from egjax.em import parents
+from egjax.em.batching import row_blocks
 from egjax.em.original.glibc_exp import exp_as_original
 from egjax.em.ieee import divide, rounded
 from egjax.em.original.ieee import in_order_mean, in_order_sum
@@ -65,30 +66,27 @@ def select(child_pos, child_best, cands: parents.Candidates, top_n: int, child: 
     child_best = all_images(child_best, 0, images)
     pos = all_images(child_pos, 0, images) + 1                              # 1-based, [N, 2, V]
     num_nodes = pos.shape[-1]
-    block = min(block or num_nodes, num_nodes)
     a = pixel_deviation(pos - in_order_mean(pos), child)
     b = pixel_deviation(all_images(cands.deviation, 1, images), parent)     # [M, N, 2]
     b_h, b_w = b[..., 0].T, b[..., 1].T                                     # [N, M]
 
-    def one_block(i, affinity):
-        start = jnp.minimum(i * block, num_nodes - block)
-        dev = jax.lax.dynamic_slice_in_dim(a, start, block, 2)              # [N, 2, B]
-        best = jax.lax.dynamic_slice_in_dim(child_best, start, block, 1)    # [N, B]
+    def one_block(start, size):
+        dev = jax.lax.dynamic_slice_in_dim(a, start, size, 2)               # [N, 2, B]
+        best = jax.lax.dynamic_slice_in_dim(child_best, start, size, 1)     # [N, B]
         d_h = rounded((dev[:, 0, None, :] - b_h[..., None]) ** 2)           # [N, M, B]
         d_w = rounded((dev[:, 1, None, :] - b_w[..., None]) ** 2)
         squared = d_h + d_w
-        mean = in_order_mean(squared.reshape(-1, block))                    # [B]
+        mean = in_order_mean(squared.reshape(-1, size))                     # [B]
 
         def add(total, inputs):
             sq, weight = inputs
             return total + rounded(exp_as_original(divide(-sq, 2 * mean)) * weight), None
 
         zeros = jnp.zeros(squared.shape[1:], squared.dtype)
-        total = jax.lax.scan(add, zeros, (squared, best))[0]                 # [M, B]
-        return jax.lax.dynamic_update_slice_in_dim(affinity, total.T, start, 0)
+        return jax.lax.scan(add, zeros, (squared, best))[0].T               # [B, M]
 
-    affinity = jax.lax.fori_loop(0, -(-num_nodes // block), one_block,
-                                 jnp.zeros((num_nodes, b.shape[0]), b.dtype))
+    affinity = row_blocks(one_block, num_nodes, block,
+                          jnp.zeros((num_nodes, b.shape[0]), b.dtype))
     affinity = jnp.where(cands.valid, affinity, -jnp.inf)
     return jax.lax.top_k(affinity, top_n)[1]
 
@@ -98,10 +96,11 @@ prior_weights = functools.partial(parents.prior_weights, add=lambda w: in_order_
 
 
 def shift_and_scale(weights: parents.PriorWeights, deviation: jnp.ndarray,
-                    scale_to_child: float):
+                    scale_to_child: float, block: int | None = None):
     """`parents.shift_and_scale` as `getCurDistribution.m` computes it (in the parent's
     cells: `scale_to_child` is 1): parent by parent in rank order, each product rounded,
-    `lambda` a running product of one `exp(.) / s_u` per parent (glibc's `exp` in float64)."""
+    `lambda` a running product of one `exp(.) / s_u` per parent (glibc's `exp` in float64),
+    all children at once (`block` is not used)."""
     top_n = weights.parents.shape[-1]
     variance = weights.deform**2                                            # [V, T]
     weight = (1 / top_n) / variance
