@@ -1,4 +1,5 @@
-"""Run a function over all images in chunks, adding some outputs and stacking others."""
+"""Loops shaped for the cache: a function over all images in chunks (adding some outputs and
+stacking others), one image at a time, or over the rows of an array in blocks."""
 
 from __future__ import annotations
 
