@@ -1,6 +1,6 @@
 """Time the explanatory-graph EM at VGG-16 scale on synthetic feature maps.
 
-    python benchmarks/bench_em.py --images 500 [--maps dense]
+    python benchmarks/bench_em.py --images 500 [--maps dense] [--cpu-devices 2]
 
 Fits the paper's four layers (conv4_2, conv4_3, conv5_2, conv5_3 of a 224-px input: 512
 filters, maps 28/28/14/14, 20 iterations each) top-down, on uint8 maps (as the original
@@ -10,7 +10,9 @@ peak resident memory. `--maps blob` (default): sparse blobs at a few positions p
 so that nodes have something to fit and shrink their search windows. `--maps dense`: about
 30% of the cells positive, gamma-distributed, -1 elsewhere, as VGG-16's conv4/conv5 maps
 are after `features.normalize`; nothing to fit, so windows stay wide (the EM reads more
-cells per node: its cost depends on the data through the windows).
+cells per node: its cost depends on the data through the windows). `--cpu-devices N`: the
+CPU as N JAX devices, over which the fit splits the images as over any devices; on a 2-core
+CPU one device leaves part of the second core idle.
 """
 
 from __future__ import annotations
@@ -85,14 +87,21 @@ def main(argv=None) -> None:
     parser.add_argument("--maps", choices=sorted(MAPS), default="blob",
                         help="synthetic maps: sparse blobs (default) or dense gamma values")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="split the CPU into N JAX devices (jax_num_cpu_devices); the "
+                        "EM splits the images over them (default: JAX's, one)")
     args = parser.parse_args(argv)
     if args.images < 2 or args.channels < 1 or args.iterations < 1 or args.chunk < 1:
         parser.error("--images must be >= 2; --channels, --iterations, --chunk >= 1")
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            parser.error("--cpu-devices must be >= 1")
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
 
     cfg = GraphConfig.vgg16(iterations=args.iterations)
     print(f"egjax EM benchmark: N={args.images} images, {args.channels} filters, "
           f"{args.iterations} iterations/layer, chunk {args.chunk}, {args.maps} maps, "
-          f"device {jax.devices()[0].platform}, XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
+          f"{len(jax.devices())} {jax.devices()[0].platform} device(s), XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
     total_run = total_compile = 0.0
     fits = []   # every fitted layer is kept, as `fit_graph` keeps them; maps one layer at a time
     for index in reversed(range(len(cfg.layers))):

@@ -248,3 +248,28 @@ def test_no_coordinator_is_a_clear_error():
                          capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 1
     assert "cannot reach the coordinator" in run.stderr.splitlines()[-1]
+
+
+CPU_DEVICES = textwrap.dedent("""
+    import argparse, sys
+    from egjax import cli, distributed
+    parser = argparse.ArgumentParser(prog="script")
+    cli.add_distributed_arguments(parser)
+    args = parser.parse_args(sys.argv[1:])
+    cli.start_distributed(parser, args)
+    print(distributed.describe())
+""")
+
+
+def test_cpu_devices_split_the_cpu():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+
+    def run(*flags):
+        return subprocess.run([sys.executable, "-c", CPU_DEVICES, *flags], capture_output=True,
+                              text=True, env=env, timeout=120)
+
+    assert run("--cpu-devices", "3").stdout.strip() == "3 cpu devices in 1 process"
+    assert run().stdout.strip() == "1 cpu device in 1 process"
+    refused = run("--cpu-devices", "0")
+    assert refused.returncode == 2 and "--cpu-devices" in refused.stderr, refused.stderr
