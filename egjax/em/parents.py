@@ -228,4 +228,7 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     total = weights.total[:, None]
     shift = divide(sums[..., :2], total[..., None])
     spread = sums[..., 2] - rounded(squared_length(shift[..., 0], shift[..., 1]) * total)
-    return shift, jnp.exp(weights.log_scale[:, None] - spread / 2)
+    # exp image by image, over the V children: XLA:CPU's exp can round differently in the
+    # tail of a vector loop, so an element's bits must not depend on the chunk's length.
+    scale = jax.lax.map(lambda spread: jnp.exp(weights.log_scale - spread / 2), spread.T)
+    return shift, scale.T
