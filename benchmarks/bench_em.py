@@ -101,7 +101,8 @@ def main(argv=None) -> None:
     cfg = GraphConfig.vgg16(iterations=args.iterations)
     print(f"egjax EM benchmark: N={args.images} images, {args.channels} filters, "
           f"{args.iterations} iterations/layer, chunk {args.chunk}, {args.maps} maps, "
-          f"{len(jax.devices())} {jax.devices()[0].platform} device(s), XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
+          f"{len(jax.devices())} {jax.devices()[0].platform} device(s), "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}")
     total_run = total_compile = 0.0
     fits = []   # every fitted layer is kept, as `fit_graph` keeps them; maps one layer at a time
     for index in reversed(range(len(cfg.layers))):
