@@ -28,6 +28,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_prefer_vector_width=512")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from egjax.cli import positive_int  # noqa: E402
 from egjax.config import GraphConfig  # noqa: E402
 from egjax.em import fit as fit_lib  # noqa: E402
 from egjax.maps import QuantizedMaps, host_empty  # noqa: E402
@@ -87,15 +88,13 @@ def main(argv=None) -> None:
     parser.add_argument("--maps", choices=sorted(MAPS), default="blob",
                         help="synthetic maps: sparse blobs (default) or dense gamma values")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cpu-devices", type=int, default=None,
+    parser.add_argument("--cpu-devices", type=positive_int, default=None,
                         help="split the CPU into N JAX devices (jax_num_cpu_devices); the "
                         "EM splits the images over them (default: JAX's, one)")
     args = parser.parse_args(argv)
     if args.images < 2 or args.channels < 1 or args.iterations < 1 or args.chunk < 1:
         parser.error("--images must be >= 2; --channels, --iterations, --chunk >= 1")
     if args.cpu_devices is not None:
-        if args.cpu_devices < 1:
-            parser.error("--cpu-devices must be >= 1")
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
 
     cfg = GraphConfig.vgg16(iterations=args.iterations)
