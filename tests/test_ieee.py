@@ -12,6 +12,7 @@ import pytest
 from egjax.em.ieee import divide, rounded
 from egjax.em.original.glibc_exp import glibc_exp
 from egjax.em.original.ieee import in_order_mean, in_order_sum
+from egjax.em.reduce import image_mean
 
 
 def _c_library_exp():
@@ -81,3 +82,15 @@ def test_in_order_sum_adds_first_to_last(x64):
     x = jnp.array([1e16, 1.0, -1e16, 1.0])      # ((1e16 + 1) - 1e16) + 1 = 1, not 0 or 2
     assert float(jax.jit(in_order_sum)(x)) == 1.0
     assert float(jax.jit(in_order_mean)(x)) == 0.25
+
+
+def test_a_float32_sum_is_rounded_before_it_is_divided():
+    """`image_mean` over images and axes divides the float64 sum rounded to float32, as
+    numpy does. Without `divide`'s re-rounding XLA skips that rounding in this program
+    (1,525 of these 5,000 means were 1 ulp off) and kept it in an image-sharded one, so a fit
+    changed with the number of devices."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(1, 100, (12, 2, 5000)).astype(np.float32)    # float64 sums are exact
+    total = np.sum(x.astype(np.float64), axis=(0, 1)).astype(np.float32)
+    got = jax.jit(lambda x: image_mean(x, (0, 1), 12, None))(x)
+    np.testing.assert_array_equal(got, total / np.float32(12))
