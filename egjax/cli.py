@@ -106,8 +106,8 @@ def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cpu-devices", type=positive_int, default=None,
                        help="split each process's CPU into N JAX devices "
                        "(jax_num_cpu_devices): the EM splits its images over them as over "
-                       "any devices and uses the cores better (1.3x with 2 on 2 cores); the "
-                       "fit may differ a little (README, Several devices and machines). "
+                       "any devices and uses the cores better (1.3x with 2 on 2 cores), "
+                       "with the same fit (README, Several devices and machines). "
                        "Default: JAX's, one")
     group.add_argument("--coordinator", type=coordinator_address, default=None,
                        help="HOST:PORT of process 0 (default: from the cluster launcher, if any)")
