@@ -41,18 +41,10 @@ def divide(numerator: jax.Array, denominator) -> jax.Array:
     division (a buffer the size of the numerator)."""
     if jnp.result_type(numerator) == jnp.float32:
         with jax.enable_x64(True):
-            return (_as_float64(numerator) / _as_float64(denominator)).astype(jnp.float32)
+            divisor = jnp.asarray(denominator, jnp.float32).astype(jnp.float64)
+            return (numerator.astype(jnp.float64) / divisor).astype(jnp.float32)
     full = jnp.broadcast_to(jnp.asarray(denominator, numerator.dtype), numerator.shape)
     return numerator / jax.lax.optimization_barrier(full)
-
-
-def _as_float64(x) -> jax.Array:
-    """A float32 `x` in float64, its value kept. Where `x` was itself rounded from float64 (a
-    sum taken in float64), XLA may skip both conversions and use the unrounded value
-    (`xla_allow_excess_precision`), in some programs and not others; `reduce_precision`
-    rounds it to float32 again, which XLA cannot skip."""
-    wide = jnp.asarray(x, jnp.float32).astype(jnp.float64)
-    return jax.lax.reduce_precision(wide, exponent_bits=8, mantissa_bits=23)
 
 
 def to_uint8(values: jax.Array) -> jax.Array:

@@ -86,7 +86,7 @@ def test_in_order_sum_adds_first_to_last(x64):
 
 def test_a_float32_sum_is_rounded_before_it_is_divided():
     """`image_mean` over images and axes divides the float64 sum rounded to float32, as
-    numpy does. Without `divide`'s re-rounding XLA skips that rounding in this program
+    numpy does. Without `reduce.narrow` XLA skips that rounding in this program
     (1,525 of these 5,000 means were 1 ulp off) and kept it in an image-sharded one, so a fit
     changed with the number of devices."""
     rng = np.random.default_rng(5)

@@ -20,7 +20,7 @@ from egjax.em.estep import Inference, Nodes, best_candidate, candidate_sum
 from egjax.em.grid import half_range, offset_table
 from egjax.em.ieee import rounded
 from egjax.em.windows import Maps, pick
-from egjax.em.reduce import Images, image_sum, real, wide, wide_psum
+from egjax.em.reduce import Images, image_sum, narrow, real, wide, wide_psum
 from egjax.em.schedule import CPU, Schedule
 
 if TYPE_CHECKING:   # egjax.em.rules imports this module
@@ -250,7 +250,7 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
     # The new records overwrite the previous ones, which the parent selection has read.
     into = ((state.pos, state.best, state.score, state.flip), rules.kept_into(state))
     sums, (records, kept) = scan_chunks(one_chunk, inputs, setup.chunk, into)
-    sums = jax.tree.map(lambda x: x.astype(state.coord.dtype),     # rounded once
+    sums = jax.tree.map(lambda x: narrow(x, state.coord.dtype),
                         rules.image_sums(sums, kept, setup.images))
     pos, best, score, flip = records
     coord, deform = m_step(state, sums, sigma, t, setup)

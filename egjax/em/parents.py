@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em.batching import row_blocks
 from egjax.em.ieee import divide, rounded, squared_length
-from egjax.em.reduce import (Images, image_mean, image_sum, image_var, real, wide, wide_psum,
-                             wide_sum)
+from egjax.em.reduce import (Images, image_mean, image_sum, image_var, narrow, real, wide,
+                             wide_psum, wide_sum)
 
 LOW_VARIANCE_FRACTION = 0.5
 EDGE_FRACTION = 0.1
@@ -166,7 +166,7 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
     with jax.enable_x64(True):
         total = row_blocks(one_block, num_nodes, block,
                            jnp.zeros((num_nodes, b.shape[0]), jnp.float64))
-    total = wide_psum(total, images).astype(b.dtype)                   # rounded once
+    total = narrow(wide_psum(total, images), b.dtype)
     return jnp.where(cands.valid, total, -jnp.inf)
 
 
@@ -218,9 +218,9 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
         # adds them twice, for the shift and for the scale (2.6x slower at conv4_3's size).
         parents = jax.lax.dynamic_slice_in_dim(weights.parents, start, size)
         weight = jax.lax.dynamic_slice_in_dim(weights.weight, start, size)
-        return functools.reduce(jnp.add, [
+        return narrow(functools.reduce(jnp.add, [
             wide(rounded(weight[:, u, None, None] * stacked[parents[:, u]]))
-            for u in range(parents.shape[-1])]).astype(deviation.dtype)
+            for u in range(parents.shape[-1])]), deviation.dtype)
 
     sums = row_blocks(one_block, weights.parents.shape[0], block,
                       jnp.zeros((weights.parents.shape[0],) + stacked.shape[1:],

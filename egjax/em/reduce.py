@@ -5,9 +5,9 @@ axis they are split over and where each image sits. The slices are padded to equ
 with masked images, which take no part in any sum; the sums are completed with `psum`. With
 `images=None` they are sums on one device.
 
-Sums over images are accumulated in float64 and rounded once to the input's dtype (`wide`):
-a float32 term is exact in float64, and so is a sum of N of them whose magnitudes lie
-within 2^(29 - log2 N) of each other, in any order. The rounded result therefore does not
+Sums over images are accumulated in float64 (`wide`) and rounded once to the input's dtype
+(`narrow`): a float32 term is exact in float64, and so is a sum of N of them whose
+magnitudes lie within 2^(29 - log2 N) of each other, in any order. The rounded result therefore does not
 depend on how the images are split over devices and processes, or in which order they
 come, except where a sum falls within float64 rounding of a float32 rounding boundary. In
 float32, the EM's discrete choices (best candidates, parents) would amplify the rounding
@@ -77,6 +77,15 @@ def wide(x: jnp.ndarray) -> jnp.ndarray:
         return x.astype(jnp.float64)
 
 
+def narrow(x: jnp.ndarray, dtype) -> jnp.ndarray:
+    """A float64 sum `x` rounded once to `dtype`. Where that result is widened again (a true
+    division, `ieee.divide`), XLA may skip both conversions and go on with the unrounded sum
+    (`xla_allow_excess_precision`), in some programs and not in others; `reduce_precision`
+    rounds in a way it keeps."""
+    bits = jnp.finfo(dtype)
+    return jax.lax.reduce_precision(x, bits.nexp, bits.nmant).astype(dtype)
+
+
 def wide_psum(x: jnp.ndarray, images: Images | None) -> jnp.ndarray:
     """`psum` of float64 partial sums across the devices holding images (None: `x`)."""
     if images is None:
@@ -88,7 +97,7 @@ def wide_psum(x: jnp.ndarray, images: Images | None) -> jnp.ndarray:
 def wide_sum(x: jnp.ndarray, axis) -> jnp.ndarray:
     """Sum over `axis` accumulated in float64 (`wide`), rounded once to `x`'s dtype."""
     with jax.enable_x64(True):
-        return jnp.sum(wide(x), axis=axis).astype(x.dtype)
+        return narrow(jnp.sum(wide(x), axis=axis), x.dtype)
 
 
 def slice_sum(x: jnp.ndarray, axis: int, each=lambda part: part) -> jnp.ndarray:
@@ -111,7 +120,7 @@ def image_sum(x: jnp.ndarray, axis, images: Images | None) -> jnp.ndarray:
     with jax.enable_x64(True):
         total = slice_sum(real(x, first, images), first, wide)
         total = jnp.sum(total, axis=tuple(a - (a > first) for a in others))   # other axes
-    return wide_psum(total, images).astype(x.dtype)
+    return narrow(wide_psum(total, images), x.dtype)
 
 
 def image_mean(x: jnp.ndarray, axis, num_images: int, images: Images | None) -> jnp.ndarray:
