@@ -4,9 +4,9 @@ around it.
 XLA rewrites some arithmetic in ways exact in real numbers but not in floats: it fuses a
 product and a sum into one multiply-add (one rounding instead of two), divides by a
 broadcast divisor by multiplying with its reciprocal, and skips a float32 rounding between
-two float64 operations. Whether it does depends on the program around the operation (one
-device or an image-sharded `shard_map`, the fusions nearby), and each changes the last bit
-now and then. The EM's discrete choices (best candidates, parents)
+two float64 operations (`reduce.narrow` keeps it). Whether it does depends on the program
+around the operation (one device or an image-sharded `shard_map`, the fusions nearby), and
+each changes the last bit now and then. The EM's discrete choices (best candidates, parents)
 hang on last bits: `compat="original"` uses these helpers to round as the original learner
 does, `compat="fixed"` to give the same fit however the images are split.
 """

@@ -7,12 +7,12 @@ with masked images, which take no part in any sum; the sums are completed with `
 
 Sums over images are accumulated in float64 (`wide`) and rounded once to the input's dtype
 (`narrow`): a float32 term is exact in float64, and so is a sum of N of them whose
-magnitudes lie within 2^(29 - log2 N) of each other, in any order. The rounded result therefore does not
-depend on how the images are split over devices and processes, or in which order they
-come, except where a sum falls within float64 rounding of a float32 rounding boundary. In
-float32, the EM's discrete choices (best candidates, parents) would amplify the rounding
-differences of other orders into different fits. (Float64 inputs get plain float64 sums,
-whose order can change the last bit.)
+magnitudes lie within 2^(29 - log2 N) of each other, in any order. The rounded result
+therefore does not depend on how the images are split over devices and processes, or in
+which order they come, except where a sum falls within float64 rounding of a float32
+rounding boundary. In float32, the EM's discrete choices (best candidates, parents) would
+amplify the rounding differences of other orders into different fits. (Float64 inputs get
+plain float64 sums, whose order can change the last bit.)
 """
 
 from __future__ import annotations
