@@ -1,4 +1,5 @@
-"""The float arithmetic of compat="original": glibc's exp, and XLA kept from rewriting."""
+"""The float arithmetic of compat="original": glibc's exp, and XLA kept from rewriting
+(also the rounding of float64 sums, in both modes)."""
 
 import ctypes
 import math
@@ -86,9 +87,9 @@ def test_in_order_sum_adds_first_to_last(x64):
 
 def test_a_float32_sum_is_rounded_before_it_is_divided():
     """`image_mean` over images and axes divides the float64 sum rounded to float32, as
-    numpy does. Without `reduce.narrow` XLA skips that rounding in this program
-    (1,525 of these 5,000 means were 1 ulp off) and kept it in an image-sharded one, so a fit
-    changed with the number of devices."""
+    numpy does. Without `reduce.narrow` XLA skipped that rounding in this program (1,525 of
+    these 5,000 means were 1 ulp off); in the fit it skipped it on one device and kept it
+    on two, so the fit changed with the number of devices."""
     rng = np.random.default_rng(5)
     x = rng.uniform(1, 100, (12, 2, 5000)).astype(np.float32)    # float64 sums are exact
     total = np.sum(x.astype(np.float64), axis=(0, 1)).astype(np.float32)
