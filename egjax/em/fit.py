@@ -132,8 +132,7 @@ def compiled_fit(setup: layer_lib.Setup, mesh, quantized: bool, flips: bool,
     body = functools.partial(fit_body, setup=setup)
     if mesh is None:
         return jax.jit(body)
-    return sharding.sharded(body, mesh, setup.images, quantized, flips, parent,
-                            layer_lib.Records)
+    return sharding.sharded(body, mesh, setup.images, quantized, flips, parent)
 
 
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
@@ -211,7 +210,7 @@ _records_out = jax.jit(layout.records_out)
 def layer_fit(outputs, call: LayerCall) -> LayerFit:
     """The LayerFit from the `outputs` of `call` (a `LayerCall`).
 
-    The fit returns its records image-major (`layer.Records`); they are put in the public
+    The fit returns its records image-major (`layer.records`); they are put in the public
     node-major layout here, outside the fit, one at a time, each freed once moved (so pass
     `outputs` without keeping a reference): the fit's own memory is released by then, and
     the move needs room for one record more. They stay split over the fit's devices, with

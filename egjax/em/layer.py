@@ -22,6 +22,7 @@ from egjax.em.ieee import rounded
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, image_sum, narrow, real, wide, wide_psum
 from egjax.em.schedule import CPU, Schedule
+from egjax.graph import Records
 
 if TYPE_CHECKING:   # egjax.em.rules imports this module
     from egjax.em.rules import Rules
@@ -139,20 +140,6 @@ def prefers_mirrored(plain: Inference, mirrored: Inference, t) -> jnp.ndarray:
     return (total(plain) < total(mirrored)) & (t >= 2)
 
 
-def _oriented_inference(image: Maps, mirrored: Maps | None, flip, choose: bool, node_q: Nodes,
-                        shift, scale, t, rules) -> tuple[Inference, jnp.ndarray]:
-    """`infer` in one image, in its orientation: the mirrored maps where `flip`, or where
-    `rules.prefers_mirrored` them if `choose`; the plain maps when none are mirrored."""
-    if mirrored is not None and not choose:
-        image = pick(flip, image, mirrored)
-    inference = rules.infer(image, node_q, shift, scale)
-    if mirrored is not None and choose:
-        other = rules.infer(mirrored, node_q, shift, scale)
-        flip = rules.prefers_mirrored(inference, other, t)
-        inference = jax.tree.map(lambda a, b: jnp.where(flip, b, a), inference, other)
-    return inference, flip
-
-
 class Prior(NamedTuple):
     """What the parents make of each node's spatial prior (docs/algorithm.md, "Parent
     prior"): its scale `sigma [K,C]`, the parents' `weights` (`parents.PriorWeights`; None
@@ -178,17 +165,70 @@ def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | No
                  jnp.asarray(active))
 
 
-def _chunk_priors(prior: Prior, deviation, shape, setup: Setup):
-    """Per image of a chunk: `(shift [n,2,K,C], scale [n,K,C])` from the parents (zero shift
-    and unit scale before they are active); `(None, None)` in the top layer."""
+def _layer_prior(state: LayerState, data: LayerData, active, setup: Setup):
+    """The fit's `parent_prior` (`active` or not), and the candidates' deviations in each
+    image `[N, M, 2]` (None in the top layer)."""
+    if data.candidates is None:
+        return parent_prior(None, None, active, state.coord.shape[1:], state.coord.dtype,
+                            setup), None
+    prior = parent_prior(state.parents, data.candidates.deform, active, state.coord.shape[1:],
+                         state.coord.dtype, setup)
+    return prior, jnp.swapaxes(data.candidates.deviation, 0, 1)
+
+
+def _chunk_priors(prior: Prior, deviation, n: int, setup: Setup):
+    """Per image of a chunk of n: `(shift [n,2,K,C], scale [n,K,C])` from the candidates'
+    `deviation [n, M, 2]` (zero shift and unit scale before the parents are active, and in
+    the top layer)."""
+    (k, c), dtype = prior.sigma.shape, prior.sigma.dtype
     if prior.weights is None:
-        return None, None
-    n, (k, c) = deviation.shape[0], shape
+        return jnp.zeros((n, 2, k, c), dtype), jnp.ones((n, k, c), dtype)
     shift, scale = setup.rules.shift_and_scale(prior.weights, jnp.swapaxes(deviation, 0, 1),
                                                setup.scale_to_child, setup.schedule.children)
     shift = jnp.where(prior.active, jnp.transpose(shift.reshape(k, c, n, 2), (2, 3, 0, 1)), 0)
     scale = jnp.where(prior.active, jnp.transpose(scale.reshape(k, c, n), (2, 0, 1)), 1)
     return shift, scale
+
+
+def over_images(one_image, maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
+                deviation: jnp.ndarray | None, node_q: Nodes, prior: Prior, t, setup: Setup,
+                add=lambda outputs, valid: ((), outputs), into=None):
+    """`one_image(inference, flip)` in every image, `setup.chunk` images at a time
+    (`scan_chunks`, whose `into` this takes); `add(outputs [n, ...], valid [n])` ->
+    `(summed, recorded)` per chunk, `valid` False for images seen before and padding
+    (default: nothing summed, all recorded).
+
+    The inference (`rules.infer`) is taken under each image's prior from its parents
+    (`deviation [N, M, 2]` the candidates' deviations in each image; None in the top
+    layer) and in its orientation: the `mirrored` maps where `flip [N]`, or, if `flip` is
+    None, where `rules.prefers_mirrored` them at iteration `t`; the plain maps when none
+    are mirrored.
+    """
+    rules, choose = setup.rules, flip is None
+
+    def per_image(image, other, flip, shift, scale):
+        if other is not None and not choose:
+            image = pick(flip, image, other)
+        inference = rules.infer(image, node_q, shift, scale)
+        if other is not None and choose:
+            alternative = rules.infer(other, node_q, shift, scale)
+            flip = rules.prefers_mirrored(inference, alternative, t)
+            inference = jax.tree.map(lambda a, b: jnp.where(flip, b, a), inference, alternative)
+        return one_image(inference, flip)
+
+    def one_chunk(inputs, valid):
+        n = valid.shape[0]
+        shift, scale = _chunk_priors(prior, inputs.get("deviation"), n, setup)
+        outputs = map_images(per_image, inputs["maps"], inputs.get("mirrored"),
+                             inputs.get("flip", jnp.zeros((n,), bool)), shift, scale,
+                             batch=setup.schedule.images)
+        return add(outputs, valid & inputs.get("real", True))
+
+    given = dict(maps=maps, mirrored=mirrored, flip=flip, deviation=deviation)
+    if setup.images is not None:   # padding images (several devices) count for nothing
+        given["real"] = real(jnp.ones(maps.values.shape[0], bool), 0, setup.images)
+    return scan_chunks(one_chunk, {name: x for name, x in given.items() if x is not None},
+                       setup.chunk, into)
 
 
 def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState:
@@ -207,53 +247,32 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
                 setup.schedule.children).astype(jnp.int32),
             lambda: state.parents)
         state = state._replace(parents=parents)
-    prior = parent_prior(None if top else state.parents,
-                         None if top else data.candidates.deform, active, (k, c),
-                         state.coord.dtype, setup)
-    sigma = prior.sigma
-    node_q = nodes(state.coord, state.deform, sigma, setup)
-    if top:
-        # The prior is the same in every image, and so is the competition.
-        ones = jnp.ones((k, c), state.coord.dtype)
-        fixed = Inference(state.coord, ones, None, None)
+    prior, deviation = _layer_prior(state, data, active, setup)
+    node_q = nodes(state.coord, state.deform, prior.sigma, setup)
+    if top:   # the prior is the same in every image, and so is the competition
+        fixed = Inference(state.coord, jnp.ones((k, c), state.coord.dtype), None, None)
         competing = rules.competing_mass(fixed, node_q, setup.schedule.filters)
 
-    choose = data.flip is None    # else each image's orientation is given
-
-    def one_image(image, mirrored, flip, shift, scale):
-        if top:
-            shift, scale = jnp.zeros_like(state.coord), ones
-        inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
-                                              scale, t, rules)
+    def one_image(inference, flip):
         rivals = competing if top else rules.competing_mass(inference, node_q,
                                                             setup.schedule.filters)
         stats = rules.statistics(inference, node_q, rivals, cfg.tau_rate)
         summed = Sums(stats.responsibility_mass, stats.gradient, stats.score, stats.spread)
         return summed, (stats.pos, stats.best, stats.score, flip)
 
-    def one_chunk(inputs, valid):
-        deviation = inputs.get("deviation")
-        shift, scale = _chunk_priors(prior, deviation, (k, c), setup)
-        n = valid.shape[0]
-        flip = inputs.get("flip", jnp.zeros((n,), bool))
-        summed, recorded = map_images(one_image, inputs["maps"], inputs.get("mirrored"), flip,
-                                      shift, scale, batch=setup.schedule.images)
-        if "real" in inputs:   # padding images (several devices) count for nothing
-            valid = valid & inputs["real"]
+    def add(outputs, valid):
+        summed, recorded = outputs
         chunk_sum, kept = rules.per_chunk(summed, valid)
         return chunk_sum, (recorded, kept)
 
-    inputs = _given(maps=data.maps, mirrored=data.mirrored, flip=data.flip,
-                    deviation=None if top else jnp.swapaxes(data.candidates.deviation, 0, 1))
-    if setup.images is not None:
-        inputs["real"] = real(jnp.ones(n, bool), 0, setup.images)
     # The new records overwrite the previous ones, which the parent selection has read.
     into = ((state.pos, state.best, state.score, state.flip), rules.kept_into(state))
-    sums, (records, kept) = scan_chunks(one_chunk, inputs, setup.chunk, into)
+    sums, (records, kept) = over_images(one_image, data.maps, data.mirrored, data.flip,
+                                        deviation, node_q, prior, t, setup, add, into)
     sums = jax.tree.map(lambda x: narrow(x, state.coord.dtype),
                         rules.image_sums(sums, kept, setup.images))
     pos, best, score, flip = records
-    coord, deform = m_step(state, sums, sigma, t, setup)
+    coord, deform = m_step(state, sums, prior.sigma, t, setup)
     return state._replace(coord=coord, deform=deform, pos=pos, best=best, score=score,
                           flip=flip, last_coord=state.coord, last_deform=state.deform)
 
@@ -295,81 +314,35 @@ def score_mean(score: jnp.ndarray, num_images: int, images: Images | None) -> jn
     return image_sum(score, (0, 1, 2), images) / score[0].size / num_images
 
 
-class Records(NamedTuple):
-    """What a fitted layer reports per node and image (`[N, K, C]`, positions
-    `[N, 2, K, C]`): `score` normalised to mean 1, `pos`, `flip [N]`, and the other
-    orientation's `alt_score`, `alt_pos`."""
-
-    score: jnp.ndarray
-    pos: jnp.ndarray
-    flip: jnp.ndarray
-    alt_score: jnp.ndarray
-    alt_pos: jnp.ndarray
-
-
 def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
-    """Normalised records of the last iteration, and the other orientation (when mirrored
-    maps are given) inferred with the same node parameters in each image's orientation not
-    used (`alter` records of the original).
+    """Records of the last iteration (`egjax.graph.Records` in the kernel's layout, `[N, K, C]`
+    and `[N, 2, K, C]`), scores normalised to mean 1, and the other orientation (when
+    mirrored maps are given) inferred with the same node parameters in each image's
+    orientation not used (`alter` records of the original).
 
     The position is the other orientation's own best candidate (`rules.alt_pos`).
     """
-    _, k, c = state.coord.shape
-    rules = setup.rules
+    rules, iterations = setup.rules, setup.cfg.iterations
     norm = rules.score_mean(state.score, setup.num_images, setup.images)
-
-    def normalise(score):
-        return rules.divide(score, norm)
-
-    if data.mirrored is None:
-        return Records(normalise(state.score), state.pos, state.flip, normalise(state.score),
-                       state.pos)
-    cfg, top = setup.cfg, data.candidates is None
-    prior = parent_prior(None if top else state.parents,
-                         None if top else data.candidates.deform, cfg.iterations >= 2, (k, c),
-                         state.coord.dtype, setup)
-    node_q = nodes(state.last_coord, state.last_deform, prior.sigma, setup)
-    deviation = None if top else jnp.swapaxes(data.candidates.deviation, 0, 1)
-    alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
-                                         node_q, prior, cfg.iterations, setup)
-    alt_pos = rules.alt_pos(alt_pos, state.pos)
-    return Records(normalise(state.score), state.pos, state.flip, normalise(alt_score), alt_pos)
+    alt_score, alt_pos = state.score, state.pos
+    if data.mirrored is not None:
+        prior, deviation = _layer_prior(state, data, iterations >= 2, setup)
+        node_q = nodes(state.last_coord, state.last_deform, prior.sigma, setup)
+        alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
+                                             node_q, prior, iterations, setup)
+        alt_pos = rules.alt_pos(alt_pos, state.pos)
+    return Records(rules.divide(state.score, norm), state.pos, state.flip,
+                   rules.divide(alt_score, norm), alt_pos)
 
 
 def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
                  deviation: jnp.ndarray | None, node_q: Nodes, prior: Prior, t,
                  setup: Setup) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """Each image's node scores `sum_cand pi F` `[N,K,C]` (unnormalised), inferred positions
-    `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters.
+    `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters
+    under `prior` (`parent_prior`), the arguments as `over_images` takes them."""
+    def one_image(inference, flip):
+        return candidate_sum(inference), best_candidate(inference, node_q)[0], flip
 
-    `deviation [N, M, 2]` the candidate parents' deviations in each image (None in the top
-    layer) and `prior` what the parents make of the spatial prior (`parent_prior`);
-    `mirrored` the mirrored maps (or None), read where `flip [N]`, or, if `flip` is None,
-    where `rules.prefers_mirrored` them at iteration `t`.
-    """
-    _, k, c = node_q.coord.shape
-    choose = flip is None
-
-    def one_image(image, mirrored, flip, shift, scale):
-        inference, flip = _oriented_inference(image, mirrored, flip, choose, node_q, shift,
-                                              scale, t, setup.rules)
-        pos, _ = best_candidate(inference, node_q)
-        return candidate_sum(inference), pos, flip
-
-    def one_chunk(inputs, valid):
-        n = valid.shape[0]
-        shift, scale = _chunk_priors(prior, inputs.get("deviation"), (k, c), setup)
-        if shift is None:
-            shift = jnp.zeros((n, 2, k, c), node_q.coord.dtype)
-            scale = jnp.ones((n, k, c), node_q.coord.dtype)
-        return (), map_images(one_image, inputs["maps"], inputs.get("mirrored"),
-                              inputs.get("flip", jnp.zeros((n,), bool)), shift, scale,
-                              batch=setup.schedule.images)
-
-    inputs = _given(maps=maps, mirrored=mirrored, flip=flip, deviation=deviation)
-    return scan_chunks(one_chunk, inputs, setup.chunk)[1]
-
-
-def _given(**arrays) -> dict:
-    """The per-image inputs of `scan_chunks` (`[N, ...]` each) that are not None."""
-    return {name: x for name, x in arrays.items() if x is not None}
+    return over_images(one_image, maps, mirrored, flip, deviation, node_q, prior, t,
+                       setup)[1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import jax.numpy as jnp
 
 from egjax.em import estep, layer, parents
 from egjax.em.ieee import divide

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from egjax.em.reduce import Images
-from egjax.graph import LayerFit
+from egjax.graph import LayerFit, Records
 from egjax.maps import QuantizedMaps
 
 AXIS = "images"
@@ -207,8 +207,7 @@ def _maps_spec(quantized: bool):
     return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
 
 
-def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, parent,
-            records_type):
+def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, parent):
     """`body(coord, deform, maps, flipped, parent)` as one jitted `shard_map` over `mesh`:
     maps (`put_images`) and per-image records split along the images, node parameters
     replicated. `parent` is the LayerConfig of the layer above (None for the top layer);
@@ -216,7 +215,7 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     records returned in image order followed by padding (`image_order`), split over the
     devices."""
     per_image = P(None, AXIS)
-    out_specs = (P(), P(), P(), records_type(*[P(AXIS)] * len(records_type._fields)))
+    out_specs = (P(), P(), P(), Records(*[P(AXIS)] * len(Records._fields)))
     parent_spec = None if parent is None else LayerFit(
         coord=P(), deform=P(), parents=P(), score=per_image, pos=per_image, flip=P(AXIS),
         alt_score=per_image, alt_pos=per_image, config=parent)
@@ -225,7 +224,7 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                         check_vma=False)
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
-        records_type(*[NamedSharding(mesh, P(AXIS))] * len(records_type._fields)),)
+        Records(*[NamedSharding(mesh, P(AXIS))] * len(Records._fields)),)
 
     def run(coord, deform, maps, flipped, upper):
         if upper is not None:   # its records as kept (`LayerFit.records`) -> the slots
