@@ -96,7 +96,7 @@ def test_inferred_candidate_is_the_first_of_equal_maxima_in_w_major_order(x64):
         return (inference.spatial_prior * inference.evidence, best_candidate(inference, node_q),
                 stats)
 
-    joint, (pos, best), stats = e_step(as_maps(jnp.asarray(maps), jnp.float64))
+    joint, (score, pos, best), stats = e_step(as_maps(jnp.asarray(maps), jnp.float64))
     joint = np.asarray(joint)[:, 0, 0]
     tied = np.flatnonzero(joint == joint.max())
     np.testing.assert_array_equal(tied, [14, 15, 20, 21])                # (iw, ih) in {2, 3}^2
@@ -105,6 +105,7 @@ def test_inferred_candidate_is_the_first_of_equal_maxima_in_w_major_order(x64):
     np.testing.assert_array_equal(np.asarray(pos)[:, 0, 0], expected)
     np.testing.assert_array_equal(np.asarray(stats.pos)[:, 0, 0], expected)
     assert float(best[0, 0]) == float(stats.best[0, 0]) == joint.max()
+    assert float(score[0, 0]) == float(stats.score[0, 0]) == pytest.approx(joint.sum())
 
 
 def test_parent_ties_go_to_the_better_scored_candidate():

@@ -161,31 +161,23 @@ def index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray
     return shifted(center, jnp.stack([offset_h, offset_w]))
 
 
-def best_candidate(inference: Inference, nodes: Nodes) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Inferred position `[2,K,C]` and its `pi F` `[K,C]`: the candidate maximising `pi F`,
-    the first in w-major order on ties."""
+def best_candidate(inference: Inference, nodes: Nodes
+                   ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Each node's score `S = sum_cand pi F` `[K,C]`, its inferred position `[2,K,C]`, the
+    candidate maximising `pi F` (the first in w-major order on ties), and that `pi F`
+    `[K,C]`: one pass over the candidates in w-major order, as `statistics` takes them
+    (XLA:CPU compiles a reduction over the leading axis of `[J, K, C]` to scalar code)."""
     def step(j, carry):
-        best, index = carry
+        score, best, index = carry
         joint = inference.spatial_prior[j] * inference.evidence[j]
         better = joint > best
-        return jnp.where(better, joint, best), jnp.where(better, j, index)
+        return score + joint, jnp.where(better, joint, best), jnp.where(better, j, index)
 
     num = nodes.offsets.shape[0]
-    start = (jnp.full_like(inference.scale, -jnp.inf), jnp.zeros(inference.scale.shape, jnp.int32))
-    best, index = jax.lax.fori_loop(0, num * num, step, start, unroll=num)
-    return index_position(index, inference.center, nodes.offsets), best
-
-
-def candidate_sum(inference: Inference) -> jnp.ndarray:
-    """Each node's score `S = sum_cand pi F` `[K,C]`, the candidates added in w-major order
-    (as `statistics` adds them; XLA:CPU compiles a reduction over the leading axis of
-    `[J, K, C]` to scalar code)."""
-    def add(j, total):
-        return total + inference.spatial_prior[j] * inference.evidence[j]
-
-    num = inference.spatial_prior.shape[0]
-    return jax.lax.fori_loop(0, num, add, jnp.zeros_like(inference.scale),
-                             unroll=math.isqrt(num))
+    start = (jnp.zeros_like(inference.scale), jnp.full_like(inference.scale, -jnp.inf),
+             jnp.zeros(inference.scale.shape, jnp.int32))
+    score, best, index = jax.lax.fori_loop(0, num * num, step, start, unroll=num)
+    return score, index_position(index, inference.center, nodes.offsets), best
 
 
 class _Running(NamedTuple):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
 from egjax.em.batching import map_images, masked_sum, scan_chunks
-from egjax.em.estep import Inference, Nodes, best_candidate, candidate_sum
+from egjax.em.estep import Inference, Nodes, best_candidate
 from egjax.em.grid import half_range, offset_table
 from egjax.em.ieee import rounded
 from egjax.em.windows import Maps, pick
@@ -342,7 +342,7 @@ def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
     `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters
     under `prior` (`parent_prior`), the arguments as `over_images` takes them."""
     def one_image(inference, flip):
-        return candidate_sum(inference), best_candidate(inference, node_q)[0], flip
+        return *best_candidate(inference, node_q)[:2], flip
 
     return over_images(one_image, maps, mirrored, flip, deviation, node_q, prior, t,
                        setup)[1]
