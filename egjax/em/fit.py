@@ -113,14 +113,19 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
 
 class LayerCall(NamedTuple):
     """One layer fit as a jitted `function` and its `args` (inputs already checked):
-    `layer_fit(call.function(*call.args), call)` fits the layer, and
-    `call.function.lower(*call.args).compile()` compiles it ahead of time."""
+    `call.fit()` fits the layer, and `call.function.lower(*call.args).compile()` compiles
+    it ahead of time."""
 
     function: Callable
     args: tuple
     cfg: LayerConfig
     candidates: tuple | None = None   # `parents.candidate_list` (None in the top layer)
     padding: int = 0                  # slots after the images in the records (`LayerFit`)
+
+    def fit(self) -> LayerFit:
+        """The fitted layer (`layer_fit`), done before it returns: the call may read the
+        caller's maps in place (`inputs.device_array`)."""
+        return layer_fit(jax.block_until_ready(self.function(*self.args)), self)
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,10 +168,8 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
         if flipped_maps is None and bool(_any_flip(parent)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
-    call = layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices,
-                      schedule)
-    # Done before returning: the call may read the caller's maps in place (`inputs.device_array`).
-    return layer_fit(jax.block_until_ready(call.function(*call.args)), call)
+    return layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices,
+                      schedule).fit()
 
 
 def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
@@ -278,8 +281,7 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
             except ValueError as error:
                 raise ValueError(f"layer {index} ({cfg.layers[index].tap or 'untapped'}): "
                                  f"{error}") from None
-            parent = layer_fit(jax.block_until_ready(call.function(*call.args)), call)
-            fits[index] = parent
+            fits[index] = parent = call.fit()
             times.append(f"{name} {duration(time.perf_counter() - started)}")
             bar.describe(note=", ".join(times))
             bar.update(1)
