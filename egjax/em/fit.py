@@ -24,7 +24,6 @@ from egjax.em.original.rules import ORIGINAL
 from egjax.em.rules import FIXED, Rules
 from egjax.em.schedule import Schedule, for_devices
 from egjax.graph import ExplanatoryGraph, LayerFit, Records
-from egjax.maps import QuantizedMaps
 from egjax.progress import Step, duration
 
 # The one place where `compat` is read: how the kernel computes (`egjax.em.rules`).
@@ -129,15 +128,14 @@ class LayerCall(NamedTuple):
 
 
 @functools.lru_cache(maxsize=None)
-def compiled_fit(setup: layer_lib.Setup, mesh, quantized: bool, flips: bool,
-                 parent: LayerConfig | None) -> Callable:
+def compiled_fit(setup: layer_lib.Setup, mesh) -> Callable:
     """The jitted layer fit for one setting (cached: it compiles once per input shape),
     sharded over the images along `mesh` as `setup.images` lays them out (None: one
     device)."""
     body = functools.partial(fit_body, setup=setup)
     if mesh is None:
         return jax.jit(body)
-    return sharding.sharded(body, mesh, setup.images, quantized, flips, parent)
+    return sharding.sharded(body, mesh, setup.images, setup.flips, setup.parent)
 
 
 def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
@@ -194,8 +192,7 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
                             num_images=n if images is None else images.num_images,
                             slots=slots, images=images, chunk=chunk,
                             schedule=schedule or for_devices(devices))
-    function = compiled_fit(setup, mesh, isinstance(maps, QuantizedMaps),
-                            flipped_maps is not None, setup.parent)
+    function = compiled_fit(setup, mesh)
     if mesh is None:
         args = (jnp.asarray(coord), jnp.asarray(deform), inputs.as_device(maps, dtype),
                 inputs.as_device(flipped_maps, dtype), parent)

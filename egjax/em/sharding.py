@@ -203,11 +203,7 @@ def whole_records(layer: LayerFit) -> LayerFit:
                                                             pos=whole(kept.pos)))
 
 
-def _maps_spec(quantized: bool):
-    return QuantizedMaps(P(AXIS), P(AXIS), P(AXIS)) if quantized else P(AXIS)
-
-
-def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, parent):
+def sharded(body, mesh: Mesh, images: Images, flips: bool, parent):
     """`body(coord, deform, maps, flipped, parent)` as one jitted `shard_map` over `mesh`:
     maps (`put_images`) and per-image records split along the images, node parameters
     replicated. `parent` is the LayerConfig of the layer above (None for the top layer);
@@ -219,8 +215,7 @@ def sharded(body, mesh: Mesh, images: Images, quantized: bool, flips: bool, pare
     parent_spec = None if parent is None else LayerFit(
         coord=P(), deform=P(), parents=P(), score=per_image, pos=per_image, flip=P(AXIS),
         alt_score=per_image, alt_pos=per_image, config=parent)
-    in_specs = (P(), P(), _maps_spec(quantized), _maps_spec(quantized) if flips else None,
-                parent_spec)
+    in_specs = (P(), P(), P(AXIS), P(AXIS) if flips else None, parent_spec)
     fit = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
                         check_vma=False)
     out_shardings = (NamedSharding(mesh, P()),) * 3 + (
