@@ -25,6 +25,7 @@ import numpy as np
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
 from egjax.em import inputs, layout, sharding, windows
+from egjax.em.ieee import divide
 from egjax.em.rules import FIXED
 from egjax.em.schedule import for_devices
 from egjax.graph import ExplanatoryGraph, Kept, LayerFit, Records
@@ -172,7 +173,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
             check_vma=False)(*args)
         score, pos, flip = jax.tree.map(   # image order, then padding (`LayerFit.records`)
             lambda x: sharding.image_order(x, images, 0, mesh), (score, pos, new_flip))
-    out = layout.records_out(setup.rules.divide(score, norm)), layout.records_out(pos), flip
+    out = layout.records_out(divide(score, norm)), layout.records_out(pos), flip
     if mesh is not None:   # split over the images, as a sharded fit keeps its records
         split = lambda axis: jax.sharding.NamedSharding(
             mesh, jax.sharding.PartitionSpec(*[None] * axis, sharding.AXIS))

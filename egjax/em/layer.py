@@ -18,7 +18,7 @@ from egjax.em import parents as parents_lib
 from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import Inference, Nodes, best_candidate
 from egjax.em.grid import half_range, offset_table
-from egjax.em.ieee import rounded
+from egjax.em.ieee import divide, rounded
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, image_sum, narrow, real, wide, wide_psum
 from egjax.em.schedule import CPU, Schedule
@@ -331,8 +331,8 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
         alt_score, alt_pos, _ = infer_images(data.maps, data.mirrored, ~state.flip, deviation,
                                              node_q, prior, iterations, setup)
         alt_pos = rules.alt_pos(alt_pos, state.pos)
-    return Records(rules.divide(state.score, norm), state.pos, state.flip,
-                   rules.divide(alt_score, norm), alt_pos)
+    return Records(divide(state.score, norm), state.pos, state.flip, divide(alt_score, norm),
+                   alt_pos)
 
 
 def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,

@@ -16,7 +16,6 @@ from typing import Callable, NamedTuple
 
 
 from egjax.em import estep, layer, parents
-from egjax.em.ieee import divide
 
 
 class Rules(NamedTuple):
@@ -26,7 +25,7 @@ class Rules(NamedTuple):
     statistics add over images: `per_chunk(summed, valid) -> (chunk sum, kept per image)`,
     `kept_into(state)` (buffers for what is kept), `image_sums(sum, kept, images)`;
     `move(coord, sums, sigma, t, cfg)` (M-step); `score_mean(score, num_images, images)`
-    and `divide` (records normalised); `prior_weights`, `shift_and_scale`, `select` and
+    (records normalised); `prior_weights`, `shift_and_scale`, `select` and
     `deviation` (`egjax.em.parents`).
     Quirks: `scale_to_child(child, parent)` (parent cells -> child cells); `variance(v)` as
     the variance cut orders it; `near_edge(mean, child, parent)` (the edge cut);
@@ -43,7 +42,6 @@ class Rules(NamedTuple):
     image_sums: Callable
     move: Callable
     score_mean: Callable
-    divide: Callable
     prior_weights: Callable
     shift_and_scale: Callable
     select: Callable
@@ -61,7 +59,7 @@ FIXED = Rules(
     nodes=estep.nodes, infer=estep.infer, competing_mass=estep.competing_mass,
     statistics=estep.statistics, per_chunk=layer.per_chunk, kept_into=lambda state: (),
     image_sums=layer.image_sums, move=layer.move, score_mean=layer.score_mean,
-    divide=divide, prior_weights=parents.prior_weights,
+    prior_weights=parents.prior_weights,
     shift_and_scale=parents.shift_and_scale, select=parents.select,
     deviation=parents.deviation,
     scale_to_child=lambda child, parent: parent.stride / child.stride,

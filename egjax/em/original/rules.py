@@ -64,7 +64,7 @@ def check_top_m(top_m: int, available: int, message: str) -> None:
 ORIGINAL = Rules(
     nodes=estep.nodes, infer=estep.infer, competing_mass=estep.competing_mass,
     statistics=estep.statistics, per_chunk=per_chunk, kept_into=kept_into,
-    image_sums=image_sums, move=move, score_mean=score_mean, divide=divide,
+    image_sums=image_sums, move=move, score_mean=score_mean,
     prior_weights=parents.prior_weights, shift_and_scale=parents.shift_and_scale,
     select=parents.select, deviation=parents.deviation,
     scale_to_child=lambda child, parent: 1.0, variance=parents.variance,
