@@ -193,13 +193,10 @@ def layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk,
                             slots=slots, images=images, chunk=chunk,
                             schedule=schedule or for_devices(devices))
     function = compiled_fit(setup, mesh)
-    if mesh is None:
-        args = (jnp.asarray(coord), jnp.asarray(deform), inputs.as_device(maps, dtype),
-                inputs.as_device(flipped_maps, dtype), parent)
-    else:
-        args = (sharding.replicated(coord, mesh), sharding.replicated(deform, mesh),
-                inputs.as_sharded(maps, mesh, images, dtype),
-                inputs.as_sharded(flipped_maps, mesh, images, dtype), parent)
+    params = ((jnp.asarray(coord), jnp.asarray(deform)) if mesh is None else
+              (sharding.replicated(coord, mesh), sharding.replicated(deform, mesh)))
+    args = (*params, *(inputs.placed(m, dtype, mesh, images) for m in (maps, flipped_maps)),
+            parent)
     return LayerCall(function, args, cfg, candidates,
                      0 if images is None else images.slots - images.num_images)
 

@@ -92,7 +92,8 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
     local = inputs.map_shape(maps)[0]
     images = None if mesh is None else sharding.image_layout(mesh, local)
     num = local if images is None else images.num_images
-    if upper is not None:   # read as kept: split over the devices (zeros in the padding)
+    slots = 0
+    if upper is not None:   # above read as kept: split over the devices (zeros in the padding)
         got = (np.shape(above.records.pos)[0], above.num_images)
         if got != (upper.num_nodes, num) or np.shape(above.records.pos)[2:] != (2,):
             raise ValueError(f"above must hold the layer above in these {num} images: pos "
@@ -100,10 +101,7 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
         if flipped_maps is None and bool(jnp.any(above.records.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
-    dtype = inputs.compute_dtype()
-    slots = 0 if upper is None else parents_lib.candidate_slots(upper.num_nodes,
-                                                                fitted.config.top_m)
-    if upper is not None:
+        slots = parents_lib.candidate_slots(upper.num_nodes, fitted.config.top_m)
         fitted = with_candidates_of(fitted, upper)
         upper = upper.without_records()
     fitted = fitted.without_records()
@@ -111,11 +109,8 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
                             flips=flipped_maps is not None, rules=FIXED,
                             num_images=num, slots=slots, images=images, chunk=chunk,
                             schedule=for_devices(devices))
-    if mesh is None:
-        maps, flipped_maps = inputs.as_device(maps, dtype), inputs.as_device(flipped_maps, dtype)
-    else:
-        maps = inputs.as_sharded(maps, mesh, images, dtype)
-        flipped_maps = inputs.as_sharded(flipped_maps, mesh, images, dtype)
+    maps, flipped_maps = (inputs.placed(m, inputs.compute_dtype(), mesh, images)
+                          for m in (maps, flipped_maps))
     if above is not None:   # one device: in image order; several: as kept (`slot_order`)
         above = ((above.pos, above.flip) if mesh is None else
                  (above.records.pos, above.records.flip))
@@ -151,16 +146,14 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         deviation = jnp.swapaxes(deviation, 0, 1)                                # [N, M, 2]
     node_q = layer_lib.nodes(coord, deform, prior.sigma, setup)
 
-    def per_image(plain, mirrored, flip, deviation, node_q, prior):
-        score, pos, new_flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
-                                                      prior, cfg.iterations, setup)
-        norm = setup.rules.score_mean(score, setup.num_images, setup.images)
-        return score, pos, new_flip, norm
+    def on_device(plain, mirrored, flip, deviation, node_q, prior):
+        score, pos, flip = layer_lib.infer_images(plain, mirrored, flip, deviation, node_q,
+                                                  prior, cfg.iterations, setup)
+        return score, pos, flip, setup.rules.score_mean(score, setup.num_images, setup.images)
 
     images = setup.images
     if mesh is None:
-        score, pos, new_flip, norm = per_image(plain, mirrored, flip, deviation, node_q, prior)
-        flip = new_flip if upper is None else flip
+        score, pos, flip, norm = on_device(plain, mirrored, flip, deviation, node_q, prior)
     else:   # image order -> the sharded slots and back (`sharding.sharded`)
         slot_flip, slot_deviation = jax.tree.map(lambda x: sharding.slot_order(x, images, 0, mesh),
                                                  (flip, deviation))
@@ -169,7 +162,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
         in_specs = tuple(None if x is None else spec
                          for x, spec in zip(args, (split,) * 4 + (whole,) * 2))
         score, pos, new_flip, norm = jax.shard_map(
-            per_image, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
+            on_device, mesh=mesh, in_specs=in_specs, out_specs=(split, split, split, whole),
             check_vma=False)(*args)
         score, pos, flip = jax.tree.map(   # image order, then padding (`LayerFit.records`)
             lambda x: sharding.image_order(x, images, 0, mesh), (score, pos, new_flip))

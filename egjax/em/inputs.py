@@ -107,9 +107,10 @@ def check_same_images(counts) -> None:
         raise ValueError(f"every layer's maps must hold the same images, got counts {counts}")
 
 
-def as_sharded(maps, mesh, images, dtype):
-    """`as_device`, but split over the images along `mesh` (`sharding.put_images`)."""
-    if maps is None:
-        return None
+def placed(maps, dtype, mesh, images):
+    """`as_device` where `mesh` is None, else split over the images along `mesh` as `images`
+    lays them out (`sharding.put_images`; float maps in `dtype`)."""
+    if mesh is None or maps is None:
+        return as_device(maps, dtype)
     return sharding.put_images(maps, mesh, images,
                                None if isinstance(maps, QuantizedMaps) else dtype)
