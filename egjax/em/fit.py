@@ -66,11 +66,6 @@ def _survivor_count(parent: LayerFit, child, rules):
     return jnp.sum(kept)
 
 
-@jax.jit
-def _any_flip(layer: LayerFit):
-    return jnp.any(layer.flip)
-
-
 def _candidate_slots(parent: LayerFit, cfg: LayerConfig, rules: Rules) -> int:
     """Check that enough candidate parents survive; return the number of candidate slots."""
     survived = int(_survivor_count(parent, cfg, rules))
@@ -163,7 +158,7 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
         n = sharding.total_images(inputs.map_shape(maps)[0], devices)
         if parent.num_images != n:
             raise ValueError(f"parent was fitted on {parent.num_images} images, maps has {n}")
-        if flipped_maps is None and bool(_any_flip(parent)):
+        if flipped_maps is None and bool(jnp.any(parent.records.flip)):
             raise ValueError("the layer above used mirrored maps for some images; pass "
                              "flipped_maps too")
     return layer_call(maps, cfg, key, flipped_maps, parent, init, compat, chunk, devices,
