@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-
 from egjax.em import estep, layer, parents
 
 
