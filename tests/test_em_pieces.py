@@ -11,7 +11,7 @@ import reference_fixed as ref
 from egjax.config import LayerConfig
 from egjax.em import layer as layer_lib
 from egjax.em import parents as parents_lib
-from egjax.em.batching import masked_sum, scan_chunks
+from egjax.em.schedule import masked_sum, scan_chunks
 from egjax.em.competition import LATTICE, competition
 from egjax.em.estep import Inference, infer, statistics
 from egjax.em.evidence import ORIGINAL_PI, kernel_table

@@ -1,7 +1,7 @@
 """Conformance with the original learner (`../shared/reference`, run unmodified under Octave).
 
 In float64 with `compat="original"`, egjax does the original's arithmetic operation by
-operation (glibc's `exp`, its order of sums, no fused multiply-adds; `egjax.em.original.ieee`), so
+operation (glibc's `exp`, its order of sums, no fused multiply-adds; `egjax.em.original.arithmetic`), so
 whole fits agree bit for bit or nearly: the original's many near-ties between candidates
 and parents go its way. In float32 the ties that integer node centres and mirrored
 candidates create are decided as the original's float64 arithmetic decides them.
@@ -31,7 +31,7 @@ def reference_layer(ref, index) -> LayerFit:
 @pytest.mark.parametrize("name", ["small", "small_copy", "medium"])
 def test_whole_graph_matches_the_original(x64, name):
     """float64, compat="original": every layer as the original left it, each (node, image)
-    position included; the original's roundings are followed step by step (`egjax.em.original.ieee`)."""
+    position included; the original's roundings are followed step by step (`egjax.em.original.arithmetic`)."""
     ref = reference.load(name)
     graph = fit_graph(ref.maps, ref.config, key=jax.random.key(0), flipped_maps=ref.flipped,
                       init=ref.init, compat="original")

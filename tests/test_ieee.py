@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from egjax.em.ieee import divide, rounded
-from egjax.em.original.glibc_exp import glibc_exp
-from egjax.em.original.ieee import in_order_mean, in_order_sum
+from egjax.em.original.arithmetic import glibc_exp, in_order_mean, in_order_sum
 from egjax.em.reduce import image_mean
 
 

@@ -1,14 +1,6 @@
-"""Competition between the nodes of one filter (`getOtherProb.cpp` of the original;
-docs/algorithm.md, "E-step" and "Ties").
-
-For a candidate position `t` of node v, every node u of the same filter (v included) whose
-candidate box (first to last candidate, inclusive) contains `t` adds its spatial prior at its
-candidate nearest to `t`. The prior is separable per axis, so the sum over u of
-`lambda_u * N_u(iw*) * N_u(ih*)` needs each axis's factor once per (u, v, candidate index),
-and u's candidates form a regular grid, so the nearest one is found by comparisons with
-the grid, not by a search. Arrays are laid out filter-last so that the work vectorises
-across filters.
-"""
+"""Competition between the nodes of one filter (`getOtherProb.cpp`; docs/algorithm.md,
+"E-step", "Ties"): the prior is separable, so each axis's factor of u's prior at its candidate
+nearest to v's is found once per (u, v, candidate index), by comparisons with u's grid."""
 
 from __future__ import annotations
 
@@ -20,18 +12,15 @@ import jax.numpy as jnp
 
 
 class Comparison(NamedTuple):
-    """How `competition` compares and adds: `closer(t, g)` -> `[P - 1]` masks, whether u's
-    candidate i + 1 is nearer to target `t [1, B, P, C]` than its candidate i (`g [U, 1, P, C]`
-    u's candidates); `keep(term)` each term before it is added."""
+    """`closer(t, g)`: `[P - 1]` masks, whether u's candidate i + 1 (`g [U, 1, P, C]`) is
+    nearer to `t [1, B, P, C]` than its candidate i; `keep(term)` each term before adding."""
 
     closer: Callable
     keep: Callable
 
 
 def _between_midpoints(t: jnp.ndarray, g: jnp.ndarray) -> list[jnp.ndarray]:
-    """The target compared with the midpoints of u's grid as
-    `2 (P - 1) (t - first) > (2i + 1) span`, which is exact for positions on the integer
-    lattice of `estep.lattice_positions`, so that exact ties go to the lower index."""
+    """`2 (P - 1) (t - first) > (2i + 1) span`: exact on the lattice, ties to the lower index."""
     num = g.shape[2]
     first, last = g[:, :, :1], g[:, :, -1:]
     along = 2 * (num - 1) * (t - first)
@@ -43,13 +32,8 @@ LATTICE = Comparison(_between_midpoints, lambda term: term)
 
 def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
                  compare: Comparison) -> jnp.ndarray:
-    """`[U, B, P, C]`: u's prior factor along one axis at its candidate nearest to each of
-    B nodes' candidates, zero where the target lies outside u's candidate range.
-
-    `target [B, P, C]` candidate positions of B target nodes, `grid [U, P, C]` those of the
-    competing nodes, `prior [U, P, C]` their per-axis prior factor per candidate. Nearest
-    (`compare.closer`): the lower index on a tie.
-    """
+    """`[U, B, P, C]`: u's factor `prior [U, P, C]` at its candidate (`grid [U, P, C]`) nearest
+    to each of B nodes' `target [B, P, C]` along one axis; 0 outside u's range."""
     t = target[None]                                  # [1, B, P, C]
     g = grid[:, None]                                 # [U, 1, P, C]
     first, last = g[:, :, :1], g[:, :, -1:]
@@ -63,16 +47,10 @@ def _axis_factor(target: jnp.ndarray, grid: jnp.ndarray, prior: jnp.ndarray,
 def competition(positions: jnp.ndarray, prior_axis: jnp.ndarray, scale: jnp.ndarray,
                 compare: Comparison, block: int = 8, unroll: int = 4,
                 filters: int | None = 128) -> jnp.ndarray:
-    """Competing prior mass `[J, K, C]` (J = P*P w-major) at every candidate of every node.
-
-    `positions [2, P, K, C]` candidate positions per axis (h, w), `prior_axis [P, K, C]` the
-    per-axis prior factor `N(d_i; 0, sigma)`, `scale [K, C]` the node's `lambda`: u's prior at
-    candidate (ih, iw) is `(prior_axis_u[iw] * prior_axis_u[ih]) * lambda_u`, added over u in
-    order, as the original computes and adds it. Filters are independent and taken at most
-    `filters` at a time (None: all; `schedule.Schedule.filters`), target nodes at most
-    `block` at a time (divisors of C and K, so nothing is padded), so that the intermediates
-    stay in cache; the loop over u adds `unroll` terms per pass over the accumulator.
-    """
+    """Competing prior mass `Q [J, K, C]` at every candidate of every node, from
+    `positions [2, P, K, C]` (h, w), `prior_axis [P, K, C]` and `scale [K, C]` (`lambda`):
+    u's prior `(N_u(iw) N_u(ih)) lambda_u`, added over u in order. `filters` at a time (None:
+    all), `block` target nodes at a time (divisors, nothing padded), `unroll` terms a pass."""
     c = positions.shape[-1]
     filters = _divisor_at_most(c, filters or c)
     if filters == c:

@@ -1,11 +1,6 @@
-"""E-step of one graph layer in one image: spatial prior, evidence, competition, statistics.
-
-Implements the per-image body of `learn_explanatoryGraph.m` (its parfor loop) with
-`doE.m`, `getProb_local_mex.cpp` and `getOtherProb.cpp` (docs/algorithm.md, "E-step").
-Written for one image; `vmap` gives the batch. Candidates are flat, w-major:
-`j = iw * P + ih`. Node arrays are laid out `[..., K, C]` (filters last) so that the work
-vectorises across the filters.
-"""
+"""E-step of one graph layer in one image (`doE.m`, `getProb_local_mex.cpp`; docs/algorithm.md,
+"E-step"); `vmap` gives the batch. Candidates flat, w-major (`j = iw * P + ih`); nodes
+`[..., K, C]` (`layout`)."""
 
 from __future__ import annotations
 
@@ -25,14 +20,10 @@ from egjax.em.windows import Maps
 
 
 class Nodes(NamedTuple):
-    """Image-independent node quantities of one iteration.
-
-    `coord [2,K,C]` prior positions (h, w); `half_range [K,C]` (int); `offsets [P,K,C]`
-    candidate offsets per axis; `sigma [K,C]` the spatial prior's scale and
-    `prior_axis [P,K,C]` the prior per axis, `N(d_i; 0, sigma)`; `weights` evidence weights:
-    `[H+1, J, Q]` shared by half-range (`egjax.em.original` keeps them per node); and
-    `exact_offsets`, None here (`egjax.em.original`: the offsets in float64).
-    """
+    """Image-independent node quantities of one iteration: `coord [2,K,C]` (h, w);
+    `half_range [K,C]` (int); `offsets [P,K,C]` per axis; `sigma [K,C]`; `prior_axis [P,K,C]`
+    `N(d_i; 0, sigma)`; evidence `weights [H+1, J, Q]` by half-range (`egjax.em.original`:
+    per node); `exact_offsets` (`egjax.em.original`: the offsets in float64)."""
 
     coord: jnp.ndarray
     half_range: jnp.ndarray
@@ -54,12 +45,8 @@ class Inference(NamedTuple):
 
 
 class ImageStats(NamedTuple):
-    """Sufficient statistics and records of one image, per node (`[K, C]`, `[2, K, C]`).
-
-    `responsibility_mass` (A = sum r F), `gradient [.., 2]` (G = sum r F delta / sigma^2),
-    `score` (S = sum pi F), `spread` (V = sum pi F spread), `pos [.., 2]` inferred
-    position, `best` (pi F at the inferred candidate).
-    """
+    """One image's statistics and records per node `[K, C]` (docs/algorithm.md, "E-step"):
+    A, G `[2, K, C]`, S, V; `pos [2, K, C]`, `best`."""
 
     responsibility_mass: jnp.ndarray
     gradient: jnp.ndarray
@@ -76,9 +63,7 @@ def gauss(d: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
 
 def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
           cfg: LayerConfig) -> Nodes:
-    """Image-independent node quantities of an iteration: half-range `h`, candidate offsets
-    `d_i`, the prior per axis `N(d_i; 0, sigma)` (`sigma [K,C]` the prior's scale) and the
-    evidence weights of each half-range."""
+    """`Nodes`: half-range, offsets `d_i`, prior per axis, evidence weights per half-range."""
     h = half_range(deform, cfg)
     table = jnp.asarray(kernel_table(cfg), coord.dtype)
     weights = table[jnp.arange(table.shape[0]), jnp.arange(table.shape[0])]
@@ -87,27 +72,22 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
 
 
 def split_axes(values: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-axis values `[P, ...]` -> their value at every flat candidate along (h, w):
-    `[J, ...]` each (`j = iw * P + ih`)."""
+    """Per-axis values `[P, ...]` -> their value at every flat candidate, along h and w."""
     num = values.shape[0]
     reps = (num,) + (1,) * (values.ndim - 1)
     return jnp.tile(values, reps), jnp.repeat(values, num, axis=0)
 
 
 def spread_weights(num: int, dtype) -> jnp.ndarray:
-    """`[J]` squared index distance of each candidate from the grid centre,
-    `(ih-c)^2 + (iw-c)^2`."""
+    """`[J]` `rho_j = (ih - c)^2 + (iw - c)^2`, c the grid's centre."""
     d = (jnp.arange(num, dtype=dtype) - (num - 1) / 2) ** 2
     along_h, along_w = split_axes(d)
     return along_h + along_w
 
 
 def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> Inference:
-    """Spatial prior and evidence of every candidate of every node in one image.
-
-    `image` one image's maps, `shift [2,K,C]` (mu) and `scale [K,C]` (lambda) from the
-    parents: centre `m = coord + mu`, `pi = lambda N(d_i) N(d_j)`, `F` (`evidence`).
-    """
+    """`pi` and `F` of every candidate of every node in one image, centred at `coord + shift`
+    (`mu [2,K,C]`), `scale [K,C]` (`lambda`) from the parents."""
     return infer_at(image, nodes, nodes.coord + shift, scale, _window_evidence)
 
 
@@ -126,35 +106,22 @@ def infer_at(image: Maps, nodes: Nodes, center: jnp.ndarray, scale: jnp.ndarray,
 
 
 def lattice_positions(center: jnp.ndarray, half_range: jnp.ndarray, num: int) -> jnp.ndarray:
-    """Candidate positions `[2, P, K, C]` times P, `P * centre + h (2i + 1 - P)`, as the
-    fixed path's competition compares them (docs/algorithm.md, "Ties").
-
-    The offsets `h (2i + 1 - P) / P` are multiples of 1/P, so for integer centres (every
-    node in the first iteration) these are integers: box edges and midpoints between
-    candidates compare exactly, and ties go by the stated rule, not by rounding.
-    `P * centre` is rounded before the offset is added (`ieee.rounded`): XLA may compute
-    these positions again in each fusion that reads them (an optimisation barrier does not
-    stop it) and fuse the product and the sum into one multiply-add in some of them; a
-    node's own first candidate would then lie one ulp outside its own box, and its own
-    prior drop out of its competition (`tests/test_em_schedule.py`).
-    """
+    """Candidate positions `[2, P, K, C]` times P, `P m + h (2i + 1 - P)`, integers for integer
+    centres; `P m` rounded before the offset is added (docs/algorithm.md, "Ties")."""
     steps = (2 * jnp.arange(num) + 1 - num).astype(center.dtype)
     offsets = half_range.astype(center.dtype)[None] * steps[:, None, None]
     return rounded(num * center[:, None]) + offsets[None]
 
 
 def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
-    """`[J,K,C]` prior mass of the nodes competing for each candidate (`getOtherProb.cpp`),
-    candidates compared on the lattice of `lattice_positions`; `filters` per group
-    (`competition`)."""
+    """`[J,K,C]` competing prior mass `Q` (`getOtherProb.cpp`), on `lattice_positions`."""
     positions = lattice_positions(inference.center, nodes.half_range, nodes.offsets.shape[0])
     return competition(positions, nodes.prior_axis, inference.scale, LATTICE, filters=filters)
 
 
 def index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray,
                    shifted=jnp.add) -> jnp.ndarray:
-    """Position `[2,K,C]` of flat candidate `index [K,C]` (w-major) of nodes centred at
-    `center`: `shifted(center, offset)`."""
+    """Position `[2,K,C]` of candidate `index [K,C]`: `shifted(center, offset)`."""
     num = offsets.shape[0]
     offset_h = jnp.take_along_axis(offsets, (index % num)[None], 0)[0]
     offset_w = jnp.take_along_axis(offsets, (index // num)[None], 0)[0]
@@ -163,10 +130,8 @@ def index_position(index: jnp.ndarray, center: jnp.ndarray, offsets: jnp.ndarray
 
 def best_candidate(inference: Inference, nodes: Nodes
                    ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Each node's score `S = sum_cand pi F` `[K,C]`, its inferred position `[2,K,C]`, the
-    candidate maximising `pi F` (the first in w-major order on ties), and that `pi F`
-    `[K,C]`: one pass over the candidates in w-major order, as `statistics` takes them
-    (XLA:CPU compiles a reduction over the leading axis of `[J, K, C]` to scalar code)."""
+    """Score `S = sum_j pi F` `[K,C]`, position `[2,K,C]` of the first candidate maximising
+    `pi F`, and that `pi F`: one pass over the candidates, as `accumulate`."""
     def step(j, carry):
         score, best, index = carry
         joint = inference.spatial_prior[j] * inference.evidence[j]
@@ -194,13 +159,8 @@ class _Running(NamedTuple):
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
                tau_rate: float) -> ImageStats:
-    """Competition-normalised responsibilities and the sufficient statistics of one image.
-
-    `r = pi / max(competing + tau, 1e-7)`, `tau = tau_rate * mean_v sum_cand pi`, where
-    `sum_cand pi = lambda (sum_i N(d_i))^2` (the prior is separable); `A = sum r F`,
-    `G = sum r F delta / sigma^2`, `S = sum pi F`, `V = sum pi F spread`, and the inferred
-    candidate (`best_candidate`); `accumulate` adds them.
-    """
+    """One image's `ImageStats` with `r = pi / max(Q + tau, 1e-7)`,
+    `tau = tau_rate mean_v lambda (sum_i N(d_i))^2` (docs/algorithm.md, "E-step")."""
     tau = tau_rate * jnp.mean(inference.scale * jnp.sum(nodes.prior_axis, axis=0) ** 2)
     step = nodes.offsets / (nodes.sigma * nodes.sigma)
     return accumulate(inference, nodes, competing, tau, step)
@@ -208,12 +168,8 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
 
 def accumulate(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau, step,
                keep=lambda x: x, shifted=jnp.add) -> ImageStats:
-    """`statistics` given `tau` and `step [P,K,C]` (`d_i / sigma^2`). One pass over the
-    candidates in order, with `[K, C]` accumulators, P candidates per loop step: XLA:CPU
-    compiles reductions over the leading axis of `[J, K, C]` (and argmax) to scalar code,
-    while this loop's updates vectorise across filters and stay in cache. `pi` is
-    recomputed per candidate from its per-axis factors, as `infer` does. Each product
-    passes through `keep` before it is added; the position is `shifted(centre, offset)`."""
+    """`statistics` given `tau` and `step [P,K,C]` (`d_i / sigma^2`): one pass over the
+    candidates ("Loop shapes"), each product through `keep` before it is added."""
     num = nodes.offsets.shape[0]
     prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
     spread = spread_weights(num, f.dtype)

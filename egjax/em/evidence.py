@@ -1,12 +1,5 @@
-"""Evidence of each node at each of its candidate positions in one image.
-
-Implements the evidence term of `getProb_local_mex.cpp` (which calls it `prior`;
-docs/algorithm.md, "E-step"):
-`F = sum_{q in window} g(|p - q|) * max(x_q, 0)` over the window of cells around the node's
-rounded centre, `g(r) = exp(-r^2 / (2 s^2)) / (sqrt(2 pi) s)` for `r < 3 s` and the
-constant `g(3 s)` beyond; cells outside the map count 0. The weights depend on a node only
-through its candidate half-range and its window half-range, so they come from a small table.
-"""
+"""Evidence `F` of each node at each of its candidates in one image (`getProb_local_mex.cpp`,
+its `prior`; docs/algorithm.md, "E-step"), weighted from a table by the node's half-ranges."""
 
 from __future__ import annotations
 
@@ -20,20 +13,15 @@ import numpy as np
 from egjax.config import LayerConfig
 from egjax.em.grid import offset_table
 
-# The original's value of pi. The normalising constant cancels in every normalised quantity;
-# using the same digits keeps the weights, and so the original's exact ties, bit-identical.
+# The original's pi: its digits keep the weights, and so its exact ties, bit-identical.
 ORIGINAL_PI = 3.1415926536
 
 
 @functools.lru_cache(maxsize=None)
 def kernel_table(cfg: LayerConfig) -> np.ndarray:
-    """Weights `[H+1, H+1, P*P, (2H+1)^2]` (float64, host): entry `[hc, hw, j, q]` weighs window
-    cell q for candidate j of a node with candidate half-range hc and window half-range hw.
-
-    Candidates j run w-major (`iw * P + ih`), window cells q too (`jw` outer, `jh` inner),
-    relative to the node's rounded centre; cells beyond hw weigh 0. Computed with the
-    platform's `exp` in the original's order of operations.
-    """
+    """`g [H+1, H+1, J, Q]` (float64, host): `[hc, hw, j, q]` weighs window cell q (w-major,
+    around the rounded centre; 0 beyond hw) for candidate j of a node with candidate
+    half-range hc and window half-range hw; in the original's order of operations."""
     big = cfg.max_half_range
     offsets = offset_table(cfg)
     delta = cfg.map_delta * cfg.map_size
@@ -56,14 +44,8 @@ def kernel_table(cfg: LayerConfig) -> np.ndarray:
 
 
 def evidence(values: jnp.ndarray, half_range: jnp.ndarray, table: jnp.ndarray) -> jnp.ndarray:
-    """Evidence `[J, K, C]` of nodes whose candidate and window half-ranges are equal.
-
-    `values [K, C, Q]` window values (`windows.window_values`), `half_range [K, C]`,
-    `table [H+1, J, Q]` (the diagonal of `kernel_table`). One matrix product per half-range
-    h that some node has, each node taking its own; a product reads only the `(2h+1)^2`
-    cells of the window that weigh anything for h (the rest of the table's row is zero), so
-    small windows cost little. Products are laid out `[J, V]` as the E-step uses them.
-    """
+    """`F [J, K, C]` from window `values [K, C, Q]`, `half_range [K, C]` and `table [H+1, J, Q]`
+    (`kernel_table`'s diagonal): a matrix product per half-range, over its cells only."""
     k, c, q = values.shape
     side = math.isqrt(q)
     big = (side - 1) // 2

@@ -1,15 +1,11 @@
-"""`fit_layer` and `fit_graph`: the public entry points of the EM (`learn_explanatoryGraph.m`).
-
-Inputs are checked before any work; each layer's 20 iterations run inside one jit that
-compiles once per shape.
-"""
+"""`fit_layer` and `fit_graph`, the EM's entry points (`learn_explanatoryGraph.m`): inputs
+checked before any work, each layer's iterations inside one jit."""
 
 from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, NamedTuple
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -106,9 +102,8 @@ def fit_body(coord, deform, maps, flipped, parent, setup: layer_lib.Setup):
 
 
 class LayerCall(NamedTuple):
-    """One layer fit as a jitted `function` and its `args` (inputs already checked):
-    `call.fit()` fits the layer, and `call.function.lower(*call.args).compile()` compiles
-    it ahead of time."""
+    """One layer fit: a jitted `function` and its `args` (inputs checked); `call.fit()`, or
+    `call.function.lower(*call.args).compile()` ahead of time."""
 
     function: Callable
     args: tuple
@@ -117,16 +112,13 @@ class LayerCall(NamedTuple):
     padding: int = 0                  # slots after the images in the records (`LayerFit`)
 
     def fit(self) -> LayerFit:
-        """The fitted layer (`layer_fit`), done before it returns: the call may read the
-        caller's maps in place (`inputs.device_array`)."""
+        """The fitted layer, done before it returns (it may read the caller's maps in place)."""
         return layer_fit(jax.block_until_ready(self.function(*self.args)), self)
 
 
 @functools.lru_cache(maxsize=None)
 def compiled_fit(setup: layer_lib.Setup, mesh) -> Callable:
-    """The jitted layer fit for one setting (cached: it compiles once per input shape),
-    sharded over the images along `mesh` as `setup.images` lays them out (None: one
-    device)."""
+    """The jitted layer fit of `setup` (cached), sharded along `mesh` (None: one device)."""
     body = functools.partial(fit_body, setup=setup)
     if mesh is None:
         return jax.jit(body)
@@ -139,18 +131,12 @@ def fit_layer(maps, cfg: LayerConfig, *, key: jax.Array, flipped_maps=None,
               schedule: Schedule | None = None) -> LayerFit:
     """Fit one graph layer by EM (`learn_explanatoryGraph.m`, one `layerID`).
 
-    `maps [N,S,S,C]` normalised maps (`features.normalise`); `flipped_maps` the same for the
-    mirrored images (top layer: decide per image which to use; lower layers follow the
-    decision of `parent`); `parent` the fitted layer above (None for the top layer);
-    `init dict(coord=[C,K,2], deform=[C,K])` in 0-based cells, else drawn with `key`;
-    `compat="original"` reproduces the released learner's quirks. `chunk` images share
-    one batch of parent priors (memory ~ chunk). The images are sharded over `devices`
-    (default: all devices of all processes; N padded with masked images to a multiple of
-    their count). Under several processes (`egjax.distributed`), `maps` and `flipped_maps`
-    hold this process's share of the images (`egjax.em.sharding`); the records of all
-    images stay split over the devices (`LayerFit.records`). `schedule` shapes the loops
-    (`em.schedule`; default: the one for the devices' backend); it does not change the
-    results.
+    `maps [N,S,S,C]` normalised maps (`features.normalize`); `flipped_maps` of the mirrored
+    images (the top layer picks per image, lower layers follow `parent`, the fitted layer
+    above); `init dict(coord=[C,K,2], deform=[C,K])` in cells, else drawn with `key`;
+    `compat="original"`: the released learner. `chunk` images share a batch of parent priors.
+    The images are sharded over `devices` (default: all, of all processes, each passing its
+    share; `egjax.em.sharding`), and so are the records. `schedule`: default the backend's.
     """
     sharding.check_together(devices, _check_layer_inputs, maps, cfg, flipped_maps, parent,
                             init, compat)
@@ -200,14 +186,8 @@ _records_out = jax.jit(layout.records_out)
 
 
 def layer_fit(outputs, call: LayerCall) -> LayerFit:
-    """The LayerFit from the `outputs` of `call` (a `LayerCall`).
-
-    The fit returns its records image-major (`layer.records`); they are put in the public
-    node-major layout here, outside the fit, one at a time, each freed once moved (so pass
-    `outputs` without keeping a reference): the fit's own memory is released by then, and
-    the move needs room for one record more. They stay split over the fit's devices, with
-    the padding `call.padding` (`LayerFit.records`).
-    """
+    """The LayerFit of `call`'s `outputs` (pass them unreferenced): records moved to the graph's
+    layout outside the fit, one at a time, so that the move needs room for one record more."""
     coord, deform, parents, records = outputs
     del outputs
     records = records._asdict()
@@ -246,13 +226,8 @@ def fit_graph(maps: Sequence, cfg: GraphConfig, *, key: jax.Array,
               flipped_maps: Sequence | None = None, init: Sequence | None = None,
               compat: str = "fixed", chunk: int = 8, devices=None,
               quiet: bool = False, schedule: Schedule | None = None) -> ExplanatoryGraph:
-    """Fit every layer of an explanatory graph, top layer first (`learn_explanatoryGraph.m`).
-
-    `maps`, `flipped_maps`, `init` are sequences bottom to top (see `fit_layer`); all inputs
-    are checked before any layer is fitted; `schedule` as in `fit_layer`. A progress bar
-    counts the fitted layers (`quiet=True`: none); a line on stderr gives the time of each
-    (`egjax.progress`).
-    """
+    """Fit every layer, top first; `maps`, `flipped_maps`, `init` per layer, bottom to top, as
+    in `fit_layer`, all checked first. A progress bar counts the layers (`quiet`: none)."""
     sharding.check_together(devices, _check_graph_inputs, maps, cfg, flipped_maps, init, compat)
     fits = [None] * len(cfg.layers)
     parent = None

@@ -1,9 +1,5 @@
-"""The candidate grid of a node: search half-range and the P x P candidate offsets.
-
-Implements `getBasicSettings.m` of the original learner (docs/algorithm.md, "Settings and
-node state"). Candidates are ordered w-major
-(flat index `iw * P + ih`), as the original enumerates them.
-"""
+"""A node's candidate grid: half-range and offsets (`getBasicSettings.m`; docs/algorithm.md,
+"Settings and node state"), w-major (`iw * P + ih`) as the original enumerates them."""
 
 from __future__ import annotations
 
@@ -25,13 +21,9 @@ def half_range(deform: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
 
 
 def offset_table(cfg: LayerConfig) -> np.ndarray:
-    """`[H+1, P]` candidate offsets of a node with half-range h = 0..H (float64, host).
-
-    Row h holds the midpoints of `linspace(-h, h, P + 1)`, i.e. `-h + (2h/P)(i + 1/2)`, with
-    the edges built from both ends towards the middle as Octave's `linspace` builds them:
-    the offsets are exactly antisymmetric, so mirrored candidates tie exactly where the
-    original's do, and ties decide inferred positions.
-    """
+    """`[H+1, P]` offsets for half-range h = 0..H (float64, host): midpoints of
+    `linspace(-h, h, P + 1)`, edges built from both ends as Octave builds them, so that the
+    offsets are exactly antisymmetric and mirrored candidates tie as the original's do."""
     num = cfg.candidates
     table = np.zeros((cfg.max_half_range + 1, num))
     for h in range(cfg.max_half_range + 1):

@@ -1,15 +1,6 @@
-"""Inference of a fitted explanatory graph on new images: node scores and positions.
-
-The E-step of `learn_explanatoryGraph.m` with the node parameters held fixed
-(docs/algorithm.md, "Inference on new images"; Zhang et al.,
-AAAI 2018, eq. 3-4: each node's spatial prior pi and evidence F over its candidate
-positions; its score `S = sum_cand pi F` and position the candidate maximising `pi F`).
-Top layer first: it decides each image's orientation as the fit does (compat "fixed"); each
-lower layer's prior is shifted and scaled by its parents' inferred positions in the new
-images. Only the graph's model is read (`LayerFit`): node parameters, parents, and the
-candidate parents with their mean positions over the training images, against which the
-deviations are taken (recomputed from the records of the layer above, as the fit computed
-them, in a layer built without them).
+"""Inference of a fitted graph on new images: the E-step with the node parameters held fixed,
+top layer first (docs/algorithm.md, "Inference on new images"; AAAI 2018, eq. 3-4). It reads
+the model alone: node parameters, parents, candidate parents and their mean positions.
 """
 
 from __future__ import annotations
@@ -34,11 +25,9 @@ from egjax.graph import ExplanatoryGraph, Kept, LayerFit, Records
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LayerInference(Kept):
-    """One graph layer on new images (node v = c*K + k): `score [V, N]` normalised to mean 1
-    over these images and nodes (as `LayerFit.score`), `pos [V, N, 2]` cells (h, w) in the
-    frame of `flip [N]` (True: the mirrored image was used). Given so, or kept as `records`
-    with `padding` as a sharded fit keeps its own (`LayerFit.records`): split over the
-    devices that inferred them, also where N does not divide by their count."""
+    """One graph layer on new images (node v = c*K + k): `score [V, N]` normalised to mean 1,
+    `pos [V, N, 2]` cells (h, w) in the frame of `flip [N]` (True: mirrored). Given so, or as
+    `records` and `padding`, split over devices as `LayerFit.records`."""
 
     records: Records
     padding: int = dataclasses.field(default=0, metadata=dict(static=True))
@@ -56,13 +45,8 @@ def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence 
                 *, chunk: int = 8, devices=None) -> list[LayerInference]:
     """Node scores and positions of every layer (bottom to top) of `graph` in new images.
 
-    `maps` per layer `[N, S, S, C]` normalised maps (or `QuantizedMaps`) made as those the
-    graph was fitted on (same network, tap and negative statistics; `features.normalize`);
-    `flipped_maps` those of the mirrored images (None: every image as given). `chunk`
-    images share one batch of parent priors. The images are sharded over `devices` as
-    `fit_graph` shards them (default: all devices of all processes; under several
-    processes `maps` holds this process's share), and the results stay split over them as
-    the fit keeps its records (`LayerInference.records`, `padding`).
+    `maps` per layer `[N, S, S, C]` (or `QuantizedMaps`), normalised as the graph's were;
+    `flipped_maps` of the mirrored images (None: as given); `chunk`, `devices` as `fit_graph`.
     """
     sharding.check_together(devices, _check_inputs, graph, maps, flipped_maps)
     for index in range(len(graph.layers) - 1):   # on records that may span processes
@@ -80,12 +64,8 @@ def infer_graph(graph: ExplanatoryGraph, maps: Sequence, flipped_maps: Sequence 
 def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | None = None,
                 above: LayerInference | None = None, chunk: int = 8,
                 devices=None) -> LayerInference:
-    """One graph layer in new images (`maps`, `flipped_maps` of this layer, as `infer_graph`).
-
-    Top layer: `upper` and `above` None; the orientation is chosen per image. Lower layer:
-    `upper` the fitted layer above and `above` its inference in these images, whose
-    positions place the parents and whose orientations this layer follows.
-    """
+    """One graph layer in new images (as `infer_graph`); lower layers: `upper` the fitted layer
+    above and `above` its inference in these images (top: None)."""
     sharding.check_together(devices, _check_layer_call, fitted, maps, flipped_maps, upper,
                             above, chunk)
     mesh = sharding.image_mesh(devices)
@@ -116,7 +96,7 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
                  (above.records.pos, above.records.flip))
     score, pos, flip = _infer_layer(fitted, upper, *(above or (None, None)), maps, flipped_maps,
                                     setup, mesh)
-    # Done before returning: the call may read the caller's maps in place (`inputs.as_device`).
+    # Done before returning: the call may read the caller's maps in place (`inputs.device_array`).
     return LayerInference(records=Records(*jax.block_until_ready((score, pos, flip)), None, None),
                           padding=0 if images is None else images.slots - num)
 
@@ -124,11 +104,8 @@ def infer_layer(fitted: LayerFit, maps, flipped_maps=None, *, upper: LayerFit | 
 @functools.partial(jax.jit, static_argnames=("setup", "mesh"))
 def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps, flipped,
                  setup: layer_lib.Setup, mesh=None):
-    """One layer: `(score [V, N], pos [V, N, 2], flip [N])`; `upper_pos [U, N, 2]` the layer
-    above's positions in these images (None for the top layer), `flip` its orientations.
-    The images sharded along `mesh` as `setup.images` lays them out (None: one device); then
-    the image axes, in and out, hold the N images followed by padding as `LayerFit.records`
-    (in: or none), split over the devices."""
+    """`(score [V, N], pos [V, N, 2], flip [N])` given the upper layer's `upper_pos [U, N, 2]`
+    and `flip` (None: top); sharded along `mesh` as `LayerFit.records` (None: one device)."""
     cfg = setup.cfg
     dtype = fitted.coord.dtype
     c, k = fitted.deform.shape
@@ -175,8 +152,7 @@ def _infer_layer(fitted: LayerFit, upper: LayerFit | None, upper_pos, flip, maps
 
 
 def _candidate_slot_of(parents: jax.Array, index: jax.Array) -> jax.Array:
-    """Stored parents (indices into the layer above, -1 for none) -> the candidate slots
-    they occupy (-1 stays -1)."""
+    """Stored parents (upper-layer indices, -1: none) -> their candidate slots (-1: none)."""
     slot = jnp.argmax(parents[..., None] == index, axis=-1)
     return jnp.where(parents >= 0, slot, -1).astype(jnp.int32)
 
@@ -205,9 +181,8 @@ def _check_layer_maps(fitted: LayerFit, maps, flipped_maps, where: str = "") -> 
 
 
 def with_candidates_of(fitted: LayerFit, upper: LayerFit) -> LayerFit:
-    """`fitted` with its candidate parents (`LayerFit.candidates`, `candidate_mean`): as
-    stored, or if it has none (a layer built by hand, or saved by egjax before they were
-    stored) computed from the records of `upper` as a fit with compat "fixed" computes them."""
+    """`fitted` with its candidate parents: as stored, or (a layer built without them)
+    computed from the records of `upper` as a fit with compat "fixed" computes them."""
     if fitted.candidates is not None:
         return fitted
     if not upper.has_records:

@@ -15,19 +15,9 @@ def compute_dtype():
     return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
-def as_device(maps, dtype):
-    """Float maps in the compute dtype; uint8 `QuantizedMaps` as they are; None stays None."""
-    if maps is None:
-        return None
-    if isinstance(maps, QuantizedMaps):
-        return QuantizedMaps(*(device_array(x) for x in maps))
-    return device_array(maps, dtype)
-
-
 def device_array(x, dtype=None) -> jax.Array:
-    """`x` on the default device. A host array is used in place where the platform allows it
-    (CPU, 64-byte aligned: `maps.host_empty`) instead of being copied, so the maps of a
-    large data set are held once."""
+    """`x` on the default device; a host array in place where the platform allows it (CPU,
+    64-byte aligned: `maps.host_empty`), so that large maps are held once."""
     if isinstance(x, jax.Array):
         return x if dtype is None else x.astype(dtype)
     return jax.device_put(np.asarray(x, dtype), may_alias=True)
@@ -45,11 +35,10 @@ def all_finite(x, chunk: int = 64) -> bool:
 
 def check_maps(maps, flipped_maps, cfg, *, filters: int | None = None, min_images: int = 1,
                where: str = "") -> int:
-    """ValueError unless `maps` (and `flipped_maps`, None or alike) are `[N, S, S, C]` float
-    maps or uint8 `QuantizedMaps` of layer `cfg`, with `filters` channels (None: any, the
-    same in both), at least `min_images` images, finite, and some value positive: with no
-    evidence every node score is 0 and their normalisation to mean 1 is 0/0. `where`
-    prefixes the names. Returns N."""
+    """N; ValueError unless `maps` (and `flipped_maps`, None or alike) are `[N, S, S, C]` float
+    or uint8 `QuantizedMaps` maps of layer `cfg` with `filters` channels (None: any), at
+    least `min_images`, finite, some value positive (else every score is 0/0). `where`
+    prefixes the names."""
     shapes = [_check_one(f"{where}{name}", m, cfg, filters, min_images)
               for name, m in (("maps", maps), ("flipped_maps", flipped_maps)) if m is not None]
     if len(shapes) == 2 and shapes[1] != shapes[0]:
@@ -108,9 +97,13 @@ def check_same_images(counts) -> None:
 
 
 def placed(maps, dtype, mesh, images):
-    """`as_device` where `mesh` is None, else split over the images along `mesh` as `images`
-    lays them out (`sharding.put_images`; float maps in `dtype`)."""
-    if mesh is None or maps is None:
-        return as_device(maps, dtype)
-    return sharding.put_images(maps, mesh, images,
-                               None if isinstance(maps, QuantizedMaps) else dtype)
+    """Maps (None stays None), float ones in `dtype`, on the default device (`device_array`),
+    or split over the images along `mesh` as `images` lays them out (`sharding.put_images`)."""
+    if maps is None:
+        return None
+    quantized = isinstance(maps, QuantizedMaps)
+    if mesh is not None:
+        return sharding.put_images(maps, mesh, images, None if quantized else dtype)
+    if quantized:
+        return QuantizedMaps(*(device_array(x) for x in maps))
+    return device_array(maps, dtype)

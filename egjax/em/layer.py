@@ -1,8 +1,6 @@
-"""One graph layer's EM: `init -> state`, `iteration(state, t) -> state`, and the records.
-
-Implements the per-layer loop of `learn_explanatoryGraph.m` with its `updateModel` (M-step),
-`doFlipConfigureation.m` (flips) and `getCurDistribution.m` (parents); docs/algorithm.md,
-"One layer's fit" to "Records". Every function is pure; `fit.py` runs the loop inside one jit.
+"""One graph layer's EM, `init -> state`, `iteration(state, t) -> state`, `records`: the layer
+loop of `learn_explanatoryGraph.m` with `updateModel` and `doFlipConfigureation.m`
+(docs/algorithm.md, "One layer's fit" to "Records"). `fit.py` runs the loop in one jit.
 """
 
 from __future__ import annotations
@@ -15,13 +13,12 @@ import jax.numpy as jnp
 
 from egjax.config import LayerConfig
 from egjax.em import parents as parents_lib
-from egjax.em.batching import map_images, masked_sum, scan_chunks
 from egjax.em.estep import Inference, Nodes, best_candidate
 from egjax.em.grid import half_range, offset_table
 from egjax.em.ieee import divide, rounded
 from egjax.em.windows import Maps, pick
 from egjax.em.reduce import Images, image_sum, narrow, real, wide, wide_psum
-from egjax.em.schedule import CPU, Schedule
+from egjax.em.schedule import CPU, Schedule, map_images, masked_sum, scan_chunks
 from egjax.graph import Records
 
 if TYPE_CHECKING:   # egjax.em.rules imports this module
@@ -30,16 +27,10 @@ if TYPE_CHECKING:   # egjax.em.rules imports this module
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
-    """Static description of one layer fit (hashable: part of the jit cache key).
-
-    `parent` is the config of the layer above (None for the top layer); `flips` whether
-    mirrored maps are given; `rules` how the equations are computed (`egjax.em.rules`:
-    `FIXED`, or `egjax.em.original.rules.ORIGINAL`, the released learner's); `num_images`
-    counts the images on all devices; `slots` the candidate parents (M);
-    `images` how they are sharded over devices (`reduce.Images`; None on one device);
-    `chunk` images per batch of parent priors (one matrix product); `schedule` how the
-    loops are shaped for the backend (`schedule.Schedule`).
-    """
+    """Static description of one layer fit (hashable): `parent` the upper layer's config
+    (None: top); `flips` whether mirrored maps are given; `rules` (`egjax.em.rules`);
+    `num_images` on all devices; `slots` (M); `images` their split over devices
+    (`reduce.Images`; None: one device); `chunk` images per batch of parent priors."""
 
     cfg: LayerConfig
     parent: LayerConfig | None
@@ -53,18 +44,14 @@ class Setup:
 
     @property
     def scale_to_child(self) -> float:
-        """Upper-layer cells -> this layer's cells for the parent prior (`rules.scale_to_child`)."""
+        """Upper-layer cells -> this layer's cells (`rules.scale_to_child`)."""
         return 1.0 if self.parent is None else self.rules.scale_to_child(self.cfg, self.parent)
 
 
 class LayerData(NamedTuple):
-    """The images of one layer fit.
-
-    `maps` as given and `mirrored` those of the mirrored images (or None); `flip [N]` the
-    orientation of each image (the mirrored maps where True), in lower layers the one the
-    layer above chose, or None: the fit chooses it (top layer); `candidates`
-    (`parents.Candidates`) the candidate parents (None in the top layer).
-    """
+    """The images of one layer fit: `maps`, `mirrored` (or None); `flip [N]` each image's
+    orientation, as the layer above chose it (None: the top layer chooses); `candidates`
+    (`parents.Candidates`; None in the top layer)."""
 
     maps: Maps
     mirrored: Maps | None
@@ -73,15 +60,10 @@ class LayerData(NamedTuple):
 
 
 class LayerState(NamedTuple):
-    """EM state between iterations, nodes laid out `[K, C]` (filters last; node `k * C + c`
-    in flat arrays).
-
-    `coord [2,K,C]`, `deform [K,C]` node parameters; `parents [K*C, T]` candidate slots
-    (-1 before they are first selected); `unit [K,C]` cells per candidate-index step, fixed
-    at the layer's start as the original fixes it; records of the latest E-step:
-    `pos [N,2,K,C]`, `best [N,K,C]`, `score [N,K,C]` (unnormalised), `flip [N]`, and the
-    node parameters it ran with, `last_coord`, `last_deform`.
-    """
+    """EM state between iterations (nodes `[K, C]`): `coord [2,K,C]`, `deform`; `parents
+    [K*C, T]` candidate slots (-1: none yet); `unit` (`candidate_step` at the start); the
+    latest E-step's records `pos [N,2,K,C]`, `best`, `score [N,K,C]` (unnormalised), `flip
+    [N]`, and the parameters it ran with, `last_coord`, `last_deform`."""
 
     coord: jnp.ndarray
     deform: jnp.ndarray
@@ -96,7 +78,7 @@ class LayerState(NamedTuple):
 
 
 class Sums(NamedTuple):
-    """Sufficient statistics summed over images, per node `[K, C]` (A, S, V; G `[2, K, C]`)."""
+    """Sufficient statistics summed over images: A, S, V `[K, C]`; G `[2, K, C]`."""
 
     responsibility_mass: jnp.ndarray
     gradient: jnp.ndarray
@@ -124,16 +106,12 @@ def init(coord: jnp.ndarray, deform: jnp.ndarray, num_images: int, setup: Setup)
 
 
 def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Setup) -> Nodes:
-    """Image-independent node quantities of an iteration (`estep.nodes`); `sigma [K,C]` the
-    prior's scale."""
+    """`rules.nodes` (`estep.nodes`); `sigma [K,C]` the prior's scale."""
     return setup.rules.nodes(coord, deform, sigma, setup.cfg)
 
 
 def prefers_mirrored(plain: Inference, mirrored: Inference, t) -> jnp.ndarray:
-    """Top layer: use the mirrored maps if they explain the image better: if its nodes
-    detect more strongly (sum over nodes of `pi F` at each node's inferred candidate), from
-    iteration 2 on, once the nodes have adapted to the images as given, so that the
-    majority orientation of the data set counts as unmirrored."""
+    """Mirrored maps if their `sum_v best_v` is larger, from iteration 2 ("Orientation")."""
     def total(inference):
         return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=0))
 
@@ -141,10 +119,9 @@ def prefers_mirrored(plain: Inference, mirrored: Inference, t) -> jnp.ndarray:
 
 
 class Prior(NamedTuple):
-    """What the parents make of each node's spatial prior (docs/algorithm.md, "Parent
-    prior"): its scale `sigma [K,C]`, the parents' `weights` (`parents.PriorWeights`; None
-    in the top layer), and whether they are `active` (from iteration 2 on): before, sigma is
-    `init_delta * S`, with no shift and unit scale."""
+    """The parents' part of each node's prior (docs/algorithm.md, "Parent prior"): `sigma
+    [K,C]`, `weights` (`parents.PriorWeights`; None in the top layer), and whether they are
+    `active` (iteration >= 2; before, `sigma_0`, no shift, unit scale)."""
 
     sigma: jnp.ndarray
     weights: parents_lib.PriorWeights | None
@@ -153,9 +130,8 @@ class Prior(NamedTuple):
 
 def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | None, active,
                  shape: tuple[int, int], dtype, setup: Setup) -> Prior:
-    """The `Prior` of nodes `[K, C]` (`shape`) whose `parents [K*C, T]` are candidate slots
-    (-1: none yet) of candidates with `candidate_deform [M]`; `parents` None in the top
-    layer. The one place the fit and inference build it."""
+    """The `Prior` (fit's and inference's) of nodes `[K, C]` (`shape`) with `parents [K*C, T]`
+    (slots, -1: none yet; None: top) of candidates with `candidate_deform [M]`."""
     sigma = jnp.full(shape, setup.cfg.init_delta * setup.cfg.map_size, dtype)
     if parents is None:
         return Prior(sigma, None, jnp.asarray(False))
@@ -166,8 +142,7 @@ def parent_prior(parents: jnp.ndarray | None, candidate_deform: jnp.ndarray | No
 
 
 def _layer_prior(state: LayerState, data: LayerData, active, setup: Setup):
-    """The fit's `parent_prior` (`active` or not), and the candidates' deviations in each
-    image `[N, M, 2]` (None in the top layer)."""
+    """The fit's `parent_prior`, and the candidates' deviations `[N, M, 2]` (None: top)."""
     if data.candidates is None:
         return parent_prior(None, None, active, state.coord.shape[1:], state.coord.dtype,
                             setup), None
@@ -177,9 +152,8 @@ def _layer_prior(state: LayerState, data: LayerData, active, setup: Setup):
 
 
 def _chunk_priors(prior: Prior, deviation, n: int, setup: Setup):
-    """Per image of a chunk of n: `(shift [n,2,K,C], scale [n,K,C])` from the candidates'
-    `deviation [n, M, 2]` (zero shift and unit scale before the parents are active, and in
-    the top layer)."""
+    """`(shift [n,2,K,C], scale [n,K,C])` in n images from the candidates' `deviation
+    [n, M, 2]` (0 and 1 while the parents are not active)."""
     (k, c), dtype = prior.sigma.shape, prior.sigma.dtype
     if prior.weights is None:
         return jnp.zeros((n, 2, k, c), dtype), jnp.ones((n, k, c), dtype)
@@ -193,16 +167,11 @@ def _chunk_priors(prior: Prior, deviation, n: int, setup: Setup):
 def over_images(one_image, maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
                 deviation: jnp.ndarray | None, node_q: Nodes, prior: Prior, t, setup: Setup,
                 add=lambda outputs, valid: ((), outputs), into=None):
-    """`one_image(inference, flip)` in every image, `setup.chunk` images at a time
-    (`scan_chunks`, whose `into` this takes); `add(outputs [n, ...], valid [n])` ->
-    `(summed, recorded)` per chunk, `valid` False for images seen before and padding
-    (default: nothing summed, all recorded).
-
-    The inference (`rules.infer`) is taken under each image's prior from its parents
-    (`deviation [N, M, 2]` the candidates' deviations in each image; None in the top
-    layer) and in its orientation: the `mirrored` maps where `flip [N]`, or, if `flip` is
-    None, where `rules.prefers_mirrored` them at iteration `t`; the plain maps when none
-    are mirrored.
+    """`one_image(inference, flip)` in every image, `setup.chunk` at a time (`scan_chunks`,
+    whose `into` this takes); `add(outputs [n, ...], valid [n]) -> (summed, recorded)` per
+    chunk (default: nothing summed). Each image's inference (`rules.infer`) is under its
+    parents' prior (`deviation [N, M, 2]`; None: top layer) and in its orientation: the
+    `mirrored` maps where `flip [N]`, or where `rules.prefers_mirrored` them if `flip` is None.
     """
     rules, choose = setup.rules, flip is None
 
@@ -278,11 +247,8 @@ def iteration(state: LayerState, t, data: LayerData, setup: Setup) -> LayerState
 
 
 def m_step(state: LayerState, sums: Sums, sigma: jnp.ndarray, t, setup: Setup):
-    """`updateModel` of the original: move each node along its responsibility-weighted
-    gradient (`rules.move`, `move`) and re-estimate its deformation scale,
-    `deform = clip(unit * sqrt(V / S), min, max)` (a node without evidence, V/S = 0/0,
-    gets the minimum, as MATLAB's NaN-ignoring max gives).
-    """
+    """`updateModel`: `rules.move` (`move`), and `deform = clip(unit sqrt(V / S), min, max)`
+    (V/S = 0/0: the minimum, as MATLAB's NaN-ignoring max gives)."""
     cfg = setup.cfg
     coord = setup.rules.move(state.coord, sums, sigma, t, cfg)
     spread = jnp.sqrt(sums.spread / sums.score) * state.unit
@@ -298,8 +264,7 @@ def move(coord: jnp.ndarray, sums: Sums, sigma: jnp.ndarray, t, cfg: LayerConfig
 
 
 def per_chunk(summed: Sums, valid: jnp.ndarray) -> tuple[Sums, tuple]:
-    """A chunk's images' statistics `[n, ...]` -> their float64 sum over the `valid` images
-    (`reduce.wide`), and nothing kept per image (`image_sums`)."""
+    """A chunk's statistics `[n, ...]` -> their float64 sum over the `valid` images."""
     with jax.enable_x64(True):
         return jax.tree.map(lambda x: masked_sum(wide(x), valid), summed), ()
 
@@ -315,13 +280,8 @@ def score_mean(score: jnp.ndarray, num_images: int, images: Images | None) -> jn
 
 
 def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
-    """Records of the last iteration (`egjax.graph.Records` in the kernel's layout, `[N, K, C]`
-    and `[N, 2, K, C]`), scores normalised to mean 1, and the other orientation (when
-    mirrored maps are given) inferred with the same node parameters in each image's
-    orientation not used (`alter` records of the original).
-
-    The position is the other orientation's own best candidate (`rules.alt_pos`).
-    """
+    """The last iteration's `Records`, scores normalised; with mirrored maps, the orientation
+    not used, inferred with the same parameters (`alter`; position by `rules.alt_pos`)."""
     rules, iterations = setup.rules, setup.cfg.iterations
     norm = rules.score_mean(state.score, setup.num_images, setup.images)
     alt_score, alt_pos = state.score, state.pos
@@ -338,9 +298,8 @@ def records(state: LayerState, data: LayerData, setup: Setup) -> Records:
 def infer_images(maps: Maps, mirrored: Maps | None, flip: jnp.ndarray | None,
                  deviation: jnp.ndarray | None, node_q: Nodes, prior: Prior, t,
                  setup: Setup) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """Each image's node scores `sum_cand pi F` `[N,K,C]` (unnormalised), inferred positions
-    `[N,2,K,C]` (`best_candidate`) and orientation `flip [N]`, with fixed node parameters
-    under `prior` (`parent_prior`), the arguments as `over_images` takes them."""
+    """Scores `sum_j pi F` `[N,K,C]` (unnormalised), positions `[N,2,K,C]` (`best_candidate`),
+    `flip [N]`, node parameters fixed; arguments as `over_images` takes them."""
     def one_image(inference, flip):
         return *best_candidate(inference, node_q)[:2], flip
 

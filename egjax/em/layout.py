@@ -1,9 +1,6 @@
-"""The two node orders, and the only conversions between them (at the kernel's edge).
-
-The graph (`LayerFit`, `LayerInference`, the original) numbers node k of filter c as
-`v = c*K + k`: parameters `[C, K, ...]`, per-node rows `[C*K, ...]`. The kernel lays nodes
-out `[..., K, C]`, filters last, so that its work vectorises across the filters: flat node
-`k*C + c`, per-image records `[N, K, C]`.
+"""The two node orders and the only conversions between them, at the kernel's edge: the graph
+numbers node k of filter c `v = c*K + k` (`[C, K, ...]`, rows `[C*K, ...]`, as the original);
+the kernel lays nodes out `[..., K, C]`, filters last to vectorise across them (`k*C + c`).
 """
 
 from __future__ import annotations
@@ -29,8 +26,7 @@ def rows_in(x: jnp.ndarray, filters: int) -> jnp.ndarray:
 
 def rows_out(x: jnp.ndarray, filters: int) -> jnp.ndarray:
     """Per-node rows in kernel order `[K*C, ...]` -> graph order `[C*K, ...]`."""
-    per_filter = x.shape[0] // filters
-    return jnp.swapaxes(x.reshape(per_filter, filters, *x.shape[1:]), 0, 1).reshape(x.shape)
+    return rows_in(x, x.shape[0] // filters)
 
 
 def records_out(x: jnp.ndarray) -> jnp.ndarray:

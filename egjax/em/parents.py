@@ -1,10 +1,5 @@
-"""Parents of a lower-layer node: candidates, selection and the prior they induce.
-
-Implements `getCurDistribution.m` of the original learner (docs/algorithm.md, "Candidate
-parents", "Parent selection", "Parent prior"). Candidate parents are fixed for a
-layer (they depend only on the fitted layer above); parents are re-selected at the start of
-every iteration >= 2 from the child's previous positions; the parents' deviations from their
-mean positions shift and scale each child's spatial prior in every image.
+"""Parents of a lower-layer node: candidates (once per layer), selection (each iteration >= 2)
+and the prior they induce (`getCurDistribution.m`; docs/algorithm.md, "Candidate parents" on).
 """
 
 from __future__ import annotations
@@ -17,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from egjax.config import LayerConfig
-from egjax.em.batching import row_blocks
+from egjax.em.schedule import row_blocks
 from egjax.em.ieee import divide, rounded, squared_length
 from egjax.em.reduce import (Images, image_mean, image_sum, image_var, narrow, real, wide,
                              wide_psum, wide_sum)
@@ -27,12 +22,9 @@ EDGE_FRACTION = 0.1
 
 
 class Candidates(NamedTuple):
-    """Upper-layer nodes a child may take as parents, best total score first.
-
-    `index [M]` flat indices into the upper layer, `valid [M]` whether slot m holds a
-    candidate (fewer than M survive the cuts), `deviation [M, N, 2]` their positions minus
-    their mean over images (upper-layer cells), `deform [M]` their deformation scales.
-    """
+    """Upper-layer nodes a child may take as parents, best total score first: `index [M]`
+    into the upper layer, `valid [M]` (fewer than M may survive), `deviation [M, N, 2]` from
+    their mean positions (upper-layer cells), `deform [M]`."""
 
     index: jnp.ndarray
     valid: jnp.ndarray
@@ -41,19 +33,15 @@ class Candidates(NamedTuple):
 
 
 def candidate_slots(upper_nodes: int, top_m: int) -> int:
-    """Static number of candidate slots: top_m, but never more than survive the variance cut."""
+    """Candidate slots: top_m, at most as many as survive the variance cut."""
     return min(top_m, upper_nodes - math.ceil(upper_nodes * LOW_VARIANCE_FRACTION))
 
 
 def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: LayerConfig,
               rules, num_images: int, images: Images | None
               ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Upper nodes in descending order of total score, and which of them survive the cuts.
-
-    Drops the half of the nodes with the lowest positional variance over images (ordered by
-    `rules.variance`), and those `rules.near_edge` (`near_edge`).
-    `score [U, N]`, `pos [U, N, 2]` -> `(order [U] int, kept [U] bool in that order)`.
-    """
+    """`score [U, N]`, `pos [U, N, 2]` -> `(order [U], kept [U])`: nodes by total score, and
+    whether each survives the variance cut (`rules.variance`) and `rules.near_edge`."""
     num = score.shape[0]
     order = jnp.argsort(-image_sum(score, 1, images), stable=True)
     variance = rules.variance(jnp.sum(image_var(pos, 1, num_images, images), axis=-1))
@@ -65,8 +53,7 @@ def survivors(score: jnp.ndarray, pos: jnp.ndarray, child: LayerConfig, parent: 
 
 
 def near_edge(mean: jnp.ndarray, child: LayerConfig, parent: LayerConfig) -> jnp.ndarray:
-    """`[U]` whether a mean position `[U, 2]` lies within `0.1 S` of the border (the
-    parent's S, on all four sides)."""
+    """`[U]` whether a mean position `[U, 2]` lies within `0.1 S_p` of an edge."""
     size = parent.map_size
     margin = jnp.min(jnp.minimum(mean + 0.5, size - 0.5 - mean), axis=-1)
     return margin < size * EDGE_FRACTION
@@ -75,11 +62,8 @@ def near_edge(mean: jnp.ndarray, child: LayerConfig, parent: LayerConfig) -> jnp
 def candidates(score: jnp.ndarray, pos: jnp.ndarray, deform: jnp.ndarray, slots: int,
                child: LayerConfig, parent: LayerConfig, rules, num_images: int,
                images: Images | None) -> Candidates:
-    """The first `slots` surviving upper nodes in descending order of total score, with
-    their deviations from their mean positions (`rules.deviation`).
-
-    `score [U, N]`, `pos [U, N, 2]`, `deform [U]` of the fitted upper layer.
-    """
+    """`Candidates`: the first `slots` survivors from the upper layer's `score [U, N]`,
+    `pos [U, N, 2]`, `deform [U]`; deviations by `rules.deviation`."""
     index, valid = _first_survivors(score, pos, slots, child, parent, rules, num_images,
                                     images)
     return Candidates(index, valid, rules.deviation(pos[index], num_images, images),
@@ -92,8 +76,7 @@ def deviation(pos: jnp.ndarray, num_images: int, images: Images | None) -> jnp.n
 
 
 def _first_survivors(score, pos, slots, child, parent, rules, num_images, images):
-    """`(index [slots], valid [slots])`: the first `slots` nodes of `survivors`' order that
-    survive (then, if fewer survive, others, not `valid`)."""
+    """`(index [slots], valid [slots])`: the first survivors in order, then others, not valid."""
     order, kept = survivors(score, pos, child, parent, rules, num_images, images)
     first_kept = jnp.argsort(~kept, stable=True)[:slots]
     return order[first_kept], kept[first_kept]
@@ -102,9 +85,7 @@ def _first_survivors(score, pos, slots, child, parent, rules, num_images, images
 @functools.partial(jax.jit, static_argnames=("slots", "child", "rules"))
 def candidate_list(upper, slots: int, child: LayerConfig, rules
                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """The model's summary of the candidates (`LayerFit.candidates`, `candidate_mean`) from
-    the records `score [U, N]`, `pos [U, N, 2]` of the upper layer `upper` (a `LayerFit`):
-    their indices `[M]` (-1 for an empty slot) and mean positions `[M, 2]`."""
+    """`LayerFit.candidates [M]` (-1: empty) and `candidate_mean [M, 2]` from `upper`'s records."""
     score, pos, num = upper.score, upper.pos, upper.num_images
     index, valid = _first_survivors(score, pos, slots, child, upper.config, rules, num, None)
     return jnp.where(valid, index, -1), image_mean(pos[index], 1, num, None)
@@ -113,8 +94,7 @@ def candidate_list(upper, slots: int, child: LayerConfig, rules
 def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, top_n: int,
            child: LayerConfig, parent: LayerConfig, num_images: int, images: Images | None,
            block: int | None = 256) -> jnp.ndarray:
-    """Parents `[V, top_n]` (indices into the candidate slots) of every child node: the
-    top_n largest `affinity`, ties to the better-scored candidate."""
+    """Parents `[V, top_n]` (candidate slots): the largest `affinity`, ties to the lower slot."""
     return jax.lax.top_k(affinity(child_pos, child_best, cands, child, parent, num_images,
                                   images, block), top_n)[1]
 
@@ -122,16 +102,8 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
 def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
              child: LayerConfig, parent: LayerConfig, num_images: int, images: Images | None,
              block: int | None = 256) -> jnp.ndarray:
-    """`A [V, M]` of every child node and candidate slot (-inf at empty slots).
-
-    `A_vu = sum_n best_v^n exp(-D_vu^n / (2 mean_{u,n} D_vu^n))`, `D` the squared pixel
-    distance between the child's and the candidate's deviations. `child_pos [N, 2, V]`,
-    `child_best [N, V]` from the child's previous iteration, images first as the E-step
-    records them. `A` is accumulated in float64 (`reduce.wide`) for `block` children at a
-    time (None: all; `schedule.Schedule.children`), image by image, so that the block's
-    affinities stay in cache and nothing of size `[N, V]` is built besides the inputs.
-    Deviations in pixels: `d * stride`.
-    """
+    """`A [V, M]` (-inf at empty slots; "Parent selection") from the child's last `child_pos
+    [N, 2, V]`, `child_best [N, V]`; in float64, `block` children at a time, image by image."""
     num_nodes = child_pos.shape[-1]
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
@@ -171,9 +143,8 @@ def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
 
 
 class PriorWeights(NamedTuple):
-    """The parents of every child: `parents [V, T]` the candidate slots and `deform [V, T]`
-    their `s_u`, in rank order; `weight [V, T]` `= (1/T) / s_u^2`, `total [V]` their sum,
-    `sigma [V]` `= total^(-1/2)`, `log_scale [V]` `= log sigma - sum_u log s_u`."""
+    """Each child's `parents [V, T]` (slots, rank order), their `deform` `s_u` and `weight`
+    `w_u`; `total [V]` `sum_u w_u`, `sigma`, `log_scale` `log sigma - sum_u log s_u`."""
 
     weight: jnp.ndarray
     total: jnp.ndarray
@@ -185,9 +156,8 @@ class PriorWeights(NamedTuple):
 
 def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: float,
                   add=lambda w: wide_sum(w, -1)) -> PriorWeights:
-    """Parent weights from `parents [V, T]` (candidate slots) and the candidates'
-    `deform [M]`, times `scale_to_child` (upper-layer cells -> child cells); `add` sums
-    each child's, `[V, T] -> [V]`."""
+    """`PriorWeights` of `parents [V, T]` (slots) from the candidates' `deform [M]`, in child
+    cells (`scale_to_child`); `add` sums over the parents."""
     top_n = parents.shape[-1]
     s = deform[parents] * scale_to_child                         # [V, T]
     w = (1 / top_n) / s**2
@@ -198,24 +168,15 @@ def prior_weights(parents: jnp.ndarray, deform: jnp.ndarray, scale_to_child: flo
 
 def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_child: float,
                     block: int | None = 256) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Each child's prior shift `mu [V, n, 2]` and scale `lambda [V, n]` in n images.
-
-    `deviation [M, n, 2]` the candidates' deviations in these images. With the parents'
-    weights `w_u = (1/T) / s_u^2`: `mu = sum_u w_u dev_u / sum_u w_u`, and
-    `lambda = sigma * prod_u exp(-|mu - dev_u|^2 / (2 T s_u^2)) / s_u`, whose exponent is
-    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`. The sums over the parents are taken in
-    float64 and products rounded before they are added (`egjax.em.ieee`), so that a child's
-    prior in an image does not depend on the other images computed with it; `block`
-    children at a time (None: all; `schedule.Schedule.children`).
-    """
+    """Each child's shift `mu [V, n, 2]` and scale `lambda [V, n]` from the candidates'
+    `deviation [M, n, 2]` in n images; the exponent of `lambda` as
+    `-(sum_u w_u |dev_u|^2 - |mu|^2 sum_u w_u) / 2`. Sums over the parents in float64, products
+    rounded (docs/algorithm.md, "Sums over images"); `block` children at a time."""
     dev = deviation * scale_to_child                                         # [M, n, 2]
     stacked = jnp.concatenate([dev, squared_length(dev[..., 0], dev[..., 1])[..., None]], -1)
 
     def one_block(start, size):
-        # Parent by parent, a block of children at a time: XLA:CPU fuses the T gathers and
-        # adds into one loop. A reduction over the parent axis writes out [V, T, n, 3] and
-        # reduces it slowly; all children at once, XLA writes out every parent's rows and
-        # adds them twice, for the shift and for the scale (2.6x slower at conv4_3's size).
+        # Parent by parent: XLA:CPU fuses the T gathers and adds (docs/algorithm.md, "Loop shapes").
         parents = jax.lax.dynamic_slice_in_dim(weights.parents, start, size)
         weight = jax.lax.dynamic_slice_in_dim(weights.weight, start, size)
         return narrow(functools.reduce(jnp.add, [
@@ -228,7 +189,6 @@ def shift_and_scale(weights: PriorWeights, deviation: jnp.ndarray, scale_to_chil
     total = weights.total[:, None]
     shift = divide(sums[..., :2], total[..., None])
     spread = sums[..., 2] - rounded(squared_length(shift[..., 0], shift[..., 1]) * total)
-    # exp image by image, over the V children: XLA:CPU's exp can round differently in the
-    # tail of a vector loop, so an element's bits must not depend on the chunk's length.
+    # exp image by image: an element's bits must not depend on the chunk's length.
     scale = jax.lax.map(lambda spread: jnp.exp(weights.log_scale - spread / 2), spread.T)
     return shift, scale.T

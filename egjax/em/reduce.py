@@ -1,18 +1,6 @@
-"""Reductions over images that also run image-sharded across devices and processes.
-
-Inside `shard_map` each device holds a slice of the images, described by `Images`: the mesh
-axis they are split over and where each image sits. The slices are padded to equal length
-with masked images, which take no part in any sum; the sums are completed with `psum`. With
-`images=None` they are sums on one device.
-
-Sums over images are accumulated in float64 (`wide`) and rounded once to the input's dtype
-(`narrow`): a float32 term is exact in float64, and so is a sum of N of them whose
-magnitudes lie within 2^(29 - log2 N) of each other, in any order. The rounded result
-therefore does not depend on how the images are split over devices and processes, or in
-which order they come, except where a sum falls within float64 rounding of a float32
-rounding boundary. In float32, the EM's discrete choices (best candidates, parents) would
-amplify the rounding differences of other orders into different fits. (Float64 inputs get
-plain float64 sums, whose order can change the last bit.)
+"""Sums over images in float64, rounded once (docs/algorithm.md, "Sums over images"), on one
+device (`images=None`) or inside `shard_map`, each device holding a slice of the images
+padded with masked ones (`Images`), completed with a `psum`.
 """
 
 from __future__ import annotations
@@ -78,10 +66,8 @@ def wide(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def narrow(x: jnp.ndarray, dtype) -> jnp.ndarray:
-    """A float64 sum `x` rounded once to `dtype`. Where that result is widened again (a true
-    division, `ieee.divide`), XLA may skip both conversions and go on with the unrounded sum
-    (`xla_allow_excess_precision`), in some programs and not in others; `reduce_precision`
-    rounds in a way it keeps."""
+    """A float64 sum `x` rounded once to `dtype`, by `reduce_precision`, which XLA keeps
+    (it may skip a plain conversion that is widened again; `xla_allow_excess_precision`)."""
     bits = jnp.finfo(dtype)
     return jax.lax.reduce_precision(x, bits.nexp, bits.nmant).astype(dtype)
 
@@ -113,9 +99,8 @@ def slice_sum(x: jnp.ndarray, axis: int, each=lambda part: part) -> jnp.ndarray:
 
 
 def image_sum(x: jnp.ndarray, axis, images: Images | None) -> jnp.ndarray:
-    """Sum over the image axis `axis` (or a tuple of axes, images first), across all devices
-    holding images, padding excluded; accumulated in float64 (`wide`), image after image
-    (`slice_sum`)."""
+    """Sum over the image axis `axis` (or a tuple of axes, images first) of all devices,
+    padding excluded, in float64 (`wide`), image after image (`slice_sum`)."""
     first, *others = axis if isinstance(axis, tuple) else (axis,)
     with jax.enable_x64(True):
         total = slice_sum(real(x, first, images), first, wide)
@@ -135,8 +120,7 @@ def image_var(x: jnp.ndarray, axis: int, num_images: int, images: Images | None)
 
 
 def all_images(x: jnp.ndarray, axis: int, images: Images | None) -> jnp.ndarray:
-    """`x` with the images of every device along `axis`, in image order, padding dropped
-    (for sums that must be added one image after another)."""
+    """`x` with every device's images along `axis`, in image order, padding dropped."""
     if images is None:
         return x
     gathered = jax.lax.all_gather(x, images.axis, axis=axis, tiled=True)

@@ -1,13 +1,6 @@
-"""How the kernel computes docs/algorithm.md's equations: one `Rules` value, chosen once per
-fit (`fit.RULES`, from `compat`) and held by `layer.Setup`.
-
-`FIXED` is the kernel's own: the corrected learner, computed as XLA likes, except that its
-sums over images are taken in float64 and the arithmetic around them kept from XLA's
-rewrites (`egjax.em.reduce`, `egjax.em.ieee`), so that a fit does not depend on the order or
-split of the images.
-`egjax.em.original.rules.ORIGINAL` is the released learner, its quirks included, computed
-with its arithmetic (glibc's `exp`, sums in its order, products rounded before adding, true
-divisions, its 1-based frame). No other module of `egjax.em` tells the two apart.
+"""How the kernel computes the equations: one `Rules`, chosen per fit (`fit.RULES`) and held
+by `layer.Setup`: `FIXED`, or `original.rules.ORIGINAL` (docs/algorithm.md, the section on
+compat="original"). No other module of `egjax.em` tells the two apart.
 """
 
 from __future__ import annotations
@@ -18,40 +11,28 @@ from egjax.em import estep, layer, parents
 
 
 class Rules(NamedTuple):
-    """Arithmetic: `nodes(coord, deform, sigma, cfg) -> estep.Nodes`; `infer(image, nodes,
-    shift, scale) -> estep.Inference`; `competing_mass(inference, nodes, filters)`;
-    `statistics(inference, nodes, competing, tau_rate) -> estep.ImageStats`; how the
-    statistics add over images: `per_chunk(summed, valid) -> (chunk sum, kept per image)`,
-    `kept_into(state)` (buffers for what is kept), `image_sums(sum, kept, images)`;
-    `move(coord, sums, sigma, t, cfg)` (M-step); `score_mean(score, num_images, images)`
-    (records normalised); `prior_weights`, `shift_and_scale`, `select` and
-    `deviation` (`egjax.em.parents`).
-    Quirks: `scale_to_child(child, parent)` (parent cells -> child cells); `variance(v)` as
-    the variance cut orders it; `near_edge(mean, child, parent)` (the edge cut);
-    `prefers_mirrored(plain, mirrored, t)` (the flip rule); `alt_pos(alt_pos, pos)`;
-    `check_top_m(top_m, available, message)` (ValueError where top_m cannot be met);
-    `parent_records(layer)` (the upper layer's records as the candidate list sums them)."""
+    """The arithmetic of each step, then the original's quirks (fields as `FIXED` fills them)."""
 
-    nodes: Callable
-    infer: Callable
-    competing_mass: Callable
-    statistics: Callable
-    per_chunk: Callable
-    kept_into: Callable
-    image_sums: Callable
-    move: Callable
-    score_mean: Callable
-    prior_weights: Callable
+    nodes: Callable              # (coord, deform, sigma, cfg) -> estep.Nodes
+    infer: Callable              # (image, nodes, shift, scale) -> estep.Inference
+    competing_mass: Callable     # (inference, nodes, filters) -> Q
+    statistics: Callable         # (inference, nodes, Q, tau_rate) -> estep.ImageStats
+    per_chunk: Callable          # (summed, valid) -> (chunk's sum, kept per image)
+    kept_into: Callable          # state -> buffers for what is kept per image
+    image_sums: Callable         # (sum, kept, images) -> layer.Sums
+    move: Callable               # (coord, sums, sigma, t, cfg) -> coord (M-step)
+    score_mean: Callable         # (score, num_images, images) -> the records' norm
+    prior_weights: Callable      # egjax.em.parents
     shift_and_scale: Callable
     select: Callable
     deviation: Callable
-    scale_to_child: Callable
-    variance: Callable
-    near_edge: Callable
-    prefers_mirrored: Callable
-    alt_pos: Callable
-    check_top_m: Callable
-    parent_records: Callable
+    scale_to_child: Callable     # (child, parent) -> parent cells per child cell
+    variance: Callable           # as the variance cut orders it
+    near_edge: Callable          # (mean, child, parent): the edge cut
+    prefers_mirrored: Callable   # (plain, mirrored, t): the flip rule
+    alt_pos: Callable            # (alt_pos, pos)
+    check_top_m: Callable        # (top_m, available, message): ValueError if unmet
+    parent_records: Callable     # the upper LayerFit as the candidate list sums it
 
 
 FIXED = Rules(

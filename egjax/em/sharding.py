@@ -1,18 +1,7 @@
-"""Images sharded across devices and processes: the layer fit inside `shard_map`,
-statistics `psum`-ed.
-
-Every device holds an equal slice of the images (and of every per-image record); node
-parameters are replicated. N need not divide by the device count: the slices are padded
-with masked images (`reduce.Images`), which take no part in any sum, so every device works.
-The reductions over images in the EM (`reduce.py`) complete themselves across the mesh
-axis, so the body is the single-device code with `Setup.images` set.
-
-Under `jax.distributed` (several processes), each process passes its own share of the
-images, p, p + P, p + 2P, ... (`egjax.data.iter_objects(shard=(p, P))`); they go straight
-from its host memory to its own devices. A fit's records, and `infer_graph`'s, come back in
-image order, followed by zeros up to a multiple of the device count (`image_order`; a
-`jax.Array` splits only evenly), split over the images: no host gathers them
-(`LayerFit.records`, `LayerInference.records`, `padding`).
+"""Images sharded across devices and processes: the layer fit in `shard_map`, the one-device
+code with `Setup.images` set (`reduce`). Each device holds a slice of the images and records
+(padded, `reduce.Images`); each process passes its share, p, p + P, ...; records come back
+split over the devices, in image order then zeros (`LayerFit.records`).
 """
 
 from __future__ import annotations
@@ -34,9 +23,8 @@ AXIS = "images"
 
 
 def image_mesh(devices: Sequence | None) -> Mesh | None:
-    """A 1-D mesh over `devices` (default: all devices of all processes), grouped by
-    process; None when that is one device. Its devices belong to this process alone, or to
-    every process, each bringing as many."""
+    """A 1-D mesh over `devices` (default: all, of all processes), grouped by process; None
+    for one device. The devices are this process's, or every process's, as many each."""
     devices = sorted(jax.devices() if devices is None else devices,
                      key=lambda d: (d.process_index, d.id))
     if len(devices) == 1:
@@ -51,8 +39,7 @@ def image_mesh(devices: Sequence | None) -> Mesh | None:
 
 
 def spans_processes(devices: Sequence | None) -> bool:
-    """Whether the images go to the devices of several processes (`devices`, default all):
-    then each process holds its share and the input checks and counts are exchanged."""
+    """Whether `devices` (default all) span several processes, each holding its share."""
     if devices is None:
         return jax.process_count() > 1
     return len({d.process_index for d in devices}) > 1
@@ -66,9 +53,8 @@ def total_images(local: int, devices: Sequence | None = None) -> int:
 
 
 def check_together(devices: Sequence | None, check, *args) -> None:
-    """`check(*args)` (input checks on this process's share, raising ValueError); where the
-    images span several processes (`devices`), on every process: where it fails on any, it
-    raises on all, instead of the others waiting for that one in the first collective."""
+    """`check(*args)` (raising ValueError) on this process's share; across processes it
+    raises on all where it fails on any (rather than the others waiting in a collective)."""
     error = None
     try:
         check(*args)
@@ -100,9 +86,8 @@ def image_layout(mesh: Mesh, local: int) -> Images:
 
 
 def put_images(x, mesh: Mesh, images: Images, dtype=None) -> jax.Array:
-    """This process's images `x [n, ...]` (host or device array) as the sharded global array
-    `[slots, ...]`, shard by shard straight onto each device (never whole on one); padding
-    slots repeat the share's first image (finite values; they are masked)."""
+    """This process's images `x [n, ...]` as the global array `[slots, ...]`, shard by shard
+    onto each device; padding slots repeat the share's first image (masked)."""
     if isinstance(x, QuantizedMaps):
         return QuantizedMaps(*(put_images(part, mesh, images) for part in x))
     n = np.shape(x)[0]
@@ -129,9 +114,7 @@ def replicated(x, mesh: Mesh) -> jax.Array:
 
 
 def image_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.ndarray:
-    """Per-image `x`, split over `mesh` in `images`' slots along `axis` -> image order, then
-    zeros up to the same length (as `LayerFit.records` keeps them). One process: the slots
-    are in image order already; several: moved device to device (`_exchange`)."""
+    """Per-image `x` in `images`' slots along `axis` -> image order, then zeros (`_exchange`)."""
     slots, num = images.slots, images.num_images
     if images.processes == 1:
         real = (jnp.arange(slots) < num).reshape((-1,) + (1,) * (x.ndim - axis - 1))
@@ -141,9 +124,7 @@ def image_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.nd
 
 
 def slot_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.ndarray:
-    """Per-image `x` in image order along `axis` (N images, or followed by padding as
-    `image_order` returns them) -> `images`' slots (padding 0): the inverse of
-    `image_order`."""
+    """The inverse of `image_order` (`x` with or without the padding)."""
     slots, num = images.slots, images.num_images
     if x.shape[axis] != slots:   # no padding, or another fit's
         x = jax.lax.slice_in_dim(x, 0, num, axis=axis)
@@ -155,10 +136,8 @@ def slot_order(x: jnp.ndarray, images: Images, axis: int, mesh: Mesh) -> jnp.nda
 
 
 def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.ndarray:
-    """`out[j] = x[source[j]]` along `axis` (0 where `source[j]` is out of range), both
-    split evenly over `mesh`: each device sends every other device the rows it needs, in
-    one padded `all_to_all` (chunks of the largest count), so no device holds more than
-    its rows and that padding."""
+    """`out[j] = x[source[j]]` along `axis` (0 out of range), split evenly over `mesh`: one
+    padded `all_to_all`, so no device holds more than its rows and that padding."""
     devices, n_in, n_out = mesh.devices.size, x.shape[axis], len(source)
     rows_in, rows_out = n_in // devices, n_out // devices
     target = np.flatnonzero(source < n_in)
@@ -188,10 +167,8 @@ def _exchange(x: jnp.ndarray, mesh: Mesh, source: np.ndarray, axis: int) -> jnp.
 
 
 def whole_records(layer: LayerFit) -> LayerFit:
-    """`layer` with its `score` and `pos` whole on each of their devices where they are split
-    over the images: sums over the images (`parents.candidate_list`) are then added as one
-    device adds them, bit for bit (compat="original"); a transient copy, as the E-step's
-    sums in image order (`reduce.all_images`)."""
+    """`layer` with `score` and `pos` whole on each device, so that sums over the images
+    (`parents.candidate_list`) add as one device adds them (compat="original")."""
     def whole(x):
         split = x.sharding
         if isinstance(split, NamedSharding) and not split.is_fully_replicated:
@@ -204,12 +181,8 @@ def whole_records(layer: LayerFit) -> LayerFit:
 
 
 def sharded(body, mesh: Mesh, images: Images, flips: bool, parent):
-    """`body(coord, deform, maps, flipped, parent)` as one jitted `shard_map` over `mesh`:
-    maps (`put_images`) and per-image records split along the images, node parameters
-    replicated. `parent` is the LayerConfig of the layer above (None for the top layer);
-    the parent's records are taken in image order and put in `images`' slots, and the
-    records returned in image order followed by padding (`image_order`), split over the
-    devices."""
+    """`body(coord, deform, maps, flipped, parent)` as one jitted `shard_map` over `mesh`, maps
+    and records split along the images (`parent`: the upper LayerConfig; None: top)."""
     per_image = P(None, AXIS)
     out_specs = (P(), P(), P(), Records(*[P(AXIS)] * len(Records._fields)))
     parent_spec = None if parent is None else LayerFit(

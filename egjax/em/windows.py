@@ -1,10 +1,5 @@
-"""The maps of a layer fit as the E-step reads them: in place, a window around each node.
-
-Maps stay as they are given, `[N, S, S, C]`: floats, or the uint8 codes of
-`maps.QuantizedMaps`, decoded cell by cell as they are read so that memory holds one byte
-per cell. Nothing is transposed, oriented or copied per data set; each image is taken in its
-orientation, and padded, when it is read (`pick`, `window_values`).
-"""
+"""The maps as the E-step reads them: in place, `[N, S, S, C]` floats or the uint8 codes of
+`maps.QuantizedMaps` (decoded as read), a window around each node."""
 
 from __future__ import annotations
 
@@ -17,8 +12,8 @@ from egjax.maps import QuantizedMaps, divide
 
 
 class Maps(NamedTuple):
-    """`values [N, S, S, C]` floats, or uint8 codes with per-image, per-filter `minimum` and
-    `range [N, C]` (None for floats). Also one image's: `[S, S, C]` and `[C]`."""
+    """`values [N, S, S, C]` floats, or uint8 codes with `minimum`, `range [N, C]` (None for
+    floats); or one image's, `[S, S, C]` and `[C]`."""
 
     values: jnp.ndarray
     minimum: jnp.ndarray | None
@@ -34,21 +29,13 @@ def as_maps(maps, dtype) -> Maps:
 
 
 def pick(flip: jnp.ndarray, plain: Maps, mirrored: Maps) -> Maps:
-    """One image's maps: the mirrored ones where `flip` (a scalar bool), else the plain ones."""
+    """One image's maps: `mirrored` where `flip` (scalar bool), else `plain`."""
     return Maps(*(None if a is None else jnp.where(flip, b, a) for a, b in zip(plain, mirrored)))
 
 
 def window_values(image: Maps, cells: jnp.ndarray, max_window: int) -> jnp.ndarray:
-    """Rectified map values `[K, C, Q]` in the `Q = (2H+1)^2` cells around each node's centre
-    cell in one image (`values [S, S, C]`), `cells [2, K, C]` integer centres (h, w; any,
-    also off the map); cells w-major (`jw` outer, `jh` inner) as the original walks the
-    window; cells off the map read 0.
-
-    Each window is one slice of the map padded by 2H on every side (a centre up to H off the
-    map still sees some of it; farther ones see none): XLA:CPU copies slices, where a gather
-    cell by cell computes an index per cell (several times slower). Codes are decoded once
-    per window, after the slice.
-    """
+    """`max(x_q, 0)` `[K, C, Q]` in the `(2H+1)^2` cells around each of `cells [2, K, C]` (h, w)
+    in one image, w-major as the original walks them, 0 off the map: one slice per window."""
     k, c = cells.shape[1:]
     reach, side = 2 * max_window, 2 * max_window + 1
     padded = jnp.pad(image.values, ((reach, reach), (reach, reach), (0, 0)))

@@ -1,7 +1,6 @@
 """The E-step as the original computes it (`getProb_local_mex.cpp`, `getOtherProb.cpp`,
-`doE.m`): its quirk, filter 0's window and sigma, and its arithmetic: `getGauss`'s roundings,
-sums in its order with every product rounded, positions in its 1-based frame, candidates
-compared in float64."""
+`doE.m`): filter 0's window and sigma, `getGauss`'s roundings, sums in its order with every
+product rounded, its 1-based frame, candidates compared in float64."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ from egjax.em.competition import Comparison, competition
 from egjax.em.estep import Inference, Nodes, accumulate, infer_at
 from egjax.em.evidence import ORIGINAL_PI, kernel_table
 from egjax.em.grid import half_range, offset_table
-from egjax.em.original.glibc_exp import exp_as_original
 from egjax.em.ieee import divide, rounded
-from egjax.em.original.ieee import in_order_mean
+from egjax.em.original.arithmetic import exp_as_original, in_order_mean
 from egjax.em import windows
 from egjax.em.windows import Maps
 
@@ -36,9 +34,8 @@ def gauss(d: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
 
 def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
           cfg: LayerConfig) -> Nodes:
-    """`estep.nodes` as the original's E-step kernel reads them: by the node's index within
-    its filter, so every filter takes filter 0's window half-range and sigma; its weights
-    then per node (`[J, Q, K, C]`), and the offsets also in float64 (`competing_mass`)."""
+    """`estep.nodes` as the original reads them, by the node's index within its filter:
+    filter 0's window and sigma; weights per node `[J, Q, K, C]`; offsets also in float64."""
     h = half_range(deform, cfg)
     table = jnp.asarray(kernel_table(cfg), coord.dtype)
     window = jnp.broadcast_to(h[:, :1], h.shape)
@@ -52,8 +49,7 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray,
 
 
 def infer(image: Maps, nodes: Nodes, shift: jnp.ndarray, scale: jnp.ndarray) -> Inference:
-    """`estep.infer` with the centre shifted in the 1-based frame, the evidence summed in the
-    original's order (`evidence_in_order`)."""
+    """`estep.infer`, the centre shifted in the 1-based frame, `evidence_in_order`."""
     return infer_at(image, nodes, shifted(nodes.coord, shift), scale, _evidence)
 
 
@@ -63,41 +59,24 @@ def _evidence(image: Maps, cells: jnp.ndarray, nodes: Nodes) -> jnp.ndarray:
 
 
 def evidence_in_order(values: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
-    """Evidence `[J, K, C]` from window values `[K, C, Q]` and per-node weights `[J, Q, K, C]`,
-    added term by term in the window's order with every product rounded before it is added,
-    as the original's loop adds them.
-
-    Exact ties between candidates (common: sparse maps, symmetric candidates) are decided by
-    the last bit of these sums, so reproducing the original's tie-breaking takes its order.
-    Fusing a product into the sum as a multiply-add (`ieee.rounded` prevents it) would round
-    once instead of twice, so two mirrored candidates summing the same products in opposite
-    orders would no longer tie, and the first of them would no longer win as in the original.
-    """
+    """`F [J, K, C]` from window values `[K, C, Q]` and weights `[J, Q, K, C]`, added in the
+    window's order, each product rounded, as the original's loop: the last bit decides
+    exact ties between candidates (mirrored candidates sum the same products reversed)."""
     cells = jnp.moveaxis(values, -1, 0)[None]
     products = rounded(weights * cells)
     return functools.reduce(jnp.add, [products[:, q] for q in range(products.shape[1])])
 
 
 def competition_positions(center: jnp.ndarray, offsets: jnp.ndarray) -> jnp.ndarray:
-    """Candidate positions `[2, P, K, C]` as the original's competition compares them: in its
-    1-based frame, `(centre + 1) + offset`.
-
-    Only their order matters, but candidates of different nodes often tie exactly (integer
-    centres in the first iteration), and which one wins a tie depends on this rounding.
-    Sums only: every fusion that computes them gets the same values (`estep.lattice_positions`
-    of the fixed path says why that matters).
-    """
+    """Candidate positions `[2, P, K, C]` as the original compares them, `(centre + 1) + offset`
+    (their rounding decides ties; sums only, so every fusion gets the same values)."""
     return (center + 1)[:, None] + offsets[None]
 
 
 def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128) -> jnp.ndarray:
-    """`estep.competing_mass` with candidates compared as the original compares them: by
-    squared distance, in float64 whatever the compute dtype. Integer centres make many of
-    those comparisons ties in exact arithmetic (a candidate on the edge of another node's
-    box, or halfway between two of its candidates), and the original's float64 rounding
-    decides them. float32 rounding decides some of them the other way (30 of the 1152
-    competing masses of `small`'s top layer in its first iteration, off by up to 38 %),
-    which sends the whole fit elsewhere."""
+    """`estep.competing_mass` comparing squared distances in float64, as the original: its
+    rounding decides the many exact ties (float32 decides 30 of the 1152 masses of `small`'s
+    top layer in iteration 1 otherwise, off by up to 38 %)."""
     with jax.enable_x64(True):
         positions = competition_positions(inference.center.astype(jnp.float64),
                                           nodes.exact_offsets)
@@ -105,10 +84,8 @@ def competing_mass(inference: Inference, nodes: Nodes, filters: int | None = 128
 
 
 def _by_distance(t: jnp.ndarray, g: jnp.ndarray) -> list[jnp.ndarray]:
-    """Squared distances to neighbouring candidates compared, as the original does, so that
-    exact ties go the same way (the original compares the sums over both axes, which can
-    round away a one-ulp difference along one axis; that has not decided any of the
-    reference runs)."""
+    """Squared distances to neighbouring candidates compared per axis (the original sums both
+    axes first, which can round away a one-ulp difference; no reference run hangs on it)."""
     return [(t - g[:, :, i + 1:i + 2]) ** 2 < (t - g[:, :, i:i + 1]) ** 2
             for i in range(g.shape[2] - 1)]
 
@@ -118,9 +95,8 @@ EXACT = Comparison(_by_distance, rounded)
 
 
 def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau_rate: float):
-    """`estep.statistics` rounded as the original rounds it: every product before it is
-    added, `tau` from the sums over candidates, averaged over nodes in its order
-    (`c * K + k`), the position in its 1-based frame."""
+    """`estep.statistics` rounded as the original: every product, `tau` summed over the
+    candidates and averaged over nodes in its order (`c * K + k`), 1-based positions."""
     num = nodes.offsets.shape[0]
     prior, scale = nodes.prior_axis, inference.scale
     per_node = functools.reduce(jnp.add, [rounded(prior[j // num] * prior[j % num] * scale)

@@ -1,6 +1,5 @@
-"""Parents as `getCurDistribution.m` computes them: its quirks (the edge cut with the child's
-S from the top/left side only, positions in its 1-based frame, pixel deviations with a
-per-layer constant) and its arithmetic (sums in its order, products rounded, glibc's `exp`)."""
+"""Parents as `getCurDistribution.m` computes them: its edge cut, 1-based frame and pixel
+deviations, its sums in order, rounded products and glibc's `exp`."""
 
 from __future__ import annotations
 
@@ -11,19 +10,16 @@ import jax.numpy as jnp
 
 from egjax.config import LayerConfig
 from egjax.em import parents
-from egjax.em.batching import row_blocks
-from egjax.em.original.glibc_exp import exp_as_original
+from egjax.em.schedule import row_blocks
 from egjax.em.ieee import divide, rounded
-from egjax.em.original.ieee import in_order_mean, in_order_sum
+from egjax.em.original.arithmetic import exp_as_original, in_order_mean, in_order_sum
 from egjax.em.reduce import Images, all_images
 
 
 def variance(x: jnp.ndarray) -> jnp.ndarray:
-    """The variances as the cut orders them. In float32, rounded to 16 significant bits, so
-    that values equal in exact arithmetic, which float32 rounds apart, compare equal and the
-    stable sort takes them in index order as the original's float64 sort does: nodes whose
-    positions form the same pattern up to a shift have equal variances; on `small` two of
-    them sit on either side of the cut."""
+    """The variances as the cut orders them: in float32 rounded to 16 bits, so that values
+    equal in exact arithmetic (the same pattern of positions, shifted) stay equal and go in
+    index order, as in the original's float64 sort (on `small` two straddle the cut)."""
     if x.dtype != jnp.float32:
         return x
     mantissa, exponent = jnp.frexp(x)
@@ -31,38 +27,31 @@ def variance(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def near_edge(mean: jnp.ndarray, child: LayerConfig, parent: LayerConfig) -> jnp.ndarray:
-    """`parents.near_edge` as the original tests it: with the child's S, in its 1-based
-    frame, so that only the top and left borders count."""
+    """`parents.near_edge` with the child's S, 1-based: only the top and left edges count."""
     size = child.map_size
     margin = jnp.min(size / 2 - jnp.abs(size / 2 - (mean + 1)), axis=-1)
     return margin < size * parents.EDGE_FRACTION
 
 
 def deviation(pos: jnp.ndarray, num_images: int, images: Images | None) -> jnp.ndarray:
-    """`parents.deviation` as the original: 1-based positions, their mean added image by
-    image."""
+    """`parents.deviation` of 1-based positions, the mean added image by image."""
     chosen = pos + 1
     mean = in_order_mean(jnp.swapaxes(all_images(chosen, 1, images), 0, 1))
     return chosen - mean[:, None]
 
 
 def pixel_deviation(deviation: jnp.ndarray, cfg: LayerConfig) -> jnp.ndarray:
-    """Deviations in cells -> pixels, mapped as if they were 1-based cells
-    (`center + (d - 1) * stride`, `x2p_.m`), which adds a per-layer constant."""
+    """Cells -> pixels as if 1-based cells (`x2p_.m`): adds a per-layer constant."""
     return (cfg.center + 1) + (deviation - 1) * cfg.stride
 
 
 def select(child_pos, child_best, cands: parents.Candidates, top_n: int, child: LayerConfig,
            parent: LayerConfig, num_images: int, images: Images | None,
            block: int | None = 256) -> jnp.ndarray:
-    """`parents.select` as `getCurDistribution.m` computes it, operation by operation:
-    deviations from in-order means, `D` from pixel differences, its mean over all candidates
-    and images added in MATLAB's column order, and the affinity added image by image with
-    each product rounded, `exp` as glibc's in float64. These roundings decide near-ties: fed
-    the original's own inputs of `medium`'s layer 3, second iteration, the mean summed in
-    NumPy's pairwise order changes 45 of the 640 parent sets, NumPy's `exp` for glibc's 2.
-    Images one at a time, every device taking all of them (the original's sums are
-    sequential)."""
+    """`parents.select` operation by operation as the original: in-order means, `D`'s mean in
+    MATLAB's column order, the affinity added image by image, products rounded, glibc's
+    `exp` (on `medium`'s layer 3, iteration 2, pairwise sums change 45 of 640 parent sets,
+    NumPy's `exp` 2). Every device takes all images."""
     child_best = all_images(child_best, 0, images)
     pos = all_images(child_pos, 0, images) + 1                              # 1-based, [N, 2, V]
     num_nodes = pos.shape[-1]
@@ -97,10 +86,8 @@ prior_weights = functools.partial(parents.prior_weights, add=lambda w: in_order_
 
 def shift_and_scale(weights: parents.PriorWeights, deviation: jnp.ndarray,
                     scale_to_child: float, block: int | None = None):
-    """`parents.shift_and_scale` as `getCurDistribution.m` computes it (in the parent's
-    cells: `scale_to_child` is 1): parent by parent in rank order, each product rounded,
-    `lambda` a running product of one `exp(.) / s_u` per parent (glibc's `exp` in float64),
-    all children at once (`block` is not used)."""
+    """`parents.shift_and_scale` as the original: parent by parent in rank order, products
+    rounded, `lambda` a running product of `exp(.) / s_u` (glibc's); `block` unused."""
     top_n = weights.parents.shape[-1]
     variance = weights.deform**2                                            # [V, T]
     weight = (1 / top_n) / variance

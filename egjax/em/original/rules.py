@@ -1,6 +1,5 @@
-"""`ORIGINAL`: the `Rules` of `compat="original"` (`learn_explanatoryGraph.m` and the files it
-calls), and its layer-level pieces: the flip rule, `alter` positions, parent cells used as
-child cells, `top_m` uncapped, and the sums over images and nodes in its order."""
+"""`ORIGINAL`, the `Rules` of `compat="original"` (`learn_explanatoryGraph.m`), and its
+layer-level pieces: the flip rule, the M-step, sums over images in order, `top_m`."""
 
 from __future__ import annotations
 
@@ -10,15 +9,14 @@ import jax.numpy as jnp
 from egjax.em.layer import LayerState, Sums
 from egjax.em.original import estep, parents
 from egjax.em.ieee import divide, rounded
-from egjax.em.original.ieee import in_order_mean, in_order_sum
+from egjax.em.original.arithmetic import in_order_mean, in_order_sum
 from egjax.em.reduce import Images, all_images
 from egjax.em.rules import Rules
 from egjax.em.sharding import whole_records
 
 
 def prefers_mirrored(plain, mirrored, t) -> jnp.ndarray:
-    """The original's flip rule: the mirrored maps if `sum log(pi) F` is larger, which
-    prefers less evidence, from iteration 1, when the nodes still sit at random cells."""
+    """Mirrored if `sum log(pi) F` is larger (less evidence wins), from iteration 1."""
     def total(inference):
         return jnp.sum(jnp.log(inference.spatial_prior) * inference.evidence)
 
@@ -26,8 +24,7 @@ def prefers_mirrored(plain, mirrored, t) -> jnp.ndarray:
 
 
 def move(coord, sums: Sums, sigma, t, cfg) -> jnp.ndarray:
-    """`layer.move` as the original rounds it: `t^(1/4)` by the C library, the step added in
-    its 1-based frame."""
+    """`layer.move` as the original: `t^(1/4)` from the C library, 1-based frame."""
     quarter = jnp.asarray([i**0.25 for i in range(1, cfg.iterations + 1)], sigma.dtype)
     step = cfg.eta * (jnp.min(sigma) / quarter[t.astype(jnp.int32) - 1]) ** 2
     move = divide(sums.gradient, jnp.maximum(sums.responsibility_mass, 1e-8))

@@ -1,18 +1,9 @@
-"""`exp` in float64 bit for bit as GNU libc computes it, for `compat="original"`.
+"""The original's float arithmetic: sums added in order, and glibc's float64 `exp` bit for bit
+(XLA's differs in the last bit for one argument in seven, and last bits decide near-ties).
 
-The original learner's exponentials come from glibc (Octave's `exp` and the C++ `exp` of its
-MEX files). XLA's float64 `exp` differs from glibc's in the last bit for about one argument
-in seven, and one-ulp differences decide near-ties: which 15 of the candidate parents a
-node takes, which candidate maximises `pi F`. To follow the original through a whole fit,
-its float64 path uses this function.
-
-glibc's algorithm (`sysdeps/ieee754/dbl-64/e_exp.c`, from Arm's optimized-routines; the
-x86-64 build it dispatches to on CPUs with FMA contracts its multiply-adds into fused ones):
-`exp(x) = 2^(k/N) exp(r)`, N = 128, `x = k ln2/N + r`, `exp(r) - 1` by a degree-5
-polynomial, `2^(k/N) = scale (1 + tail)` from a table. The table is computed here (to 60
-digits) rather than copied; the constants are those of the published algorithm. Fused
-multiply-adds are emulated exactly (`_fma`). Agreement with the platform's `exp` is checked
-in the tests.
+glibc's algorithm (`sysdeps/ieee754/dbl-64/e_exp.c`, its FMA build): `exp(x) = 2^(k/N)
+exp(r)`, N = 128, `x = k ln2/N + r`, `exp(r) - 1` by a degree-5 polynomial, `2^(k/N) = scale
+(1 + tail)` from a table computed here; fused multiply-adds emulated exactly (`_fma`).
 """
 
 from __future__ import annotations
@@ -24,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egjax.em.ieee import rounded
+from egjax.em.ieee import divide, rounded
 
 _TABLE_BITS = 7
 _N = 1 << _TABLE_BITS
@@ -76,11 +67,9 @@ def _halves(a):
 
 
 def _fma(a, b, c):
-    """`a * b + c` rounded once (Boldo and Melquiond's emulation: exact product and sum,
-    the low parts added rounding to odd, then one rounding to nearest). XLA:CPU fuses
-    multiply-adds where it can: the products of halves are exact, so fusing them changes
-    nothing; the rounded `a * b` feeds several operations and is left unfused (the tests
-    compare the result with the C library's)."""
+    """`a * b + c` rounded once (Boldo and Melquiond: exact product and sum, the low parts
+    added rounding to odd, then one rounding to nearest). A fused product of halves is
+    exact; the rounded `a * b` feeds several operations and is left unfused."""
     a_hi, a_lo = _halves(a)
     b_hi, b_lo = _halves(b)
     product = a * b
@@ -139,3 +128,13 @@ def exp_as_original(x: jax.Array) -> jax.Array:
     """The exponential of `compat="original"`: glibc's in float64; XLA's in float32, where
     the original's float64 rounding cannot be followed anyway."""
     return glibc_exp(x) if x.dtype == jnp.float64 else jnp.exp(x)
+
+
+def in_order_sum(x: jnp.ndarray) -> jnp.ndarray:
+    """Sum over the leading axis, added one by one in order, as MATLAB/Octave's `sum`."""
+    return jax.lax.scan(lambda total, row: (total + row, None), jnp.zeros_like(x[0]), x)[0]
+
+
+def in_order_mean(x: jnp.ndarray) -> jnp.ndarray:
+    """Mean over the leading axis as MATLAB/Octave's `mean`: `in_order_sum / n`."""
+    return divide(in_order_sum(x), x.shape[0])
