@@ -68,7 +68,6 @@ def detections_grid(images: np.ndarray, graph, *, landmarks=None, visible=None,
     if nodes_per_layer > len(NODE_COLOURS):
         raise ValueError(f"nodes_per_layer must be at most {len(NODE_COLOURS)} (one colour "
                          f"each), got {nodes_per_layer}")
-    size = graph.config.image_size
     summaries = summaries or summary.summarize(graph, landmarks, visible, first=images_shown)
     shown = min(images_shown, summaries[0].num_images)
     if shown > summaries[0].first_score.shape[1]:
