@@ -169,7 +169,8 @@ def statistics(inference: Inference, nodes: Nodes, competing: jnp.ndarray,
 def accumulate(inference: Inference, nodes: Nodes, competing: jnp.ndarray, tau, step,
                keep=lambda x: x, shifted=jnp.add) -> ImageStats:
     """`statistics` given `tau` and `step [P,K,C]` (`d_i / sigma^2`): one pass over the
-    candidates ("Loop shapes"), each product through `keep` before it is added."""
+    candidates (docs/algorithm.md, "Loop shapes"), each product through `keep` before it is
+    added."""
     num = nodes.offsets.shape[0]
     prior, scale, f = nodes.prior_axis, inference.scale, inference.evidence
     spread = spread_weights(num, f.dtype)

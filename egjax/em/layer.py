@@ -111,7 +111,8 @@ def nodes(coord: jnp.ndarray, deform: jnp.ndarray, sigma: jnp.ndarray, setup: Se
 
 
 def prefers_mirrored(plain: Inference, mirrored: Inference, t) -> jnp.ndarray:
-    """Mirrored maps if their `sum_v best_v` is larger, from iteration 2 ("Orientation")."""
+    """Mirrored maps if their `sum_v best_v` is larger, from iteration 2
+    (docs/algorithm.md, "Orientation")."""
     def total(inference):
         return jnp.sum(jnp.max(inference.spatial_prior * inference.evidence, axis=0))
 

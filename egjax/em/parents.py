@@ -102,8 +102,9 @@ def select(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates, t
 def affinity(child_pos: jnp.ndarray, child_best: jnp.ndarray, cands: Candidates,
              child: LayerConfig, parent: LayerConfig, num_images: int, images: Images | None,
              block: int | None = 256) -> jnp.ndarray:
-    """`A [V, M]` (-inf at empty slots; "Parent selection") from the child's last `child_pos
-    [N, 2, V]`, `child_best [N, V]`; in float64, `block` children at a time, image by image."""
+    """`A [V, M]` (-inf at empty slots; docs/algorithm.md, "Parent selection") from the
+    child's last `child_pos [N, 2, V]`, `child_best [N, V]`; in float64, `block` children at a
+    time, image by image."""
     num_nodes = child_pos.shape[-1]
     child_best = real(child_best, 0, images)
     child_mean = image_mean(child_pos, 0, num_images, images)            # [2, V]
