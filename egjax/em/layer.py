@@ -30,7 +30,8 @@ class Setup:
     """Static description of one layer fit (hashable): `parent` the upper layer's config
     (None: top); `flips` whether mirrored maps are given; `rules` (`egjax.em.rules`);
     `num_images` on all devices; `slots` (M); `images` their split over devices
-    (`reduce.Images`; None: one device); `chunk` images per batch of parent priors."""
+    (`reduce.Images`; None: one device); `chunk` images per batch of parent priors;
+    `schedule` the loops' shapes for the backend (`schedule.Schedule`)."""
 
     cfg: LayerConfig
     parent: LayerConfig | None
